@@ -1,0 +1,138 @@
+"""The ``tfreeze`` command: one subcommand per DVC stage, each a thin call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from . import config
+from .errors import UserError
+
+
+def cmd_data(p: config.Params, args: argparse.Namespace) -> None:
+    from . import data
+
+    data.materialise(p)
+
+
+def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
+    from . import features
+
+    meta = features.build(p)
+    shapes = ", ".join(f"{k} {v['shape']}" for k, v in meta["splits"].items())
+    print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
+
+
+def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    models = [args.model] if args.model else p[section]["models"]
+    modes = [args.freeze] if args.freeze else p[section]["freeze_modes"]
+    seeds = [args.seed] if args.seed is not None else p[section].get("seeds", [p[section].get("seed")])
+    return [(m, f, s) for m in models for f in modes for s in seeds]
+
+
+def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
+    from . import train_stage
+
+    for model, freeze, seed in _grid(p, "train", args):
+        train_stage.train(p, model, freeze, seed)
+
+
+def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
+    from . import sweep
+
+    for model, freeze, _ in _grid(p, "sweep", args):
+        sweep.run_study(p, model, freeze, seed=args.seed)
+
+
+def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
+    from . import compare
+
+    if args.from_csv:
+        compare.from_csv(p, args.from_csv, args.out)
+    else:
+        compare.from_pipeline(p)
+
+
+def cmd_ui(p: config.Params, args: argparse.Namespace) -> None:
+    from . import ui
+
+    ui.serve(p, host=args.host, port=args.port)
+
+
+def cmd_models(p: config.Params, args: argparse.Namespace) -> None:
+    from . import catalogue
+
+    print(catalogue.describe(args.model, num_classes=args.num_classes, counts=args.describe))
+
+
+def _common(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a params key, e.g. --set train.epochs=2 (repeatable)")
+    sub.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _cell(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--model", help="one model (default: the params grid)")
+    sub.add_argument("--freeze", help="one freeze mode (default: the params grid)")
+    sub.add_argument("--seed", type=int, help="one seed (default: the params grid)")
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "data": (cmd_data, "materialise raw audio under data/raw/ (synthetic, gtzan or folder)"),
+    "features": (cmd_features, "split the corpus and compute log-mel spectrogram arrays"),
+    "train": (cmd_train, "train (model, freeze mode, seed) cells, tracked in MLflow"),
+    "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode)"),
+    "compare": (cmd_compare, "freezing comparison table, statistics and figure from MLflow"),
+    "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 and print the study's runs link"),
+    "models": (cmd_models, "list architectures and freeze modes with trainable shares"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="tfreeze",
+        description="Freezing ImageNet-pretrained ViT/ResNet prefixes for GTZAN genre transfer: "
+                    "one subcommand per DVC stage (see dvc.yaml).",
+    )
+    subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        _common(sub)
+        if name in ("train", "sweep"):
+            _cell(sub)
+    compare = subs.choices["compare"]
+    compare.add_argument("--from-csv", help="summarise a per-seed CSV (the original study's format)")
+    compare.add_argument("--out", help="output folder for --from-csv (default: compare.out)")
+    ui = subs.choices["ui"]
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
+    ui.add_argument("--port", type=int, default=5000)
+    models = subs.choices["models"]
+    models.add_argument("--model", help="only this model")
+    models.add_argument("--describe", action="store_true",
+                        help="build each model and count trainable parameters per mode")
+    models.add_argument("--num-classes", type=int, default=10)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        # `models` describes the registries and works without a params file.
+        needs_params = args.command != "models" or args.overrides
+        p = config.load(args.params, args.overrides) if needs_params else None
+        COMMANDS[args.command][0](p, args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"tfreeze {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tfreeze {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Read params.yaml, apply ``--set`` overrides and validate every key in one place."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key allows: a predicate and the words used when it fails."""
+
+    allowed: str
+    check: Callable[[Any], bool]
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def positive_int() -> Rule:
+    return Rule("an integer >= 1", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1)
+
+
+def non_negative_int() -> Rule:
+    return Rule("an integer >= 0", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0)
+
+
+def positive_float() -> Rule:
+    return Rule("a number > 0", lambda x: _num(x) and x > 0)
+
+
+def non_negative_float() -> Rule:
+    return Rule("a number >= 0", lambda x: _num(x) and x >= 0)
+
+
+def fraction() -> Rule:
+    return Rule("a number in (0, 1]", lambda x: _num(x) and 0 < x <= 1)
+
+
+def choice(*options: Any) -> Rule:
+    return Rule("one of " + ", ".join(map(str, options)), lambda x: x in options)
+
+
+def text() -> Rule:
+    return Rule("a non-empty string", lambda x: isinstance(x, str) and x != "")
+
+
+def optional_text() -> Rule:
+    return Rule("a string or null", lambda x: x is None or isinstance(x, str))
+
+
+def boolean() -> Rule:
+    return Rule("true or false", lambda x: isinstance(x, bool))
+
+
+def non_empty_list(item: Rule) -> Rule:
+    return Rule(
+        f"a non-empty list, each item {item.allowed}",
+        lambda x: isinstance(x, list) and len(x) > 0 and all(item.check(i) for i in x),
+    )
+
+
+def lr_rule() -> Rule:
+    return Rule("a number > 0 or the word 'sweep'", lambda x: x == "sweep" or (_num(x) and x > 0))
+
+
+# Every key params.yaml may hold, its default (the offline demo profile) and what it allows.
+# Model and freeze-mode names are checked against their registries in ``validate``.
+SCHEMA: dict[str, tuple[Any, Rule]] = {
+    "data.source": ("synthetic", choice("synthetic", "gtzan", "folder")),
+    "data.path": (None, optional_text()),
+    "data.download": (False, boolean()),
+    "data.out": ("data/raw", text()),
+    "data.sample_rate": (22050, positive_int()),
+    "data.clip_seconds": (30.0, positive_float()),
+    "data.min_seconds": (1.0, non_negative_float()),
+    "data.synthetic_clips_per_class": (100, positive_int()),
+    "data.synthetic_seed": (0, non_negative_int()),
+    "split.scheme": ("stratified", choice("stratified", "filtered")),
+    "split.train": (0.8, fraction()),
+    "split.val": (0.1, fraction()),
+    "split.test": (0.1, fraction()),
+    "split.seed": (1, non_negative_int()),
+    "split.out": ("data/split.csv", text()),
+    "features.n_fft": (2048, positive_int()),
+    "features.hop_length": (512, positive_int()),
+    "features.n_mels": (128, positive_int()),
+    "features.compression": ("log1p", choice("log1p", "db")),
+    "features.image_size": (224, positive_int()),
+    "features.dtype": ("float16", choice("float16", "uint8")),
+    "features.workers": (0, non_negative_int()),
+    "features.out": ("data/features", text()),
+    "train.models": (["vit_b_16"], non_empty_list(text())),
+    "train.freeze_modes": (["freeze_none"], non_empty_list(text())),
+    "train.seeds": ([1], non_empty_list(non_negative_int())),
+    "train.weights": ("none", choice("none", "imagenet")),
+    "train.weights_path": (None, optional_text()),
+    "train.epochs": (20, positive_int()),
+    "train.batch_size": (32, positive_int()),
+    "train.lr": (1e-3, lr_rule()),
+    "train.momentum": (0.9, non_negative_float()),
+    "train.weight_decay": (0.0, non_negative_float()),
+    "train.frozen_bn": ("eval", choice("eval", "train")),
+    "train.activation_cache": (True, boolean()),
+    "train.device": ("auto", choice("auto", "cpu", "cuda")),
+    "train.compile": (False, boolean()),
+    "train.out": ("models", text()),
+    "sweep.models": (["vit_b_16"], non_empty_list(text())),
+    "sweep.freeze_modes": (["freeze_none"], non_empty_list(text())),
+    "sweep.n_trials": (20, positive_int()),
+    "sweep.lr_low": (1e-5, positive_float()),
+    "sweep.lr_high": (1e-1, positive_float()),
+    "sweep.epochs": (20, positive_int()),
+    "sweep.seed": (1, non_negative_int()),
+    "sweep.sampler_seed": (0, non_negative_int()),
+    "sweep.pruner_warmup_epochs": (1, non_negative_int()),
+    "sweep.pruner_startup_trials": (3, non_negative_int()),
+    "sweep.storage": ("sqlite:///optuna.db", text()),
+    "sweep.heartbeat_seconds": (60, positive_int()),
+    "sweep.out": ("reports/sweep", text()),
+    "tracking.uri": ("sqlite:///mlruns/mlflow.db", text()),
+    "tracking.artifacts": ("mlruns/artifacts", text()),
+    "tracking.experiment": ("transfer-freezing", text()),
+    "compare.reference_mode": ("freeze_none", text()),
+    "compare.confidence": (0.95, fraction()),
+    "compare.out": ("reports", text()),
+}
+
+
+def defaults() -> Params:
+    """The full nested params tree with every default filled in."""
+    tree: Params = {}
+    for key, (default, _) in SCHEMA.items():
+        _set(tree, key, copy.deepcopy(default))
+    return tree
+
+
+def load(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Load ``path``, apply ``key=value`` overrides (values parsed as YAML), validate, return."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file not found: {path} (pass --params FILE)")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(given, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(given).__name__}")
+    flat = dict(_flatten(given))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected dotted.key=value")
+        flat[key.strip()] = yaml.safe_load(raw)
+    return validate(flat, source=str(path))
+
+
+def validate(flat: dict[str, Any], source: str = "params") -> Params:
+    """Check every key and value of a flat ``{dotted.key: value}`` map; return the nested tree."""
+    tree = defaults()
+    for key, value in flat.items():
+        if key not in SCHEMA:
+            raise UserError(f"{source}: unknown key {key!r}{_did_you_mean(key)}")
+        rule = SCHEMA[key][1]
+        if rule.allowed.startswith("a number"):
+            value = _as_float(value)
+        if not rule.check(value):
+            raise UserError(f"{source}: {key} = {value!r} is not allowed; expected {rule.allowed}")
+        _set(tree, key, value)
+    _check_relations(tree, source)
+    return tree
+
+
+def _as_float(value: Any) -> Any:
+    # YAML 1.1 reads "1e-3" (no dot) as a string, and 3 as an int: both mean a number here.
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value) if isinstance(value, int | str) else value
+    except ValueError:
+        return value
+
+
+def _check_relations(p: Params, source: str) -> None:
+    from . import freezing, models  # registries; imported late to keep config import light
+
+    for section in ("train", "sweep"):
+        for name in p[section]["models"]:
+            models.spec(name)
+            for mode in p[section]["freeze_modes"]:
+                freezing.prefixes(name, mode)
+    total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
+    if abs(total - 1.0) > 1e-6:
+        raise UserError(f"{source}: split.train + split.val + split.test = {total:g}; must sum to 1")
+    if p["sweep"]["lr_low"] >= p["sweep"]["lr_high"]:
+        raise UserError(
+            f"{source}: sweep.lr_low = {p['sweep']['lr_low']:g} must be below "
+            f"sweep.lr_high = {p['sweep']['lr_high']:g}"
+        )
+    if p["split"]["scheme"] == "filtered" and p["data"]["source"] != "gtzan":
+        raise UserError(
+            f"{source}: split.scheme = 'filtered' needs data.source = 'gtzan' "
+            f"(got {p['data']['source']!r}); use 'stratified'"
+        )
+    if p["data"]["source"] in ("gtzan", "folder") and not p["data"]["path"] and not p["data"]["download"]:
+        raise UserError(f"{source}: data.source = {p['data']['source']!r} needs data.path (the audio tree)")
+
+
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, SCHEMA, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid sections: {', '.join(sections())})"
+
+
+def sections() -> list[str]:
+    return sorted({k.split(".")[0] for k in SCHEMA})
+
+
+def _flatten(tree: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _set(tree: Params, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def flat(params: Params) -> dict[str, Any]:
+    """``{dotted.key: value}`` view, used for MLflow params and comparisons."""
+    return dict(_flatten(params))

@@ -1,0 +1,502 @@
+"""Optuna learning-rate sweep per (model, freeze mode), every trial an MLflow child run.
+
+One study per (model, freeze mode, data, objective settings), stored at a URL (sqlite file by
+default, PostgreSQL for several machines). ``sweep.n_trials`` is the study's total across all
+workers and reruns: every worker counts the finished (complete + pruned) trials in storage and only
+runs what is missing, so a killed sweep resumes and a second worker shares the work.
+
+How the total stays exact with several workers:
+- before asking for a trial, a worker counts finished + running + waiting trials; when they
+  already fill ``n_trials`` it waits for the other workers instead of starting another trial;
+- a trial, once created, counts the non-failed trials numbered below it (numbers are assigned
+  under a lock by the storage); if those fill ``n_trials`` it was created in a race and is failed
+  at once (state FAIL, user attr ``over_budget``) before any training, so at most ``n_trials``
+  trials ever finish;
+- a trial left RUNNING by a killed worker stops sending heartbeats; after ``2 x
+  sweep.heartbeat_seconds`` any worker fails it, marks its MLflow run FAILED and queues a retry
+  with the same learning rate (Optuna's ``RetryHeartbeatStaleTrialCallback``), so it is neither
+  lost nor blocking.
+
+MLflow: one parent run per study (tags ``optuna_study`` and ``sweep_role=parent``), whose id is
+kept as the study's user attr ``mlflow_parent_run_id``. The worker whose ``create_study`` created
+the study (an atomic insert, so exactly one) creates the parent; the others wait for the attr.
+Remaining race (documented, accepted): if that worker dies between creating the study and
+storing the attr, the others fall back to searching MLflow by tag and may each create a parent.
+Each trial is a child run (tag ``mlflow.parentRunId``) with its params, per-epoch metrics and a
+``state`` tag (complete / pruned / failed). When the study has all its trials, the parent gets
+``best_lr`` / ``best_val_acc`` and the two figures, and ``reports/sweep/<model>-<freeze>.json``
+is written (the same bytes whichever worker writes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import atomic, freezing, tracking, train_stage, training
+from .config import Params
+from .errors import UserError
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+PARENT_WAIT_S = 60.0  # how long a worker waits for the study's creator to name the parent run
+FINALISE_WAIT_S = 30.0  # how long a worker waits for the one that ran the last trial to finalise
+MAX_RETRY = 2  # a stale (killed) trial is re-queued at most this many times
+
+
+class _OverBudget(Exception):
+    """A trial created in a race after the study's ``n_trials`` were already taken."""
+
+
+# --------------------------------------------------------------------------- public entry point
+
+def run_study(p: Params, model: str, freeze: str, seed: int | None = None) -> dict:
+    """Run what is missing of the (model, freeze) study; return the summary written to JSON.
+
+    Returns ``{}`` when another worker holds the remaining trials and finalises the study.
+    """
+    import optuna
+
+    s = p["sweep"]
+    _check_space(s)
+    freezing.plan(model, freeze)  # unknown mode -> one line, before any work
+    train_seed = s["seed"] if seed is None else seed
+    data, meta = train_stage.load_data(p, p["train"]["batch_size"])  # checks features, batch size
+    name = study_name(p, model, freeze, train_seed, meta["params_hash"])
+    url = storage_url(p)
+    storage = open_storage(url, s["heartbeat_seconds"])
+    exp_id = tracking.connect(p)
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    study, created = _open_study(storage, name, s)
+    parent_id = _parent_run(study, created, exp_id, name, p, model, freeze, train_seed, url)
+    num_classes = len(meta["classes"])
+
+    n_total = s["n_trials"]
+    ran: set[int] = set()
+
+    def objective(trial: optuna.Trial) -> float:
+        _check_budget(trial, n_total)
+        ran.add(trial.number)
+        lr = trial.suggest_float("lr", s["lr_low"], s["lr_high"], log=True)
+        cfg = train_stage.run_config(p, model, freeze, train_seed, lr, num_classes, epochs=s["epochs"])
+        return _run_trial(trial, cfg, data, parent_id, name, meta["params_hash"])
+
+    done, _, _ = _tally(study)
+    print(f"study {name} in {tracking.mask(url)}: {done}/{n_total} trials finished"
+          + ("" if done < n_total else "; nothing to run"))
+    _work(study, objective, n_total, s["heartbeat_seconds"])
+    return _finalise(study, p, model, freeze, name, url, parent_id, ran)
+
+
+def study_name(p: Params, model: str, freeze: str, seed: int, data_hash: str) -> str:
+    """``<model>-<freeze>-<data hash>-<objective hash>``.
+
+    The data hash is the features stage's params hash; the objective hash covers every setting
+    that changes what a trial's value means (epochs, training seed, lr range, batch size, ...),
+    so changing one starts a fresh study instead of mixing incomparable trials.
+    """
+    t, s = p["train"], p["sweep"]
+    objective = {"epochs": s["epochs"], "seed": seed, "lr_low": s["lr_low"], "lr_high": s["lr_high"],
+                 **{k: t[k] for k in ("batch_size", "momentum", "weight_decay", "frozen_bn", "weights")}}
+    digest = hashlib.sha256(json.dumps(objective, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{model}-{freeze}-{data_hash}-{digest}"
+
+
+def storage_url(p: Params) -> str:
+    return os.environ.get("OPTUNA_STORAGE") or p["sweep"]["storage"]
+
+
+def output_path(p: Params, model: str, freeze: str) -> Path:
+    return Path(p["sweep"]["out"]) / f"{model}-{freeze}.json"
+
+
+def open_storage(url: str, heartbeat_seconds: int):
+    """An ``RDBStorage`` with heartbeats; any failure -> one line naming the masked URL."""
+    import optuna
+    import sqlalchemy.exc
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                    grace_period=2 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=_StaleTrial(),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            # Two workers creating the schema of a fresh database at once: the loser retries.
+            if attempt == 4 or "already exists" not in str(err) and "duplicate" not in str(err):
+                raise UserError(f"Optuna storage {tracking.mask(url)} failed: {_first_line(err)}") from err
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as err:  # noqa: BLE001 - bad URL, missing driver, unreachable: one line
+            raise UserError(f"Optuna storage {tracking.mask(url)} failed: {_first_line(err)}") from err
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- validation
+
+def _check_space(s: dict) -> None:
+    # config.validate checks these too; kept here for callers that build params by hand.
+    if not isinstance(s["n_trials"], int) or s["n_trials"] < 1:
+        raise UserError(f"sweep.n_trials = {s['n_trials']!r} is not allowed; expected an integer >= 1")
+    if not (0 < s["lr_low"] < s["lr_high"]):
+        raise UserError(f"sweep.lr_low = {s['lr_low']:g} must be above 0 and below "
+                        f"sweep.lr_high = {s['lr_high']:g} (an empty or inverted learning-rate range)")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return tracking.mask(lines[0] if lines else type(err).__name__)
+
+
+# --------------------------------------------------------------------------- study and scheduling
+
+def _open_study(storage, name: str, s: dict):
+    """(study, created): ``created`` is True in exactly one worker (the storage's unique insert)."""
+    import optuna
+
+    kwargs = {
+        "study_name": name, "storage": storage,
+        "sampler": optuna.samplers.TPESampler(seed=s["sampler_seed"]),
+        "pruner": optuna.pruners.MedianPruner(n_startup_trials=s["pruner_startup_trials"],
+                                              n_warmup_steps=s["pruner_warmup_epochs"]),
+    }
+    try:
+        return optuna.create_study(direction="maximize", load_if_exists=False, **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kwargs)
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise UserError(f"Optuna study {name} exists but minimises; delete it or use another "
+                            "storage") from None
+        return study, False
+
+
+def _tally(study) -> tuple[int, int, int]:
+    """(finished = complete + pruned, running, waiting) trials in storage."""
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = sum(st in (TrialState.COMPLETE, TrialState.PRUNED) for st in states)
+    return done, states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
+
+
+def _work(study, objective, n_total: int, heartbeat_seconds: int) -> None:
+    """Run trials until the study holds ``n_total`` finished ones, sharing with other workers."""
+    poll = min(2.0, float(heartbeat_seconds))
+    waiting_said = False
+    while True:
+        _fail_stale(study)
+        done, running, waiting = _tally(study)
+        if done >= n_total:
+            return
+        if waiting or done + running < n_total:
+            waiting_said = False
+            # optimize() fails stale trials, takes a queued retry first, beats the heartbeat
+            # while the objective runs and records pruned / failed states for us.
+            study.optimize(objective, n_trials=1, catch=(_OverBudget,))
+            continue
+        if not waiting_said:
+            print(f"waiting for {running} trial(s) running in other workers "
+                  f"(a killed worker's trial is retried after {2 * heartbeat_seconds} s)")
+            waiting_said = True
+        time.sleep(poll)
+
+
+def _fail_stale(study) -> None:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _check_budget(trial, n_total: int) -> None:
+    """Fail a trial created in a race: count the non-failed trials numbered below it."""
+    from optuna.trial import TrialState
+
+    before = [t for t in trial.study.get_trials(deepcopy=False)
+              if t.number < trial.number and t.state != TrialState.FAIL]
+    if len(before) >= n_total:
+        trial.set_user_attr("over_budget", True)
+        raise _OverBudget(f"the study's {n_total} trials were already taken by other workers; "
+                          "this trial did not train")
+
+
+class _StaleTrial:
+    """Heartbeat-stale trial: mark its MLflow run FAILED, then queue a retry (same lr)."""
+
+    def __init__(self) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+    def __call__(self, study, trial) -> None:
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if run_id:
+            with contextlib.suppress(Exception):  # the tracking store may be another one now
+                import mlflow
+
+                client = mlflow.MlflowClient()
+                tracking.retry_locked(client.set_tag)(run_id, "state", "failed")
+                tracking.retry_locked(client.set_tag)(
+                    run_id, "error", "worker stopped sending heartbeats (killed?); trial retried")
+                tracking.retry_locked(client.set_terminated)(run_id, "FAILED")
+        print(f"trial {trial.number} stopped sending heartbeats: failed, retrying it "
+              f"(lr {trial.params.get('lr', float('nan')):.3g})")
+        retry = copy.deepcopy(trial)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != RUN_ATTR}
+        retry.user_attrs = {**attrs, "retry_of": attrs.get("retry_of", trial.number)}
+        self._retry(study, retry)
+
+
+# --------------------------------------------------------------------------- one trial
+
+def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: str, name: str,
+               data_hash: str) -> float:
+    import mlflow
+    import optuna
+
+    retry_of = trial.user_attrs.get("retry_of")
+    tags = {"mlflow.parentRunId": parent_id, "optuna_study": name, "optuna_trial": str(trial.number),
+            "sweep_role": "trial", "model": cfg.model, "freeze_mode": cfg.freeze,
+            "features_params_hash": data_hash}
+    if retry_of is not None:
+        tags["retry_of"] = str(retry_of)
+    pruned: optuna.TrialPruned | None = None
+    with tracking.run(f"{name}/trial-{trial.number}", tags=tags) as active:
+        trial.set_user_attr(RUN_ATTR, active.info.run_id)
+        tracking.log_params({"lr": cfg.lr, "trial_number": trial.number, "model": cfg.model,
+                             "freeze": cfg.freeze, "epochs": cfg.epochs, "seed": cfg.seed,
+                             "batch_size": cfg.batch_size, "momentum": cfg.momentum,
+                             "weight_decay": cfg.weight_decay, "study": name})
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            tracking.log_metrics(row, step=epoch)
+            trial.report(row["val_acc"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val acc {row['val_acc']:.1f} % at epoch {epoch + 1} "
+                                         "is below the median of earlier trials")
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="tfreeze-trial-") as workdir:
+                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch)
+        except optuna.TrialPruned as err:
+            pruned = err
+            mlflow.set_tag("state", "pruned")
+        except BaseException:
+            mlflow.set_tag("state", "failed")
+            raise
+        else:
+            # The objective is validation accuracy; the test split is never looked at here.
+            tracking.log_metrics({"best_val_acc": result.best_val_acc,
+                                  "best_epoch": result.best_epoch + 1})
+            mlflow.set_tag("state", "complete")
+    if pruned is not None:
+        raise pruned
+    return result.best_val_acc
+
+
+# --------------------------------------------------------------------------- MLflow parent run
+
+def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: str, freeze: str, seed: int,
+                url: str) -> str:
+    """The study's one parent run id (see the module docstring for who creates it)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not created:
+        deadline = time.monotonic() + PARENT_WAIT_S
+        while True:
+            run_id = study.user_attrs.get(PARENT_ATTR)
+            if run_id:
+                if _run_in_experiment(client, run_id, exp_id):
+                    return run_id
+                break  # recorded for another tracking store: find or make one here
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        found = tracking.retry_locked(client.search_runs)(
+            [exp_id], filter_string=f"tags.optuna_study = '{name}' and tags.sweep_role = 'parent'",
+            order_by=["attributes.start_time ASC"], max_results=1,
+        )
+        if found:
+            study.set_user_attr(PARENT_ATTR, found[0].info.run_id)
+            return found[0].info.run_id
+    tags = {"optuna_study": name, "sweep_role": "parent", "model": model, "freeze_mode": freeze,
+            "optuna_storage": tracking.mask(url), **tracking.git_tags()}
+    run = tracking.retry_locked(client.create_run)(exp_id, run_name=f"sweep/{name}", tags=tags)
+    s = p["sweep"]
+    params = {"study": name, "model": model, "freeze": freeze, "seed": seed,
+              "storage": tracking.mask(url), "n_trials": s["n_trials"], "lr_low": s["lr_low"],
+              "lr_high": s["lr_high"], "epochs": s["epochs"], "sampler_seed": s["sampler_seed"],
+              "pruner_warmup_epochs": s["pruner_warmup_epochs"],
+              "pruner_startup_trials": s["pruner_startup_trials"],
+              **{f"train.{k}": p["train"][k] for k in ("batch_size", "momentum", "weight_decay",
+                                                       "frozen_bn", "weights")}}
+    for key, value in params.items():
+        # n_trials may grow between reruns; MLflow params are immutable, so it is logged as a tag.
+        if key == "n_trials":
+            continue
+        tracking.retry_locked(client.log_param)(run.info.run_id, key, tracking.mask(str(value)))
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return run.info.run_id
+
+
+def _run_in_experiment(client, run_id: str, exp_id: str) -> bool:
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - not in this store
+        return False
+    return run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
+
+
+# --------------------------------------------------------------------------- results
+
+def summary(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str) -> dict:
+    """The JSON written for the study: deterministic, whichever worker computes it."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise UserError(f"study {name}: no trial completed (all pruned or failed); "
+                        "check the learning-rate range and sweep.epochs")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    table = []
+    for t in trials:
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        table.append({"number": t.number, "lr": t.params.get("lr"), "value": t.value,
+                      "state": t.state.name.lower(), "epochs": len(t.intermediate_values),
+                      "last_val_acc": last, "retry_of": t.user_attrs.get("retry_of")})
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    return {
+        "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(url),
+        "objective": "best validation accuracy (%)", "direction": "maximize",
+        "best_lr": best.params["lr"], "best_value": best.value, "best_trial": best.number,
+        "n_trials": p["sweep"]["n_trials"], "n_finished": done,
+        "n_complete": len(complete), "n_pruned": done - len(complete),
+        "epochs": p["sweep"]["epochs"], "lr_low": p["sweep"]["lr_low"], "lr_high": p["sweep"]["lr_high"],
+        "mlflow_parent_run_id": parent_id, "trials": table,
+    }
+
+
+def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str,
+              ran: set[int]) -> dict:
+    """Write the JSON and complete the parent run, once the study holds all its trials."""
+    import mlflow
+    from optuna.trial import TrialState
+
+    n_total = p["sweep"]["n_trials"]
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if len(finished) < n_total:  # cannot happen after _work; kept for safety
+        raise UserError(f"study {name}: only {len(finished)}/{n_total} trials finished")
+    last = max(finished, key=lambda t: (t.datetime_complete or datetime.datetime.min, t.number))
+    client = mlflow.MlflowClient()
+    marker = str(len(finished))
+    if last.number not in ran:
+        # Another worker ran the last trial and finalises; wait for it, take over if it died.
+        deadline = time.monotonic() + FINALISE_WAIT_S
+        while time.monotonic() < deadline and _parent_tag(client, parent_id) != marker:
+            time.sleep(1.0)
+    result = summary(study, p, model, freeze, name, url, parent_id)
+    out = output_path(p, model, freeze)
+    text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
+    if not out.is_file() or out.read_text() != text:
+        atomic.write_text(out, text)
+        print(f"wrote {out}")
+    if _parent_tag(client, parent_id) != marker:
+        _finish_parent(client, parent_id, study, result, out)
+    print(f"study {name}: best lr {result['best_lr']:.4g} (val acc {result['best_value']:.1f} %, "
+          f"trial {result['best_trial']}) over {result['n_finished']} trials; "
+          f"MLflow parent run {parent_id}")
+    return result
+
+
+def _parent_tag(client, parent_id: str) -> str | None:
+    try:
+        return client.get_run(parent_id).data.tags.get("sweep_finalised_trials")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _finish_parent(client, parent_id: str, study, result: dict, out: Path) -> None:
+    locked = tracking.retry_locked
+    step = result["n_finished"]
+    locked(client.log_metric)(parent_id, "best_lr", result["best_lr"], step=step)
+    locked(client.log_metric)(parent_id, "best_val_acc", result["best_value"], step=step)
+    locked(client.log_metric)(parent_id, "n_finished", result["n_finished"], step=step)
+    with tempfile.TemporaryDirectory(prefix="tfreeze-sweep-") as tmp:
+        for path in plot_figures(result, Path(tmp)):
+            locked(client.log_artifact)(parent_id, str(path), "figures")
+    locked(client.log_artifact)(parent_id, str(out), "sweep")
+    for key, value in {"best_trial": result["best_trial"], "n_trials": result["n_trials"],
+                       "state": "complete", "sweep_finalised_trials": result["n_finished"]}.items():
+        locked(client.set_tag)(parent_id, key, str(value))
+    locked(client.set_terminated)(parent_id, "FINISHED")
+
+
+def plot_figures(result: dict, folder: Path) -> list[Path]:
+    """lr vs validation accuracy, and the optimisation history, as PNGs in ``folder``."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in worker processes
+
+    rows = [r for r in result["trials"] if r["state"] in ("complete", "pruned") and r["lr"] is not None]
+    comp = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned" and r["last_val_acc"] is not None]
+    title = f"{result['model']} / {result['freeze']}"
+    paths = []
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter([r["lr"] for r in comp], [r["value"] for r in comp], label="complete (best val acc)")
+    ax.scatter([r["lr"] for r in pruned], [r["last_val_acc"] for r in pruned], marker="x",
+               color="grey", label="pruned (last val acc)")
+    ax.scatter([result["best_lr"]], [result["best_value"]], s=160, facecolors="none",
+               edgecolors="red", label=f"best lr {result['best_lr']:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{title}: learning rate vs validation accuracy")
+    ax.legend(fontsize="small")
+    paths.append(folder / "lr_vs_val_acc.png")
+    fig.savefig(paths[-1], dpi=120)
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter([r["number"] for r in comp], [r["value"] for r in comp], label="complete")
+    ax.scatter([r["number"] for r in pruned], [r["last_val_acc"] for r in pruned], marker="x",
+               color="grey", label="pruned (last val acc)")
+    best_so_far, xs, ys = float("-inf"), [], []
+    for r in sorted(comp, key=lambda r: r["number"]):
+        best_so_far = max(best_so_far, r["value"])
+        xs.append(r["number"])
+        ys.append(best_so_far)
+    ax.step(xs, ys, where="post", color="red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{title}: optimisation history")
+    ax.legend(fontsize="small")
+    paths.append(folder / "optimization_history.png")
+    fig.savefig(paths[-1], dpi=120)
+    return paths
+

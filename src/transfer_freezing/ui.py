@@ -1,0 +1,28 @@
+"""``tfreeze ui``: the MLflow UI for the study's store, bound to 127.0.0.1 unless asked otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from . import tracking
+from .config import Params
+
+
+def runs_link(host: str, port: int, experiment_id: str) -> str:
+    """Direct link to the Model-training runs table (MLflow 3 opens the GenAI view otherwise)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def command(p: Params, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--workers", "1", "--backend-store-uri", tracking.tracking_uri(p)]
+
+
+def serve(p: Params, host: str = "127.0.0.1", port: int = 5000) -> None:
+    exp_id = tracking.connect(p)
+    print(f"MLflow UI for experiment {p['tracking']['experiment']!r}: {runs_link(host, port, exp_id)}")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    subprocess.run(command(p, host, port), env=env, check=False)

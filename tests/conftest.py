@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny, fully offline project (params, corpus, features) in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from transfer_freezing import config, data, features
+
+REPO = Path(__file__).resolve().parents[1]
+TFREEZE = str(Path(sys.executable).parent / "tfreeze")
+
+TINY = {
+    "data.synthetic_clips_per_class": 6,
+    "data.clip_seconds": 2.0,
+    "features.image_size": 32,
+    "features.workers": 1,
+    "train.models": ["vit_demo"],
+    "train.freeze_modes": ["freeze_none", "freeze_patch_0_11"],
+    "train.seeds": [1, 2],
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "sweep.models": ["vit_demo"],
+    "sweep.freeze_modes": ["freeze_none"],
+    "sweep.n_trials": 2,
+    "sweep.epochs": 2,
+    "tracking.experiment": "tiny",
+}
+
+
+def write_params(folder: Path, **extra) -> Path:
+    """params.yaml for a tiny study: the committed demo profile with TINY and ``extra`` applied."""
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in {**TINY, **extra}.items():
+        section, leaf = key.split(".", 1)
+        tree[section][leaf] = value
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tmp_path_factory) -> Path:
+    """A folder holding tiny params, corpus and features, built once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_params(root)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        p = config.load("params.yaml")
+        data.materialise(p)
+        features.build(p)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def tiny(tiny_built: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the tiny project as the working directory (tests may write into it)."""
+    work = tmp_path / "proj"
+    shutil.copytree(tiny_built, work)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return work
+
+
+def tfreeze(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
+    """Run the console command; return the CompletedProcess (text mode)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
+    proc = subprocess.run([TFREEZE, *args], cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tfreeze {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
