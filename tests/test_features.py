@@ -46,7 +46,8 @@ def test_model_input_repeats_the_channel_and_normalises():
 
 
 def _manifest(n_per_class: int = 10, genres=("blues", "jazz", "rock")) -> pd.DataFrame:
-    rows = [{"clip_id": f"{g}.{i:05d}", "genre": g, "status": "ok"} for g in genres for i in range(n_per_class)]
+    rows = [{"clip_id": f"{g}.{i:05d}", "genre": g, "status": "ok"}
+            for g in genres for i in range(n_per_class)]
     return pd.DataFrame(rows)
 
 

@@ -118,7 +118,7 @@ def _mean_log_mel(out: Path, files: pd.Series) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_genres_are_learnable_but_not_trivially(tmp_path: Path, seed: int) -> None:
-    manifest = synthetic.generate(tmp_path, clips_per_class=30, clip_seconds=5.0, seed=seed)
+    manifest = synthetic.generate(tmp_path, clips_per_class=30, clip_seconds=3.0, seed=seed)
     features = _mean_log_mel(tmp_path, manifest.file)
     x_train, x_test, y_train, y_test = train_test_split(
         features, manifest.genre, test_size=0.3, stratify=manifest.genre, random_state=0)

@@ -55,7 +55,8 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     assert "resuming vit_demo/freeze_patch_0_5/seed1 after epoch 2" in resumed.stdout
     clean = tfreeze(*args, "--set", f"train.out={tmp_path / 'clean'}", cwd=tiny)
     assert clean.returncode == 0
-    got, want = _metrics(tiny), json.loads((tmp_path / "clean" / RUN.relative_to("models") / "metrics.json").read_text())
+    clean_metrics = tmp_path / "clean" / RUN.relative_to("models") / "metrics.json"
+    got, want = _metrics(tiny), json.loads(clean_metrics.read_text())
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch"):
         assert got[key] == want[key]
     run_id = json.loads((tiny / RUN / "run.json").read_text())["run_id"]

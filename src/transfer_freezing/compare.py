@@ -47,7 +47,7 @@ def collect(p: Params) -> pd.DataFrame:
 def _row(p: Params, cell: tuple[str, str, int], run_id: str, run) -> dict:
     stage = f"dvc repro -f {train_stage.stage_name(*cell)}"
     uri = tracking.mask(tracking.tracking_uri(p))
-    if run is None:
+    if run is None or run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is not in {uri}; "
                         f"re-run: {stage}")
     if run.info.status != "FINISHED":

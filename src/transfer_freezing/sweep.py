@@ -42,6 +42,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
 from . import atomic, freezing, tracking, train_stage, training
 from .config import Params
 from .errors import UserError
@@ -62,10 +66,9 @@ class _OverBudget(Exception):
 def run_study(p: Params, model: str, freeze: str, seed: int | None = None) -> dict:
     """Run what is missing of the (model, freeze) study; return the summary written to JSON.
 
-    Returns ``{}`` when another worker holds the remaining trials and finalises the study.
+    Order: validate (search space, freeze mode, features, storage, tracking) before any training;
+    then run or wait for the missing trials; then write the JSON and complete the parent run.
     """
-    import optuna
-
     s = p["sweep"]
     _check_space(s)
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
@@ -121,7 +124,6 @@ def output_path(p: Params, model: str, freeze: str) -> Path:
 
 def open_storage(url: str, heartbeat_seconds: int):
     """An ``RDBStorage`` with heartbeats; any failure -> one line naming the masked URL."""
-    import optuna
     import sqlalchemy.exc
 
     engine_kwargs: dict[str, Any] = {}
@@ -171,11 +173,9 @@ def _first_line(err: BaseException) -> str:
 
 def _open_study(storage, name: str, s: dict):
     """(study, created): ``created`` is True in exactly one worker (the storage's unique insert)."""
-    import optuna
-
     kwargs = {
         "study_name": name, "storage": storage,
-        "sampler": optuna.samplers.TPESampler(seed=s["sampler_seed"]),
+        "sampler": TrialSeededTPE(s["sampler_seed"]),
         "pruner": optuna.pruners.MedianPruner(n_startup_trials=s["pruner_startup_trials"],
                                               n_warmup_steps=s["pruner_warmup_epochs"]),
     }
@@ -189,10 +189,48 @@ def _open_study(storage, name: str, s: dict):
         return study, False
 
 
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random state is seeded from (``sweep.sampler_seed``, trial number).
+
+    A plain ``TPESampler(seed=...)`` restarts the same random sequence in every worker and every
+    rerun, so two workers (or a rerun after a kill) would propose the same learning rates during
+    TPE's random start-up phase. Seeding per trial number keeps the sweep reproducible and makes
+    every trial's proposal distinct. ``constant_liar`` keeps concurrent workers from sampling next
+    to trials that are still running.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._tpe = self._make(0)
+
+    def _make(self, number: int) -> optuna.samplers.TPESampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=(self._seed * 1_000_003 + number) % 2**32,
+                                              constant_liar=True)
+
+    def before_trial(self, study, trial) -> None:
+        self._tpe = self._make(trial.number)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
+
+
 def _tally(study) -> tuple[int, int, int]:
     """(finished = complete + pruned, running, waiting) trials in storage."""
-    from optuna.trial import TrialState
-
     states = [t.state for t in study.get_trials(deepcopy=False)]
     done = sum(st in (TrialState.COMPLETE, TrialState.PRUNED) for st in states)
     return done, states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
@@ -221,8 +259,6 @@ def _work(study, objective, n_total: int, heartbeat_seconds: int) -> None:
 
 
 def _fail_stale(study) -> None:
-    import optuna
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -230,8 +266,6 @@ def _fail_stale(study) -> None:
 
 def _check_budget(trial, n_total: int) -> None:
     """Fail a trial created in a race: count the non-failed trials numbered below it."""
-    from optuna.trial import TrialState
-
     before = [t for t in trial.study.get_trials(deepcopy=False)
               if t.number < trial.number and t.state != TrialState.FAIL]
     if len(before) >= n_total:
@@ -254,15 +288,14 @@ class _StaleTrial:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
             with contextlib.suppress(Exception):  # the tracking store may be another one now
-                import mlflow
-
                 client = mlflow.MlflowClient()
                 tracking.retry_locked(client.set_tag)(run_id, "state", "failed")
                 tracking.retry_locked(client.set_tag)(
                     run_id, "error", "worker stopped sending heartbeats (killed?); trial retried")
                 tracking.retry_locked(client.set_terminated)(run_id, "FAILED")
-        print(f"trial {trial.number} stopped sending heartbeats: failed, retrying it "
-              f"(lr {trial.params.get('lr', float('nan')):.3g})")
+        retries = len(trial.system_attrs.get("retry_history", []))
+        then = "re-queued with the same lr" if retries < MAX_RETRY else f"not retried ({retries} retries)"
+        print(f"trial {trial.number} stopped sending heartbeats (worker killed?): failed, {then}")
         retry = copy.deepcopy(trial)
         attrs = {k: v for k, v in trial.user_attrs.items() if k != RUN_ATTR}
         retry.user_attrs = {**attrs, "retry_of": attrs.get("retry_of", trial.number)}
@@ -273,9 +306,6 @@ class _StaleTrial:
 
 def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: str, name: str,
                data_hash: str) -> float:
-    import mlflow
-    import optuna
-
     retry_of = trial.user_attrs.get("retry_of")
     tags = {"mlflow.parentRunId": parent_id, "optuna_study": name, "optuna_trial": str(trial.number),
             "sweep_role": "trial", "model": cfg.model, "freeze_mode": cfg.freeze,
@@ -318,11 +348,9 @@ def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: s
 
 # --------------------------------------------------------------------------- MLflow parent run
 
-def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: str, freeze: str, seed: int,
-                url: str) -> str:
+def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: str, freeze: str,
+                seed: int, url: str) -> str:
     """The study's one parent run id (see the module docstring for who creates it)."""
-    import mlflow
-
     client = mlflow.MlflowClient()
     if not created:
         deadline = time.monotonic() + PARENT_WAIT_S
@@ -347,16 +375,14 @@ def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: 
     run = tracking.retry_locked(client.create_run)(exp_id, run_name=f"sweep/{name}", tags=tags)
     s = p["sweep"]
     params = {"study": name, "model": model, "freeze": freeze, "seed": seed,
-              "storage": tracking.mask(url), "n_trials": s["n_trials"], "lr_low": s["lr_low"],
+              "storage": tracking.mask(url), "lr_low": s["lr_low"],
               "lr_high": s["lr_high"], "epochs": s["epochs"], "sampler_seed": s["sampler_seed"],
               "pruner_warmup_epochs": s["pruner_warmup_epochs"],
               "pruner_startup_trials": s["pruner_startup_trials"],
               **{f"train.{k}": p["train"][k] for k in ("batch_size", "momentum", "weight_decay",
                                                        "frozen_bn", "weights")}}
+    # n_trials may grow between reruns and MLflow params are immutable: it is a tag, set on finish.
     for key, value in params.items():
-        # n_trials may grow between reruns; MLflow params are immutable, so it is logged as a tag.
-        if key == "n_trials":
-            continue
         tracking.retry_locked(client.log_param)(run.info.run_id, key, tracking.mask(str(value)))
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return run.info.run_id
@@ -374,8 +400,6 @@ def _run_in_experiment(client, run_id: str, exp_id: str) -> bool:
 
 def summary(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str) -> dict:
     """The JSON written for the study: deterministic, whichever worker computes it."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
@@ -403,9 +427,6 @@ def summary(study, p: Params, model: str, freeze: str, name: str, url: str, pare
 def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str,
               ran: set[int]) -> dict:
     """Write the JSON and complete the parent run, once the study holds all its trials."""
-    import mlflow
-    from optuna.trial import TrialState
-
     n_total = p["sweep"]["n_trials"]
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -415,8 +436,10 @@ def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, pa
     client = mlflow.MlflowClient()
     marker = str(len(finished))
     if last.number not in ran:
-        # Another worker ran the last trial and finalises; wait for it, take over if it died.
-        deadline = time.monotonic() + FINALISE_WAIT_S
+        # Another worker ran the last trial and finalises: wait for it, take over if it died
+        # (no wait when that trial ended long ago, e.g. a rerun after a kill at this point).
+        age = (datetime.datetime.now() - (last.datetime_complete or datetime.datetime.min)).total_seconds()
+        deadline = time.monotonic() + max(0.0, FINALISE_WAIT_S - age)
         while time.monotonic() < deadline and _parent_tag(client, parent_id) != marker:
             time.sleep(1.0)
     result = summary(study, p, model, freeze, name, url, parent_id)
@@ -426,7 +449,7 @@ def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, pa
         atomic.write_text(out, text)
         print(f"wrote {out}")
     if _parent_tag(client, parent_id) != marker:
-        _finish_parent(client, parent_id, study, result, out)
+        _finish_parent(client, parent_id, result, out)
     print(f"study {name}: best lr {result['best_lr']:.4g} (val acc {result['best_value']:.1f} %, "
           f"trial {result['best_trial']}) over {result['n_finished']} trials; "
           f"MLflow parent run {parent_id}")
@@ -440,7 +463,7 @@ def _parent_tag(client, parent_id: str) -> str | None:
         return None
 
 
-def _finish_parent(client, parent_id: str, study, result: dict, out: Path) -> None:
+def _finish_parent(client, parent_id: str, result: dict, out: Path) -> None:
     locked = tracking.retry_locked
     step = result["n_finished"]
     locked(client.log_metric)(parent_id, "best_lr", result["best_lr"], step=step)
