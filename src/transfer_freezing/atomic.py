@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -28,12 +29,34 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp_item
         _replace(tmp_item, target)
-    except OSError as err:
-        if err.errno == 28:  # ENOSPC
-            raise UserError(f"disk full while writing {target}: free space and re-run") from err
+    except (OSError, RuntimeError) as err:
+        if _disk_full(err, tmp):
+            raise UserError(
+                f"disk full while writing {target}: free space in {target.parent.resolve()} "
+                "(or point the stage's out param to another disk) and re-run"
+            ) from err
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_BELOW_BYTES = 1 << 20  # free space under which a failed write counts as "disk full"
+
+
+def _disk_full(err: OSError | RuntimeError, folder: Path) -> bool:
+    """Whether ``err`` means the file system is full.
+
+    ``OSError`` says so with its errno. ``torch.save`` to a path reports a full disk as a
+    ``RuntimeError`` ("unexpected pos ...") without errno: there the free space left next to the
+    half-written temporary decides.
+    """
+    if isinstance(err, OSError):
+        return err.errno in _FULL
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def _replace(src: Path, dst: Path) -> None:

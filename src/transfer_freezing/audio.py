@@ -433,18 +433,36 @@ def _verify(archive: Path, sha256: str | None) -> None:
 
 
 def safe_extract(archive: PathLike, dest: PathLike) -> None:
-    """Extract a tar archive into ``dest``, refusing any member that would land outside it."""
+    """Extract a tar archive into ``dest``, refusing it whole if any member is unsafe.
+
+    Unsafe: a path outside ``dest`` (``../x``, ``/x``), a symbolic or hard link (GTZAN's tarball
+    has none, and links are how extraction escapes), or anything ``tarfile``'s ``data`` filter
+    refuses (devices, ...). Nothing is extracted from a refused archive.
+    """
     dest = Path(dest).resolve()
     try:
         with tarfile.open(archive) as tar:
-            outside = [m.name for m in tar.getmembers() if not _inside(dest / m.name, dest)]
-            if outside:
-                raise UserError(
-                    f"refusing to extract {archive}: member {outside[0]!r} is outside {dest}"
-                )
+            for member in tar.getmembers():
+                problem = _unsafe(member, dest)
+                if problem:
+                    raise UserError(
+                        f"refusing to extract {archive}: member {member.name!r} {problem}"
+                    )
             tar.extractall(dest, filter="data")
     except tarfile.TarError as err:
         raise UserError(f"cannot extract {archive} ({err}): delete it and re-run") from None
+
+
+def _unsafe(member: tarfile.TarInfo, dest: Path) -> str:
+    if Path(member.name).is_absolute() or not _inside(dest / member.name, dest):
+        return f"is outside {dest}"
+    if member.issym() or member.islnk():
+        return f"is a link (to {member.linkname!r}); the archive should hold plain files"
+    try:
+        tarfile.data_filter(member, str(dest))
+    except tarfile.FilterError as err:
+        return f"is unsafe ({err})"
+    return ""
 
 
 def _inside(path: Path, folder: Path) -> bool:

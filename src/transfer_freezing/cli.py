@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 
@@ -116,6 +117,11 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _error(command: str, message: str) -> None:
+    """The one stderr line of a user error (a stray newline in a message would make it two)."""
+    print(f"tfreeze {command}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -126,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.debug:
             raise
-        print(f"tfreeze {args.command}: error: {err}", file=sys.stderr)
+        _error(args.command, str(err))
+        return 2
+    except OSError as err:
+        if args.debug or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        _error(args.command, f"disk full{where}: free space and re-run ({err.strerror})")
         return 2
     except KeyboardInterrupt:
         print(f"tfreeze {args.command}: interrupted", file=sys.stderr)

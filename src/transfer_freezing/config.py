@@ -200,6 +200,8 @@ def _check_relations(p: Params, source: str) -> None:
             models.spec(name)
             for mode in p[section]["freeze_modes"]:
                 freezing.prefixes(name, mode)
+    if p["train"]["weights"] == "imagenet":
+        _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
         raise UserError(f"{source}: split.train + split.val + split.test = {total:g}; must sum to 1")
@@ -215,6 +217,23 @@ def _check_relations(p: Params, source: str) -> None:
         )
     if p["data"]["source"] in ("gtzan", "folder") and not p["data"]["path"] and not p["data"]["download"]:
         raise UserError(f"{source}: data.source = {p['data']['source']!r} needs data.path (the audio tree)")
+
+
+def _check_imagenet(p: Params, source: str) -> None:
+    from . import models
+
+    for name in dict.fromkeys(p["train"]["models"] + p["sweep"]["models"]):
+        if models.spec(name).weights is None:
+            with_weights = [m for m, s in models.REGISTRY.items() if s.weights is not None]
+            raise UserError(
+                f"{source}: train.weights = 'imagenet' but model {name!r} has no ImageNet weights; "
+                f"use train.weights = none or a model among {', '.join(with_weights)}"
+            )
+    if p["features"]["image_size"] != 224:
+        raise UserError(
+            f"{source}: train.weights = 'imagenet' needs features.image_size = 224 "
+            f"(got {p['features']['image_size']})"
+        )
 
 
 def _did_you_mean(key: str) -> str:

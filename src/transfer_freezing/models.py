@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -138,26 +139,68 @@ def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None
     path = Path(weights_path) if weights_path else cache_file(name)
     if not path.is_file():
         if weights_path:
-            raise UserError(f"train.weights_path = {weights_path}: file not found")
+            raise UserError(f"train.weights_path = {weights_path}: file not found; "
+                            f"expected {name}'s ImageNet weights ({expected_file(name)}) there")
         _download(name, path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise UserError(f"weights file {path} could not be read as a state dict: {err}") from err
+        raise UserError(
+            f"weights file {path} could not be read as a state dict ({_first_line(err)}); "
+            f"expected {expected_file(name)}, a torch.save'd state_dict"
+        ) from err
+    if not isinstance(state, dict):
+        raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict; "
+                        f"expected {expected_file(name)}")
+    misfit = _misfit(model.state_dict(), state)
+    if misfit:
+        raise UserError(f"weights file {path} does not fit {name}: {misfit}; "
+                        f"expected {expected_file(name)}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"weights file {path} does not fit {name}: {first}") from err
+        raise UserError(f"weights file {path} does not fit {name}: {_first_line(err)}") from err
+
+
+def expected_file(name: str) -> str:
+    """The torchvision file name of ``name``'s ImageNet weights, e.g. ``vit_b_16-c867db91.pth``."""
+    weights = spec(name).weights
+    return os.path.basename(weights.url) if weights else "(none: this model has no ImageNet weights)"
+
+
+def _misfit(want: dict, got: dict) -> str:
+    """Why state dict ``got`` does not load into a model whose state dict is ``want`` ('' if it does)."""
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    shape = [k for k in want if k in got and hasattr(got[k], "shape") and got[k].shape != want[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]!r})"
+             for what, keys in (("missing keys", missing), ("unexpected keys", extra),
+                                ("tensors of another shape", shape)) if keys]
+    return ", ".join(parts)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+DOWNLOAD_TIMEOUT_S = 20.0  # per connect / read: a firewalled machine fails in seconds, not hours
 
 
 def _download(name: str, path: Path) -> None:
     url = spec(name).weights.url
     path.parent.mkdir(parents=True, exist_ok=True)
+    # torch.hub's urlopen has no timeout: without a socket default it can wait forever on a
+    # network that drops packets instead of refusing them.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         torch.hub.download_url_to_file(url, str(path), progress=True)
     except Exception as err:  # noqa: BLE001 - offline: any network error means the same thing
         raise UserError(
-            f"ImageNet weights for {name} not found at {path} and download failed ({type(err).__name__}); "
-            f"put {path.name} (from {url}) in {path.parent} or set train.weights_path"
+            f"ImageNet weights for {name} not found at {path} and download failed "
+            f"({_first_line(err)}); put {path.name} (from {url}) in {path.parent} "
+            "or set train.weights_path"
         ) from err
+    finally:
+        socket.setdefaulttimeout(previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import subprocess
@@ -20,9 +21,16 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 T = TypeVar("T")
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]*@")  # up to the userinfo's last "@"
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|secret|token)=)[^&#\s]*")
+
+
 def mask(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host`` URLs (logs, params, errors)."""
-    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", str(url))
+    """Hide the password of ``scheme://user:password@host`` URLs (logs, params, errors).
+
+    Also a ``password=`` / ``token=`` query parameter (libpq accepts ``?password=``).
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", str(url)))
 
 
 def tracking_uri(p: Params) -> str:
@@ -51,6 +59,8 @@ def connect(p: Params) -> str:
     import mlflow
 
     uri = tracking_uri(p)
+    # "Creating initial MLflow database tables..." on stderr would bury a one-line error.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
