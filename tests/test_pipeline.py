@@ -108,3 +108,17 @@ def test_dvc_yaml_lists_every_stage_as_a_tfreeze_subcommand():
         assert stage["cmd"].startswith(f"tfreeze {name}")
         assert f"src/transfer_freezing/{'train_stage' if name == 'train' else name}.py" in " ".join(
             stage["deps"]) or name == "data"
+
+
+def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(repro, tmp_path):
+    work = tmp_path / "exp"
+    shutil.copytree(repro, work, symlinks=True)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=work)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock", cwd=work)
+    ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", cwd=work).stdout
+    assert "Running stage 'train@vit_demo-freeze_none-1'" in ran and "Running stage 'features'" not in ran
+    shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
+    assert "one-epoch" in shown
+    metrics = pd.read_csv(work / "reports/freezing_runs.csv")
+    assert len(metrics) == 4
+    assert (work / "models/vit_demo/freeze_none/seed1/history.csv").read_text().count("\n") == 2
