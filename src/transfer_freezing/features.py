@@ -21,10 +21,11 @@ from tqdm import tqdm
 from . import atomic, splits
 from .config import Params
 from .errors import UserError
+from .inputs import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported: the torch-only training core
+from .inputs import IMAGENET_STD as IMAGENET_STD  # imports these from .inputs, not from here
+from .inputs import Split
+from .inputs import to_model_input as to_model_input
 
-# torchvision's ImageNet statistics, applied at load time (the original's dataset did this).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 META = "meta.json"
 
 
@@ -145,18 +146,6 @@ def build(p: Params) -> dict:
     return meta
 
 
-@dataclass
-class Split:
-    """One split in memory: images (N, H, W) as stored, integer labels, clip ids."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    clip_ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
 def load(p: Params, name: str) -> Split:
     """Load one split's arrays whole into memory, after checking they match the current params.
 
@@ -183,17 +172,3 @@ def read_meta(p: Params) -> dict:
             "params.yaml now holds; re-run the features stage: dvc repro features"
         )
     return meta
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) stored images -> (B, 3, H, W) ImageNet-normalised floats.
-
-    The grey image is broadcast over three channels (no copy before the arithmetic), and the
-    per-channel mean/std turn it into the three slightly different planes the original fed its ViT.
-    """
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std

@@ -91,7 +91,8 @@ def run_study(p: Params, model: str, freeze: str, seed: int | None = None) -> di
         ran.add(trial.number)
         lr = trial.suggest_float("lr", s["lr_low"], s["lr_high"], log=True)
         cfg = train_stage.run_config(p, model, freeze, train_seed, lr, num_classes, epochs=s["epochs"])
-        return _run_trial(trial, cfg, data, parent_id, name, meta["params_hash"])
+        return _run_trial(trial, cfg, data, parent_id, name, meta["params_hash"],
+                          train_stage.cache_dir(p))
 
     done, _, _ = _tally(study)
     print(f"study {name} in {tracking.mask(url)}: {done}/{n_total} trials finished"
@@ -305,7 +306,7 @@ class _StaleTrial:
 # --------------------------------------------------------------------------- one trial
 
 def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: str, name: str,
-               data_hash: str) -> float:
+               data_hash: str, cache_dir: Path | None = None) -> float:
     retry_of = trial.user_attrs.get("retry_of")
     tags = {"mlflow.parentRunId": parent_id, "optuna_study": name, "optuna_trial": str(trial.number),
             "sweep_role": "trial", "model": cfg.model, "freeze_mode": cfg.freeze,
@@ -329,7 +330,7 @@ def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: s
 
         try:
             with tempfile.TemporaryDirectory(prefix="tfreeze-trial-") as workdir:
-                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch)
+                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch, cache_dir=cache_dir)
         except optuna.TrialPruned as err:
             pruned = err
             mlflow.set_tag("state", "pruned")

@@ -42,8 +42,14 @@ def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_cla
         batch_size=t["batch_size"], lr=lr, momentum=t["momentum"],
         weight_decay=t["weight_decay"], frozen_bn=t["frozen_bn"], weights=t["weights"],
         weights_path=t["weights_path"], image_size=p["features"]["image_size"],
-        num_classes=num_classes, device=t["device"],
+        num_classes=num_classes, device=t["device"], activation_cache=t["activation_cache"],
+        compile=t["compile"],
     )
+
+
+def cache_dir(p: Params) -> Path:
+    """Where frozen-prefix activations are shared between runs: next to the features, not a DVC out."""
+    return Path(p["features"]["out"]).parent / "cache" / "activations"
 
 
 def load_data(p: Params, batch_size: int) -> tuple[training.Data, dict]:
@@ -84,7 +90,7 @@ def train(p: Params, model: str, freeze: str, seed: int) -> dict:
                              "run.lr_source": lr_source})
         result = training.fit(
             cfg, data, out, on_epoch=lambda epoch, row: tracking.log_metrics(row, step=epoch),
-            resume_extra={"mlflow_run_id": run_id},
+            resume_extra={"mlflow_run_id": run_id}, cache_dir=cache_dir(p),
         )
         metrics = summary_metrics(result, freeze, model)
         tracking.log_metrics(metrics)

@@ -1,8 +1,19 @@
 """The training core: one (model, freeze mode, seed) run, resumable, with no tracking dependency.
 
-Read it top to bottom like nanoGPT's train.py: setup, epoch loop (train, validate, checkpoint),
-then the best-validation weights scored once on test. MLflow lives in ``tracking``; this module
-only calls ``on_epoch`` so it runs (and benchmarks) with nothing but torch installed.
+Read it top to bottom like nanoGPT's train.py: setup, the data path (``prepare``), epoch loop
+(train, validate, checkpoint), then the best-validation weights scored once on test. MLflow lives
+in ``tracking``; this module only calls ``on_epoch`` so it runs (and benchmarks) with nothing but
+torch and torchvision installed (tqdm draws the progress bar when present).
+
+Speed, without changing what is computed (beyond float round-off):
+- the splits are in memory whole (on the GPU too, moved once per run); batches are index slices;
+- a constant frozen prefix runs once per split (``prefix_cache``), the rest trains on its output;
+- ViT attention in the batch-first layout while training (``attention``), channels_last weights
+  for CNNs (``MEMORY_FORMATS``);
+- CPU: one thread per physical core, fp32 (bf16 autocast measures faster on AMX CPUs but changes
+  the numbers; see benchmarks/train_throughput.py); GPU: bf16 autocast, TF32, fused SGD, no
+  per-batch host sync; ``compile`` wraps the trained module in ``torch.compile`` (on this CPU it
+  costs 15-40 s per run for +-4 %, so it stays off by default).
 """
 
 from __future__ import annotations
@@ -15,14 +26,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from . import atomic, freezing, models
-from .features import Split, to_model_input
+from . import atomic, attention, freezing, models, prefix_cache
+from .inputs import Split, to_model_input
+
+try:
+    from tqdm import tqdm
+except ModuleNotFoundError:  # a bare GPU box (benchmarks/gpu.sh) has torch + torchvision only
+    tqdm = None
 
 LAST = "last.pt"  # the resumable last-epoch state, removed once the run has finished
 
@@ -45,6 +61,8 @@ class RunConfig:
     image_size: int = 224
     num_classes: int = 10
     device: str = "auto"
+    activation_cache: bool = True
+    compile: bool = False
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -55,6 +73,12 @@ class Data:
     train: Split
     val: Split
     test: Split
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def to(self, device: torch.device) -> Data:
+        return Data(*(s.to(device) for s in self.splits().values()))
 
 
 @dataclass
@@ -91,59 +115,145 @@ def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.
     trainable, total = freezing.freeze(model, plan.prefixes, freeze_bn_stats=cfg.frozen_bn == "eval")
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    # One fused kernel per step on the GPU; the CPU keeps torch's default implementation.
+    fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          foreach=device.type == "cuda")
+                          **fused)
     return model, opt, trainable, total
 
 
-def run_epoch(model: nn.Module, split: Split, batch_size: int, device: torch.device,
+class Plain(nn.Module):
+    """Stored images -> logits through the whole model: the path without an activation cache."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(to_model_input(images))
+
+
+# Weight layout per model family. channels_last: ResNet-50's step is ~15 % faster on this CPU
+# (oneDNN) and it is what cuDNN's bf16 convolutions want; ViT's one convolution gains nothing.
+MEMORY_FORMATS = {"resnet": torch.channels_last}
+
+
+def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
+            cache_dir: Path | None = None) -> tuple[nn.Module, Data]:
+    """The module that maps a batch of the returned data to logits, and that data on ``device``.
+
+    With ``cfg.activation_cache`` and a constant frozen prefix (``prefix_cache``), the data hold the
+    prefix's outputs and the module runs only the rest of the model. Caches go to ``cache_dir``
+    only with pretrained weights: a random initialisation differs per seed, so nothing is shared.
+    """
+    data = data.to(device)
+    layout = MEMORY_FORMATS.get(models.spec(cfg.model).family, torch.contiguous_format)
+    model.to(memory_format=layout)
+    attention.use_batch_first_attention(model)
+    net: nn.Module = Plain(model)
+    if cfg.activation_cache:
+        folder = cache_dir if cfg.weights != "none" else None
+        context = {"model": cfg.model, "device": device.type, "precision": _precision(device),
+                   "layout": str(layout)}
+        cached = prefix_cache.prepare(model, cfg.model, data.splits(), cfg.batch_size, device,
+                                      partial(autocast, device), folder, context)
+        if cached:
+            net, data = cached[0], Data(**cached[1])
+    if cfg.compile:
+        net = torch.compile(net)
+    return net, data
+
+
+def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.device,
               opt: torch.optim.Optimizer | None = None, order: torch.Tensor | None = None,
               desc: str = "") -> tuple[float, float, torch.Tensor]:
-    """One pass over ``split``: trains when ``opt`` is given. Returns (loss, acc %, predictions)."""
+    """One pass over ``split``: trains when ``opt`` is given. Returns (loss, acc %, predictions).
+
+    ``net`` maps a batch of ``split.images`` to logits. Sums stay on the device (float64 loss,
+    the same arithmetic as Python floats), so a GPU epoch syncs with the host once, at its end.
+    """
     training = opt is not None
-    model.train(training)
-    order = order if order is not None else torch.arange(len(split))
-    preds = torch.empty(len(split), dtype=torch.long)
-    loss_sum, correct = 0.0, 0
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None)
+    net.train(training)
+    home = split.labels.device
+    order = (order if order is not None else torch.arange(len(split))).to(home)
+    preds = torch.empty(len(split), dtype=torch.long, device=home)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    bar = _progress(range(0, len(order), batch_size), desc)
     for start in bar:
         idx = order[start:start + batch_size]
-        x = to_model_input(split.images[idx].to(device, non_blocking=True))
-        y = split.labels[idx].to(device)
-        with torch.set_grad_enabled(training), _autocast(device):
-            logits = model(x)
+        x = split.images[idx].to(device, non_blocking=True)
+        y = split.labels[idx].to(device, non_blocking=True)
+        with torch.set_grad_enabled(training), autocast(device):
+            logits = net(x)
             loss = nn.functional.cross_entropy(logits, y)
         if training:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         pred = logits.argmax(1)
-        preds[idx] = pred.cpu()
-        loss_sum += loss.item() * len(idx)
-        correct += (pred == y).sum().item()
-        bar.set_postfix(loss=f"{loss_sum / (start + len(idx)):.3f}",
-                        acc=f"{100 * correct / (start + len(idx)):.1f}")
-    return loss_sum / len(split), 100.0 * correct / len(split), preds
+        preds[idx] = pred.to(home)
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (pred == y).sum()
+        if getattr(bar, "disable", True) is False:  # an interactive bar: the sync is worth it
+            seen = start + len(idx)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+    return loss_sum.item() / len(split), 100.0 * correct.item() / len(split), preds.cpu()
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast pays off on GPUs; on AVX2 CPUs bf16 is ~10x slower than fp32, so CPU stays fp32.
+def _progress(steps: range, desc: str):
+    return tqdm(steps, desc=desc, leave=False, disable=None) if tqdm else steps
+
+
+def autocast(device: torch.device):
+    """The precision context of a forward pass on ``device``."""
+    # bf16 autocast on GPUs. On CPUs fp32: AVX2-only ones run bf16 ~10x slower, and where AMX makes
+    # it faster it still changes the numbers against the fp32 runs (measured in the benchmark).
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+def _precision(device: torch.device) -> str:
+    return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyperthread siblings counted once)."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").read_text().strip())
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def configure(device: torch.device) -> None:
+    """Per-process settings: deterministic kernels, CPU threads = physical cores, TF32 on GPUs."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(physical_cores())
+
+
 def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = None,
-        resume_extra: dict | None = None) -> Result:
+        resume_extra: dict | None = None, cache_dir: Path | None = None) -> Result:
     """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if a matching one exists.
 
     Writes ``workdir/model.pt`` (best-validation weights). ``resume_extra`` is stored in every
     checkpoint (the tracking layer keeps its run id there) and read back by ``peek``.
+    ``cache_dir`` is where frozen-prefix activations are shared between runs (see ``prepare``).
     """
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
-    _deterministic(device)
+    configure(device)
     model, opt, trainable, total = setup(cfg, device)
+    net, data = prepare(cfg, model, data, device, cache_dir)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = _resume(workdir, cfg)
     start, best = 0, {"acc": -1.0, "epoch": -1}
@@ -158,9 +268,9 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
         print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed} after epoch {start}")
     for epoch in range(start, cfg.epochs):
         order = torch.randperm(len(data.train), generator=shuffle)
-        tr_loss, tr_acc, _ = run_epoch(model, data.train, cfg.batch_size, device, opt, order,
+        tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
                                        desc=f"epoch {epoch + 1}/{cfg.epochs} train")
-        va_loss, va_acc, _ = run_epoch(model, data.val, cfg.batch_size, device, desc="val")
+        va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
         row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
         history.append(row)
         print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
@@ -174,18 +284,10 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
                    time.perf_counter() - t0, resume_extra)
         _crash_for_tests(epoch)
     model.load_state_dict(load_weights(workdir / "model.pt")["model"])
-    te_loss, te_acc, preds = run_epoch(model, data.test, cfg.batch_size, device, desc="test")
-    confusion = _confusion(data.test.labels, preds, cfg.num_classes)
+    te_loss, te_acc, preds = run_epoch(net, data.test, cfg.batch_size, device, desc="test")
+    confusion = _confusion(data.test.labels.cpu(), preds, cfg.num_classes)
     return Result(te_acc, te_loss, best["acc"], best["epoch"], trainable, total,
                   time.perf_counter() - t0, history, confusion)
-
-
-def _deterministic(device: torch.device) -> None:
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> list[list[int]]:
