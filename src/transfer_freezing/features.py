@@ -127,7 +127,6 @@ def build(p: Params) -> dict:
     table, notes = splits.make_split(manifest, p)
     for note in notes:
         print(f"split: {note}")
-    atomic.write_text(p["split"]["out"], table.to_csv(index=False))
     recipe = Recipe.from_params(p)
     classes = sorted(manifest.loc[manifest["status"] == "ok", "genre"].unique())
     files = dict(zip(manifest["clip_id"], manifest["file"], strict=True))
@@ -143,6 +142,8 @@ def build(p: Params) -> dict:
             rows.assign(label=rows["genre"].map(classes.index)).to_csv(tmp / f"{name}.csv", index=False)
             meta["splits"][name] = {"n": len(rows), "shape": list(images.shape)}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    # After the arrays: a failed or killed run leaves both outputs as they were.
+    atomic.write_text(p["split"]["out"], table.to_csv(index=False))
     return meta
 
 

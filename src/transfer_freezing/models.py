@@ -136,12 +136,7 @@ def cache_file(name: str) -> Path:
 
 def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None) -> None:
     """Load ImageNet weights from ``weights_path`` or the torch hub cache, downloading if allowed."""
-    path = Path(weights_path) if weights_path else cache_file(name)
-    if not path.is_file():
-        if weights_path:
-            raise UserError(f"train.weights_path = {weights_path}: file not found; "
-                            f"expected {name}'s ImageNet weights ({expected_file(name)}) there")
-        _download(name, path)
+    path = weights_file(name, weights_path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user problem
@@ -160,6 +155,20 @@ def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise UserError(f"weights file {path} does not fit {name}: {_first_line(err)}") from err
+
+
+def weights_file(name: str, weights_path: str | None = None) -> Path:
+    """The ImageNet weights file of ``name``, downloaded into the hub cache if missing and allowed.
+
+    Cheap (no model is built): the train stage calls it before it creates any output or MLflow run.
+    """
+    path = Path(weights_path) if weights_path else cache_file(name)
+    if not path.is_file():
+        if weights_path:
+            raise UserError(f"train.weights_path = {weights_path}: file not found; "
+                            f"expected {name}'s ImageNet weights ({expected_file(name)}) there")
+        _download(name, path)
+    return path
 
 
 def expected_file(name: str) -> str:

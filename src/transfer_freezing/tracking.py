@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
+
 from .config import Params
 from .errors import UserError
 
@@ -54,6 +56,23 @@ def retry_locked(fn: Callable[..., T], attempts: int = 8) -> Callable[..., T]:
     return wrapper
 
 
+@contextlib.contextmanager
+def sqlite_setup_lock(url: str) -> Iterator[None]:
+    """Serialise first use of a ``sqlite:///`` store across processes (no-op for other URLs).
+
+    MLflow and Optuna create and migrate a fresh database's schema on first connect; two processes
+    doing that at once collide ("duplicate column", "UNIQUE constraint failed: alembic_version").
+    A file lock beside the database lets the first create it and the others find it ready.
+    """
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.setup.lock", timeout=300):
+        yield
+
+
 def connect(p: Params) -> str:
     """Point MLflow at the study's store and experiment; return the experiment id."""
     import mlflow
@@ -61,15 +80,14 @@ def connect(p: Params) -> str:
     uri = tracking_uri(p)
     # "Creating initial MLflow database tables..." on stderr would bury a one-line error.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    elif uri.startswith(("http://", "https://")):
+    if uri.startswith(("http://", "https://")):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     name = p["tracking"]["experiment"]
     try:
-        exp = retry_locked(mlflow.get_experiment_by_name)(name)
-        exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(p, uri))
+        with sqlite_setup_lock(uri):
+            exp = retry_locked(mlflow.get_experiment_by_name)(name)
+            exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(p, uri))
     except Exception as err:  # noqa: BLE001 - any store failure is reported the same way
         raise UserError(f"MLflow tracking store {mask(uri)} failed: {_first_line(err)}") from err
     # MLflow 3 opens experiments in its GenAI view unless told this one is for model training.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic, config, features, freezing, reports, tracking, training
+from . import atomic, config, features, freezing, models, reports, tracking, training
 from .config import Params
 from .errors import UserError
 
@@ -77,9 +77,11 @@ def train(p: Params, model: str, freeze: str, seed: int) -> dict:
     lr, lr_source = resolve_lr(p, model, freeze)
     data, meta = load_data(p, p["train"]["batch_size"])
     cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]))
+    if cfg.weights == "imagenet":
+        models.weights_file(model, cfg.weights_path)  # missing offline -> one line, before any output
+    exp_id = tracking.connect(p)
     out = run_dir(p, model, freeze, seed)
     out.mkdir(parents=True, exist_ok=True)
-    exp_id = tracking.connect(p)
     resumed_id = training.peek(out, cfg).get("mlflow_run_id")
     tags = {"model": model, "freeze_mode": freeze, "seed": str(seed), "lr_source": lr_source,
             "dvc_stage": stage_name(model, freeze, seed), "feature_hash": feature_hash(p),
