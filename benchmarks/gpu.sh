@@ -27,6 +27,13 @@ timeout 240 "$PY" benchmarks/train_throughput.py --model vit_b_16 --image-size 2
   --steps 10 --rounds 2 --device cuda --mfu-model vit_b_16 --mfu-image-size 224 --mfu-batch-size 32 \
   --mfu-steps 10 --out "$OUT" 2>&1 | tee "$OUT/gpu_train_throughput.log"
 
+# Seeds side by side (tfreeze train --jobs N): aggregate img/s of 1, 2 and 4 concurrent runs.
+for mode in freeze_none freeze_patch_0_5; do
+  timeout 150 "$PY" benchmarks/concurrent_seeds.py --model vit_b_16 --mode "$mode" --image-size 224 \
+    --batch-size 32 --steps 20 --epochs 5 --procs 1 2 4 --device cuda --out "$OUT" 2>&1 \
+    | tee "$OUT/gpu_concurrent_seeds_$mode.log" || echo "concurrent seeds ($mode) failed or over 150 s"
+done
+
 # Optional: torch.compile on the full fine-tune (compile time not counted in img/s). Skipped when
 # it fails or takes too long: the numbers above do not depend on it.
 timeout 120 "$PY" benchmarks/train_throughput.py --model vit_b_16 --image-size 224 --batch-size 32 \

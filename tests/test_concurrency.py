@@ -52,3 +52,23 @@ def test_two_sweep_workers_on_one_sqlite_study_lose_no_trials(tiny: Path) -> Non
     assert len({t.number for t in trials}) == len(trials)
     best = json.loads((tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").read_text())
     assert best["best_lr"] in {t.params["lr"] for t in done}
+
+
+def test_train_jobs_runs_the_seeds_side_by_side(tiny: Path) -> None:
+    from conftest import tfreeze
+
+    proc = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", "--jobs", "2", cwd=tiny)
+    assert proc.stdout.count("test acc") == 2
+    client = mlflow.MlflowClient(f"sqlite:///{tiny}/mlruns/mlflow.db")
+    for seed in (1, 2):
+        run_id = json.loads((tiny / f"models/vit_demo/freeze_patch_0_11/seed{seed}/run.json").read_text())
+        assert client.get_run(run_id["run_id"]).info.status == "FINISHED"
+
+
+def test_train_jobs_reports_a_failed_cell_in_one_line(tiny: Path) -> None:
+    from conftest import tfreeze
+
+    proc = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2",
+                   "--set", "train.batch_size=1000", cwd=tiny, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "2 of 2 runs failed" in proc.stderr

@@ -35,7 +35,15 @@ def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tupl
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
     from . import train_stage
 
-    for model, freeze, seed in _grid(p, "train", args):
+    cells = _grid(p, "train", args)
+    if args.jobs > 1 and len(cells) > 1:
+        from . import launcher, training
+
+        base = ["--params", args.params, *(a for o in args.overrides for a in ("--set", o))]
+        gpu = training.pick_device(p["train"]["device"]).type == "cuda"
+        launcher.run_cells(cells, base, min(args.jobs, len(cells)), gpu)
+        return
+    for model, freeze, seed in cells:
         train_stage.train(p, model, freeze, seed)
 
 
@@ -103,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
         _common(sub)
         if name in ("train", "sweep"):
             _cell(sub)
+    subs.choices["train"].add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="run N cells at once as separate processes (e.g. the seeds of a mode on one GPU)")
     compare = subs.choices["compare"]
     compare.add_argument("--from-csv", help="summarise a per-seed CSV (the original study's format)")
     compare.add_argument("--out", help="output folder for --from-csv (default: compare.out)")
