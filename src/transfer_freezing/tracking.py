@@ -20,6 +20,7 @@ from .config import Params
 from .errors import UserError
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 T = TypeVar("T")
 
 
@@ -90,12 +91,31 @@ def connect(p: Params) -> str:
             exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(p, uri))
     except Exception as err:  # noqa: BLE001 - any store failure is reported the same way
         raise UserError(f"MLflow tracking store {mask(uri)} failed: {_first_line(err)}") from err
-    # MLflow 3 opens experiments in its GenAI view unless told this one is for model training.
-    retry_locked(mlflow.MlflowClient().set_experiment_tag)(
-        exp_id, EXPERIMENT_KIND_TAG, "custom_model_development"
-    )
+    _mark_model_training(exp_id)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def _mark_model_training(exp_id: str) -> None:
+    """Tag the experiment so MLflow 3 opens it in its Model-training view, not the GenAI one.
+
+    Several workers may connect at once: a tag another worker set in the meantime is fine
+    (a server answers the second insert with a unique-key violation).
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if _experiment_kind(client, exp_id) == MODEL_TRAINING:
+        return
+    try:
+        retry_locked(client.set_experiment_tag)(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    except Exception:
+        if _experiment_kind(client, exp_id) != MODEL_TRAINING:
+            raise
+
+
+def _experiment_kind(client: Any, exp_id: str) -> str | None:
+    return retry_locked(client.get_experiment)(exp_id).tags.get(EXPERIMENT_KIND_TAG)
 
 
 def _create_experiment(name: str, artifact_location: str | None) -> str:
