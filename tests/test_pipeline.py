@@ -122,3 +122,16 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     metrics = pd.read_csv(work / "reports/freezing_runs.csv")
     assert len(metrics) == 4
     assert (work / "models/vit_demo/freeze_none/seed1/history.csv").read_text().count("\n") == 2
+
+
+def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
+    write_params(tmp_path)
+    fixed = pd.read_csv(REPO / "tests/data/seed_results_summary.csv")
+    tuned = fixed.drop(columns="timestamp").assign(lr_source="sweep", test_acc=fixed["test_acc"] + 1.0)
+    tuned.to_csv(tmp_path / "tuned_runs.csv", index=False)
+    tfreeze("compare", "--from-csv", str(REPO / "tests/data/seed_results_summary.csv"),
+            str(tmp_path / "tuned_runs.csv"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    table = pd.read_csv(tmp_path / "out/freezing_comparison.csv")
+    by_source = table.set_index(["lr_source", "freeze_mode"])["test_mean"]
+    assert set(table["lr_source"]) == {"fixed", "sweep"}
+    assert by_source["sweep", "freeze_none"] == pytest.approx(by_source["fixed", "freeze_none"] + 1.0)

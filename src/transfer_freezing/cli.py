@@ -115,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, metavar="N",
         help="run N cells at once as separate processes (e.g. the seeds of a mode on one GPU)")
     compare = subs.choices["compare"]
-    compare.add_argument("--from-csv", help="summarise a per-seed CSV (the original study's format)")
+    compare.add_argument("--from-csv", nargs="+", metavar="CSV",
+                         help="summarise per-seed CSVs (the original study's format, or "
+                              "reports/freezing_runs.csv of fixed- and tuned-lr studies together)")
     compare.add_argument("--out", help="output folder for --from-csv (default: compare.out)")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")

@@ -106,8 +106,9 @@ def from_pipeline(p: Params) -> pd.DataFrame:
     return summary
 
 
-def from_csv(p: Params, csv: str, out: str | None = None) -> pd.DataFrame:
-    runs = stats.read_runs_csv(csv)
+def from_csv(p: Params, csvs: list[str], out: str | None = None) -> pd.DataFrame:
+    """Summarise per-seed CSVs together, e.g. a fixed-lr and a tuned-lr study side by side."""
+    runs = pd.concat([stats.read_runs_csv(csv) for csv in csvs], ignore_index=True)
     summary = write_outputs(runs, Path(out or p["compare"]["out"]), p["compare"]["reference_mode"],
                             p["compare"]["confidence"])
     print(stats.to_markdown(summary))

@@ -14,7 +14,6 @@ from scipy import stats
 from .errors import UserError
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
-CSV_COLUMNS = ("timestamp", *REQUIRED_COLUMNS)
 GROUP_KEYS = ("model", "lr_source")
 DEFAULT_LR_SOURCE = "fixed"
 
@@ -44,7 +43,8 @@ _TEST_COLUMNS = ("t_p", "t_p_holm", "wilcoxon_p", "wilcoxon_p_holm", "cohens_dz"
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
-    """Read per-seed results in the reference format (timestamp,model,freeze_mode,seed,...)."""
+    """Read per-seed results: the original study's format (timestamp,model,freeze_mode,seed,...)
+    or this pipeline's ``reports/freezing_runs.csv`` (which adds run_id, lr and lr_source)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"runs CSV not found: {path}")
@@ -52,11 +52,11 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
         runs = pd.read_csv(path, dtype={"timestamp": str, "model": str, "freeze_mode": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"cannot parse runs CSV {path}: {str(err).splitlines()[0]}") from err
-    missing = [c for c in CSV_COLUMNS if c not in runs.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
     if missing:
         raise UserError(
             f"runs CSV {path} lacks column(s) {', '.join(missing)}; "
-            f"expected {','.join(CSV_COLUMNS)}"
+            f"expected at least {','.join(REQUIRED_COLUMNS)}"
         )
     return runs
 
