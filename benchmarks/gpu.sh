@@ -21,6 +21,10 @@ print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, cuda {
 assert torch.cuda.is_available(), "no CUDA device visible"
 EOF
 
+# The training core end to end on the GPU: fit, rerun, SIGKILL + resume (benchmarks/gpu_fit_check.py).
+(cd benchmarks && timeout 200 "$PY" gpu_fit_check.py --model vit_b_16 --image-size 224 --epochs 2 \
+  --device cuda 2>&1 | grep -v '^epoch' | tee "../$OUT/gpu_fit_check.log") || echo "gpu_fit_check failed"
+
 # Every ViT mode, plain vs optimised (data on the GPU, batch-first attention, activation cache,
 # fused SGD), no compile.
 timeout 240 "$PY" benchmarks/train_throughput.py --model vit_b_16 --image-size 224 --batch-size 32 \
