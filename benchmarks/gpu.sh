@@ -12,6 +12,7 @@ OUT="${OUT:-benchmarks/results}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 "$PY" - <<'EOF'
@@ -23,7 +24,7 @@ EOF
 
 # The training core end to end on the GPU: fit, rerun, SIGKILL + resume (benchmarks/gpu_fit_check.py).
 (cd benchmarks && timeout 200 "$PY" gpu_fit_check.py --model vit_b_16 --image-size 224 --epochs 2 \
-  --device cuda 2>&1 | grep -v '^epoch' | tee "../$OUT/gpu_fit_check.log") || echo "gpu_fit_check failed"
+  --device cuda 2>&1 | grep -v '^epoch' | tee "$OUT/gpu_fit_check.log") || echo "gpu_fit_check failed"
 
 # Every ViT mode, plain vs optimised (data on the GPU, batch-first attention, activation cache,
 # fused SGD), no compile.
