@@ -24,7 +24,7 @@ TARGET_CLIPS_PER_S = 20.0
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips-per-class", type=int, default=4, help="10 genres x this many clips")
+    ap.add_argument("--clips-per-class", type=int, default=10, help="10 genres x this many clips")
     ap.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     ap.add_argument("--image-size", type=int, default=224)
     args = ap.parse_args()
