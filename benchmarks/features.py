@@ -1,6 +1,6 @@
 """Throughput of the features stage's recipe on 30-second clips: clips/s over all cores.
 
-    python benchmarks/features.py [--clips-per-class 4] [--workers 0]
+    python benchmarks/features.py [--clips-per-class 10] [--workers 0]
 
 Generates a small synthetic corpus of 30 s clips (GTZAN's length), then times
 ``features.compute_images`` (decode + log-mel + resize + min-max, spread over processes) at the
