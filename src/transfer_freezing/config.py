@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 Params = dict[str, Any]
 
@@ -154,7 +154,7 @@ def load(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Par
     try:
         given = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        raise UserError(f"{path}: not valid YAML ({first_line(err)})") from err
     if not isinstance(given, dict):
         raise UserError(f"{path}: expected a mapping of sections, got {type(given).__name__}")
     flat = dict(_flatten(given))

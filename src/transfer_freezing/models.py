@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user problem
         raise UserError(
-            f"weights file {path} could not be read as a state dict ({_first_line(err)}); "
+            f"weights file {path} could not be read as a state dict ({first_line(err)}); "
             f"expected {expected_file(name)}, a torch.save'd state_dict"
         ) from err
     if not isinstance(state, dict):
@@ -154,7 +154,7 @@ def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise UserError(f"weights file {path} does not fit {name}: {_first_line(err)}") from err
+        raise UserError(f"weights file {path} does not fit {name}: {first_line(err)}") from err
 
 
 def weights_file(name: str, weights_path: str | None = None) -> Path:
@@ -188,11 +188,6 @@ def _misfit(want: dict, got: dict) -> str:
     return ", ".join(parts)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 DOWNLOAD_TIMEOUT_S = 20.0  # per connect / read: a firewalled machine fails in seconds, not hours
 
 
@@ -208,7 +203,7 @@ def _download(name: str, path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - offline: any network error means the same thing
         raise UserError(
             f"ImageNet weights for {name} not found at {path} and download failed "
-            f"({_first_line(err)}); put {path.name} (from {url}) in {path.parent} "
+            f"({first_line(err)}); put {path.name} (from {url}) in {path.parent} "
             "or set train.weights_path"
         ) from err
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
 GROUP_KEYS = ("model", "lr_source")
@@ -51,7 +51,7 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     try:
         runs = pd.read_csv(path, dtype={"timestamp": str, "model": str, "freeze_mode": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot parse runs CSV {path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot parse runs CSV {path}: {first_line(err)}") from err
     missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
     if missing:
         raise UserError(

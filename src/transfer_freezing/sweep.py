@@ -49,7 +49,7 @@ from optuna.trial import TrialState
 
 from . import atomic, freezing, tracking, train_stage, training
 from .config import Params
-from .errors import UserError
+from .errors import UserError, first_line
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
@@ -164,8 +164,7 @@ def _check_space(s: dict) -> None:
 
 
 def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return tracking.mask(lines[0] if lines else type(err).__name__)
+    return tracking.mask(first_line(err))
 
 
 # --------------------------------------------------------------------------- study and scheduling

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from filelock import FileLock
 
 from .config import Params
-from .errors import UserError
+from .errors import UserError, first_line
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -90,7 +90,7 @@ def connect(p: Params) -> str:
             exp = retry_locked(mlflow.get_experiment_by_name)(name)
             exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(p, uri))
     except Exception as err:  # noqa: BLE001 - any store failure is reported the same way
-        raise UserError(f"MLflow tracking store {mask(uri)} failed: {_first_line(err)}") from err
+        raise UserError(f"MLflow tracking store {mask(uri)} failed: {first_line(err)}") from err
     _mark_model_training(exp_id)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
@@ -143,12 +143,7 @@ def _check_server(uri: str) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
             resp.read()
     except Exception as err:  # noqa: BLE001 - unreachable in any way is one message
-        raise UserError(f"MLflow tracking server {mask(uri)} is unreachable: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+        raise UserError(f"MLflow tracking server {mask(uri)} is unreachable: {first_line(err)}") from err
 
 
 @contextlib.contextmanager
@@ -162,7 +157,7 @@ def run(name: str, run_id: str | None = None, nested: bool = False,
     try:
         yield active
     except BaseException as err:
-        mlflow.set_tag("error", _first_line(err)[:5000])
+        mlflow.set_tag("error", first_line(err)[:5000])
         retry_locked(mlflow.end_run)(status="FAILED")
         raise
     retry_locked(mlflow.end_run)(status="FINISHED")
