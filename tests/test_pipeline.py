@@ -124,6 +124,21 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     assert (work / "models/vit_demo/freeze_none/seed1/history.csv").read_text().count("\n") == 2
 
 
+def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path):
+    """README's GPU route: `tfreeze train --jobs N` for a mode's seeds, `dvc commit`, `dvc repro` the rest."""
+    work = tmp_path / "jobs"
+    shutil.copytree(repro, work, symlinks=True)
+    write_params(work, **{"train.epochs": 1})
+    tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2", cwd=work)
+    cells = ["train@vit_demo-freeze_none-1", "train@vit_demo-freeze_none-2"]
+    sh("dvc", "commit", "-f", *cells, cwd=work)
+    assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
+    ran = sh("dvc", "repro", cwd=work).stdout
+    assert "Running stage 'train@vit_demo-freeze_patch_0_11-1'" in ran
+    assert not any(f"Running stage '{cell}'" in ran for cell in cells)
+    assert (work / "models/vit_demo/freeze_none/seed2/history.csv").read_text().count("\n") == 2
+
+
 def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
     write_params(tmp_path)
     fixed = pd.read_csv(REPO / "tests/data/seed_results_summary.csv")

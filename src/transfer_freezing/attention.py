@@ -5,8 +5,10 @@ input to sequence-first before the in-projection, so the (B*L, E) x (E, 3E) prod
 batched matmuls of B rows each; on the 2-core CPU that is ~25 % of a ViT-B/16 forward, and its
 backward is as slow. ``BatchFirstSelfAttention`` computes the same thing (one matmul for q, k, v,
 ``scaled_dot_product_attention``, the out-projection) in the batch-first layout: same parameters,
-same state-dict keys, same results up to float round-off. Eval without grad keeps torch's fused
-fast path; anything but plain self-attention (masks, attention weights, ...) falls back to it too.
+same state-dict keys, same results up to float round-off. Queries that are not the keys
+(``readout``'s class-token-only last block: one query row, every token's keys and values) take
+two matmuls, one for q and one for k and v. Self-attention in eval without grad keeps torch's
+fused fast path; masks, attention weights and the like fall back to torch too.
 """
 
 from __future__ import annotations
@@ -23,23 +25,32 @@ class BatchFirstSelfAttention(nn.MultiheadAttention):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        plain = (query is key and key is value and query.dim() == 3 and not need_weights
+        plain = (key is value and query.dim() == 3 and not need_weights
                  and key_padding_mask is None and attn_mask is None and not is_causal)
-        fused_path = not self.training and not torch.is_grad_enabled()
+        fused_path = query is key and not self.training and not torch.is_grad_enabled()
         if not plain or fused_path:
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
         b, n, e = query.shape
-        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        if query is key:
+            q, k, v = self._heads(F.linear(query, w, bias), 3)
+        else:
+            [q] = self._heads(F.linear(query, w[:e], bias[:e]), 1)
+            k, v = self._heads(F.linear(key, w[e:], bias[e:]), 2)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         out = F.linear(out.transpose(1, 2).reshape(b, n, e), self.out_proj.weight, self.out_proj.bias)
         return out, None
 
+    def _heads(self, packed: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(B, L, parts * E) projections -> ``parts`` tensors of shape (B, heads, L, head_dim)."""
+        b, n, _ = packed.shape
+        return packed.view(b, n, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
 
 def _convertible(module: nn.Module) -> bool:
     return (type(module) is nn.MultiheadAttention and module.batch_first and module._qkv_same_embed_dim
-            and module.bias_k is None and not module.add_zero_attn)
+            and module.in_proj_bias is not None and module.bias_k is None and not module.add_zero_attn)
 
 
 def use_batch_first_attention(model: nn.Module) -> int:

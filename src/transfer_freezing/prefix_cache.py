@@ -37,7 +37,7 @@ from .errors import UserError
 from .freezing import under
 from .inputs import Split, to_model_input
 
-FORMAT = 1  # bump when what a cache file holds changes
+FORMAT = 2  # bump when what a cache file holds changes (2: class-token-only last ViT block)
 MEMORY_ENTRIES = 6  # cached splits kept in this process (two runs' train/val/test)
 MEMORY_SHARE = 0.5  # a cache may take at most this share of the free host (or GPU) memory
 

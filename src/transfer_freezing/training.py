@@ -8,8 +8,8 @@ torch and torchvision installed (tqdm draws the progress bar when present).
 Speed, without changing what is computed (beyond float round-off):
 - the splits are in memory whole (on the GPU too, moved once per run); batches are index slices;
 - a constant frozen prefix runs once per split (``prefix_cache``), the rest trains on its output;
-- ViT attention in the batch-first layout while training (``attention``), channels_last weights
-  for CNNs (``MEMORY_FORMATS``);
+- ViT attention in the batch-first layout while training (``attention``), and the last block for
+  the class token only (``readout``); channels_last weights for CNNs (``MEMORY_FORMATS``);
 - CPU: one thread per physical core, fp32 (bf16 autocast measures faster on AMX CPUs but changes
   the numbers; see benchmarks/train_throughput.py); GPU: bf16 autocast, TF32, fused SGD, no
   per-batch host sync; ``compile`` wraps the trained module in ``torch.compile`` (on this CPU it
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import atomic, attention, freezing, models, prefix_cache
+from . import atomic, attention, freezing, models, prefix_cache, readout
 from .inputs import Split, to_model_input
 
 try:
@@ -137,6 +137,12 @@ class Plain(nn.Module):
 # (oneDNN) and it is what cuDNN's bf16 convolutions want; ViT's one convolution gains nothing.
 MEMORY_FORMATS = {"resnet": torch.channels_last}
 
+# In-place rewrites per model family that compute the same logits faster (same parameters and
+# state-dict keys; see each module's docstring for what it skips and what it measured).
+FAST_FORWARD: dict[str, tuple[Callable[[nn.Module], int], ...]] = {
+    "vit": (attention.use_batch_first_attention, readout.use_class_token_readout),
+}
+
 
 def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
             cache_dir: Path | None = None) -> tuple[nn.Module, Data]:
@@ -147,9 +153,11 @@ def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
     only with pretrained weights: a random initialisation differs per seed, so nothing is shared.
     """
     data = data.to(device)
-    layout = MEMORY_FORMATS.get(models.spec(cfg.model).family, torch.contiguous_format)
+    family = models.spec(cfg.model).family
+    layout = MEMORY_FORMATS.get(family, torch.contiguous_format)
     model.to(memory_format=layout)
-    attention.use_batch_first_attention(model)
+    for rewrite in FAST_FORWARD.get(family, ()):
+        rewrite(model)
     net: nn.Module = Plain(model)
     if cfg.activation_cache:
         folder = cache_dir if cfg.weights != "none" else None
