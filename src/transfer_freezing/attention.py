@@ -7,8 +7,9 @@ backward is as slow. ``BatchFirstSelfAttention`` computes the same thing (one ma
 ``scaled_dot_product_attention``, the out-projection) in the batch-first layout: same parameters,
 same state-dict keys, same results up to float round-off. Queries that are not the keys
 (``readout``'s class-token-only last block: one query row, every token's keys and values) take
-two matmuls, one for q and one for k and v. Self-attention in eval without grad keeps torch's
-fused fast path; masks, attention weights and the like fall back to torch too.
+one projection for q, one for k and v, and ``few_query_attention``. Self-attention in eval
+without grad keeps torch's fused fast path; masks, attention weights and the like fall back to
+torch too.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class BatchFirstSelfAttention(nn.MultiheadAttention):
                                    average_attn_weights, is_causal)
         b, n, e = query.shape
         w, bias = self.in_proj_weight, self.in_proj_bias
+        dropout = self.dropout if self.training else 0.0
         if query is key:
             q, k, v = self._heads(F.linear(query, w, bias), 3)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             [q] = self._heads(F.linear(query, w[:e], bias[:e]), 1)
             k, v = self._heads(F.linear(key, w[e:], bias[e:]), 2)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            out = few_query_attention(q, k, v, dropout)
         out = F.linear(out.transpose(1, 2).reshape(b, n, e), self.out_proj.weight, self.out_proj.bias)
         return out, None
 
@@ -46,6 +49,17 @@ class BatchFirstSelfAttention(nn.MultiheadAttention):
         """(B, L, parts * E) projections -> ``parts`` tensors of shape (B, heads, L, head_dim)."""
         b, n, _ = packed.shape
         return packed.view(b, n, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as two plain matmuls, for a handful of query rows.
+
+    For one query (the class token) this costs next to nothing, and unlike the fused kernels its
+    backward is deterministic on CUDA: with ``scaled_dot_product_attention`` here, reruns of the
+    same seed differed on an H100 (benchmarks/gpu_fit_check.py).
+    """
+    weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+    return F.dropout(weights, dropout) @ v
 
 
 def _convertible(module: nn.Module) -> bool:
