@@ -1,0 +1,36 @@
+"""The training-throughput benchmark runs end to end and counts the FLOPs it divides by."""
+
+import json
+import sys
+
+import torch
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import train_throughput  # noqa: E402
+
+
+def test_cpu_attention_matmuls_are_counted():
+    b, h, s, d = 2, 3, 5, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    with FlopCounterMode(display=False) as counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    # torch's formulas, as for the CUDA kernels: 2 matmuls forward; backward 4 plus the recomputed scores
+    assert counter.get_total_flops() == 7 * 2 * b * h * s * s * d
+
+
+def test_train_throughput_reports_ratios_and_mfu(tmp_path):
+    result = train_throughput.main([
+        "--model", "vit_demo", "--image-size", "32", "--batch-size", "4", "--steps", "1", "--rounds", "1",
+        "--modes", "freeze_none", "freeze_patch_0_11", "--no-stem-probe", "--mfu-model", "vit_demo",
+        "--mfu-image-size", "32", "--mfu-batch-size", "4", "--mfu-steps", "1", "--out", str(tmp_path)])
+    [written] = tmp_path.glob("train_throughput-vit_demo-cpu-*.json")
+    assert json.loads(written.read_text())["rows"][1]["cached_after"] == "pool"
+    assert all(r["train_ratio"] > 0 for r in result["rows"])
+    m = result["mfu"]
+    assert len(m["peak_gflops_samples"]) == 3 and m["peak_gflops"] == max(m["peak_gflops_samples"])
+    assert m["opt_executed_gflop_per_image"] < m["gflop_per_image"]  # the class-token-only last block
+    assert 0 < m["opt_hfu"] < m["opt_mfu"]
