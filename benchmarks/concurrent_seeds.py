@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from train_throughput import device_name, synthetic, timed
 
-from transfer_freezing import training
+from transfer_freezing.train import core as training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import save
 
-from transfer_freezing import features, synthetic
+from transfer_freezing.data import features, synthetic
 
 TARGET_CLIPS_PER_S = 20.0
 

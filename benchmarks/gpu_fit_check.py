@@ -20,7 +20,7 @@ from pathlib import Path
 
 from train_throughput import synthetic
 
-from transfer_freezing import training
+from transfer_freezing.train import core as training
 
 KEYS = ("test_acc", "test_loss", "best_val_acc", "best_epoch")
 

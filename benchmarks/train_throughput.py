@@ -30,8 +30,11 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from transfer_freezing import freezing, models, prefix_cache, training
-from transfer_freezing.inputs import Split
+from transfer_freezing.data.inputs import Split
+from transfer_freezing.model import activation_cache as prefix_cache
+from transfer_freezing.model import freezing
+from transfer_freezing.model import registry as models
+from transfer_freezing.train import core as training
 
 PAPER = {"modes": ["freeze_none", "freeze_patch", "freeze_patch_0_2", "freeze_patch_0_5",
                    "freeze_patch_0_11"], "seeds": 10, "epochs": 20, "train": 800, "val": 100, "test": 100}

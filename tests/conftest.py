@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transfer_freezing import config, data, features
+from transfer_freezing import config
+from transfer_freezing.data import corpus as data
+from transfer_freezing.data import features
 
 REPO = Path(__file__).resolve().parents[1]
 TFREEZE = str(Path(sys.executable).parent / "tfreeze")

@@ -5,7 +5,8 @@ import copy
 import torch
 from torch import nn
 
-from transfer_freezing import attention, models
+from transfer_freezing.model import attention
+from transfer_freezing.model import registry as models
 
 
 def _pair() -> tuple[nn.MultiheadAttention, nn.MultiheadAttention]:

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from transfer_freezing import audio
-from transfer_freezing.audio import GENRES, BadClip, decode, import_tree, safe_extract, scan
+from transfer_freezing.data import audio
+from transfer_freezing.data.audio import GENRES, BadClip, decode, import_tree, safe_extract, scan
 from transfer_freezing.errors import UserError
 
 SR = 22050

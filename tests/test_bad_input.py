@@ -48,8 +48,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from transfer_freezing import atomic, audio, cli, config, features, models, tracking, ui
+from transfer_freezing import atomic, cli, config
+from transfer_freezing.data import audio, features
 from transfer_freezing.errors import UserError
+from transfer_freezing.model import registry as models
+from transfer_freezing.study import ui
+from transfer_freezing.train import tracking
 
 from conftest import REPO, write_params
 from services import free_port

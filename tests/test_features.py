@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from transfer_freezing import config, features, splits
+from transfer_freezing import config
+from transfer_freezing.data import features, splits
 from transfer_freezing.errors import UserError
 
 from conftest import write_params

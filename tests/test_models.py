@@ -5,8 +5,9 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from transfer_freezing import catalogue, freezing, models
 from transfer_freezing.errors import UserError
+from transfer_freezing.model import catalogue, freezing
+from transfer_freezing.model import registry as models
 
 VIT_B_16 = {  # DESIGN.md, 10-class head
     "freeze_none": 85_806_346, "freeze_patch": 85_064_458, "freeze_patch_0_2": 63_800_842,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from transfer_freezing import attention, freezing, models, readout
+from transfer_freezing.model import attention, freezing, readout
+from transfer_freezing.model import registry as models
 
 
 def _pair(mode: str, fast_attention: bool) -> tuple[torch.nn.Module, torch.nn.Module]:

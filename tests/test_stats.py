@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from transfer_freezing.errors import UserError
-from transfer_freezing.figures import plot_comparison
-from transfer_freezing.stats import holm, read_runs_csv, summarize, to_markdown
+from transfer_freezing.study.figures import plot_comparison
+from transfer_freezing.study.stats import holm, read_runs_csv, summarize, to_markdown
 
 REFERENCE_CSV = Path(__file__).parent / "data" / "seed_results_summary.csv"
 MODES = ["freeze_none", "freeze_patch", "freeze_patch_0_2", "freeze_patch_0_5", "freeze_patch_0_11"]

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from transfer_freezing import cli, config, sweep, train_stage
+from transfer_freezing import cli, config
+from transfer_freezing.train import stage as train_stage
+from transfer_freezing.train import sweep
 
 from conftest import tfreeze, write_params
 
@@ -45,7 +47,7 @@ def trials(p: dict):
 
 
 def _data_hash(p: dict) -> str:
-    from transfer_freezing import features
+    from transfer_freezing.data import features
 
     return features.read_meta(p)["params_hash"]
 

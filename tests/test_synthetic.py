@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torchaudio.datasets.gtzan import gtzan_genres
 
-from transfer_freezing import synthetic
+from transfer_freezing.data import synthetic
 
 MANIFEST_COLUMNS = ["clip_id", "genre", "file", "source", "status", "reason", "sample_rate",
                     "channels", "seconds"]

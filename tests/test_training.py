@@ -6,8 +6,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from transfer_freezing import config, train_stage
+from transfer_freezing import config
 from transfer_freezing.errors import UserError
+from transfer_freezing.train import stage as train_stage
 
 from conftest import tfreeze
 

@@ -12,13 +12,13 @@ from .errors import UserError
 
 
 def cmd_data(p: config.Params, args: argparse.Namespace) -> None:
-    from . import data
+    from .data import corpus as data
 
     data.materialise(p)
 
 
 def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
-    from . import features
+    from .data import features
 
     meta = features.build(p)
     shapes = ", ".join(f"{k} {v['shape']}" for k, v in meta["splits"].items())
@@ -33,11 +33,12 @@ def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tupl
 
 
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
-    from . import train_stage
+    from .train import stage as train_stage
 
     cells = _grid(p, "train", args)
     if args.jobs > 1 and len(cells) > 1:
-        from . import launcher, training
+        from .train import core as training
+        from .train import launcher
 
         base = ["--params", args.params, *(a for o in args.overrides for a in ("--set", o))]
         gpu = training.pick_device(p["train"]["device"]).type == "cuda"
@@ -48,14 +49,14 @@ def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
-    from . import sweep
+    from .train import sweep
 
     for model, freeze, _ in _grid(p, "sweep", args):
         sweep.run_study(p, model, freeze, seed=args.seed)
 
 
 def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
-    from . import compare
+    from .study import compare
 
     if args.from_csv:
         compare.from_csv(p, args.from_csv, args.out)
@@ -64,13 +65,13 @@ def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
 
 
 def cmd_ui(p: config.Params, args: argparse.Namespace) -> None:
-    from . import ui
+    from .study import ui
 
     ui.serve(p, host=args.host, port=args.port)
 
 
 def cmd_models(p: config.Params, args: argparse.Namespace) -> None:
-    from . import catalogue
+    from .model import catalogue
 
     print(catalogue.describe(args.model, num_classes=args.num_classes, counts=args.describe))
 

@@ -193,7 +193,8 @@ def _as_float(value: Any) -> Any:
 
 
 def _check_relations(p: Params, source: str) -> None:
-    from . import freezing, models  # registries; imported late to keep config import light
+    from .model import freezing  # registries; imported late to keep config import light
+    from .model import registry as models
 
     for section in ("train", "sweep"):
         for name in p[section]["models"]:
@@ -220,7 +221,7 @@ def _check_relations(p: Params, source: str) -> None:
 
 
 def _check_imagenet(p: Params, source: str) -> None:
-    from . import models
+    from .model import registry as models
 
     for name in dict.fromkeys(p["train"]["models"] + p["sweep"]["models"]):
         if models.spec(name).weights is None:

@@ -32,8 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import atomic, attention, freezing, models, prefix_cache, readout
-from .inputs import Split, to_model_input
+from .. import atomic
+from ..data.inputs import Split, to_model_input
+from ..model import activation_cache as prefix_cache
+from ..model import attention, freezing, readout
+from ..model import registry as models
 
 try:
     from tqdm import tqdm

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from . import tracking
-from .config import Params
+from ..config import Params
+from ..train import tracking
 
 
 def runs_link(host: str, port: int, experiment_id: str) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from torchaudio.datasets import gtzan
 
-from .config import Params
-from .errors import UserError
+from ..config import Params
+from ..errors import UserError
 
 SPLITS = ("train", "val", "test")
 

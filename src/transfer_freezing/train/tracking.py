@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from .config import Params
-from .errors import UserError, first_line
+from ..config import Params
+from ..errors import UserError, first_line
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"

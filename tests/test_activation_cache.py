@@ -9,8 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from transfer_freezing import config, freezing, models, prefix_cache, train_stage, training
-from transfer_freezing.inputs import Split
+from transfer_freezing import config
+from transfer_freezing.data.inputs import Split
+from transfer_freezing.model import activation_cache as prefix_cache
+from transfer_freezing.model import freezing
+from transfer_freezing.model import registry as models
+from transfer_freezing.train import core as training
+from transfer_freezing.train import stage as train_stage
 
 from conftest import REPO
 
@@ -108,8 +113,8 @@ def test_training_core_runs_with_torch_and_torchvision_only(tmp_path):
         for name in {BLOCKED + ["tqdm"]!r}:
             sys.modules[name] = None  # import name -> ImportError
         import torch
-        from transfer_freezing import training
-        from transfer_freezing.inputs import Split
+        from transfer_freezing.train import core as training
+        from transfer_freezing.data.inputs import Split
         def split(n):
             return Split(torch.rand(n, 32, 32).half(), torch.arange(n) % 3, [str(i) for i in range(n)])
         cfg = training.RunConfig("resnet_demo", "freeze_0_1_2", 1, epochs=1, batch_size=8, lr=0.01,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import freezing, models
+from . import freezing
+from . import registry as models
 
 
 def rows(model_name: str, num_classes: int = 10) -> list[dict]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import UserError
+from ..errors import UserError
 
 Cell = tuple[str, str, int]
 

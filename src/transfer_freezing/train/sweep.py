@@ -47,9 +47,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from . import atomic, freezing, tracking, train_stage, training
-from .config import Params
-from .errors import UserError, first_line
+from .. import atomic
+from ..config import Params
+from ..errors import UserError, first_line
+from ..model import freezing
+from . import core as training
+from . import stage as train_stage
+from . import tracking
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import atomic, tracking  # noqa: E402
+from .. import atomic  # noqa: E402
+from . import tracking
 
 
 def per_class_accuracy(confusion: list[list[int]], classes: list[str]) -> dict[str, float]:

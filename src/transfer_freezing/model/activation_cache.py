@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import atomic, models
-from .errors import UserError
+from .. import atomic
+from ..data.inputs import Split, to_model_input
+from ..errors import UserError
+from . import registry as models
 from .freezing import under
-from .inputs import Split, to_model_input
 
 FORMAT = 2  # bump when what a cache file holds changes (2: class-token-only last ViT block)
 MEMORY_ENTRIES = 6  # cached splits kept in this process (two runs' train/val/test)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import UserError, first_line
+from ..errors import UserError, first_line
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
 GROUP_KEYS = ("model", "lr_source")

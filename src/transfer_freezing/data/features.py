@@ -18,9 +18,10 @@ import torchaudio
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import atomic, splits
-from .config import Params
-from .errors import UserError
+from .. import atomic
+from ..config import Params
+from ..errors import UserError
+from . import splits
 from .inputs import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported: the torch-only training core
 from .inputs import IMAGENET_STD as IMAGENET_STD  # imports these from .inputs, not from here
 from .inputs import Split

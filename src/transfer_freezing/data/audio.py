@@ -25,8 +25,8 @@ import torchaudio.functional as AF
 from torchaudio.datasets import gtzan as _tv_gtzan
 from tqdm import tqdm
 
-from .atomic import atomic_path
-from .errors import UserError
+from ..atomic import atomic_path
+from ..errors import UserError
 
 PathLike = str | os.PathLike[str]
 

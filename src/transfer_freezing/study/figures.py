@@ -10,8 +10,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .atomic import atomic_path
-from .errors import UserError
+from ..atomic import atomic_path
+from ..errors import UserError
 from .stats import validate_runs
 
 JITTER_SEED = 0

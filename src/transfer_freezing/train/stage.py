@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic, config, features, freezing, models, reports, tracking, training
-from .config import Params
-from .errors import UserError
+from .. import atomic, config
+from ..config import Params
+from ..data import features
+from ..errors import UserError
+from ..model import freezing
+from ..model import registry as models
+from . import core as training
+from . import run_reports as reports
+from . import tracking
 
 
 def run_dir(p: Params, model: str, freeze: str, seed: int) -> Path:

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic, figures, stats, tracking, train_stage
-from .config import Params
-from .errors import UserError
+from .. import atomic
+from ..config import Params
+from ..errors import UserError
+from ..train import stage as train_stage
+from ..train import tracking
+from . import figures, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
 CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.weight_decay",
@@ -68,7 +71,7 @@ def _row(p: Params, cell: tuple[str, str, int], run_id: str, run) -> dict:
 
 
 def _flat(p: Params) -> dict:
-    from .config import flat
+    from ..config import flat
 
     return flat(p)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic
-from .config import Params
+from .. import atomic
+from ..config import Params
 
 
 def _synthetic(p: Params, out: Path) -> pd.DataFrame:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from . import models
-from .errors import UserError
+from ..errors import UserError
+from . import registry as models
 
 # The original study's modes, by family. Each maps to the module-name prefixes it freezes,
 # expressed through the spec's parts so the demo variants mean the same thing.
