@@ -71,7 +71,7 @@ def test_patch_embedding_is_constant_but_not_cached_in_partial_vit_modes():
                          [("vit_demo", "freeze_patch_0_11"), ("resnet_demo", "freeze_0_1_2")])
 def test_cached_path_gives_the_plain_path_results(tiny, capsys, name, mode):
     p = config.load("params.yaml")
-    data, meta = train_stage.load_data(p, p["train"]["batch_size"])
+    data, meta = train_stage.Workspace.from_params(p).load_data(p["train"]["batch_size"])
     cfg = train_stage.run_config(p, name, mode, 1, 0.01, len(meta["classes"]))
     plain = training.fit(replace(cfg, activation_cache=False), data, tiny / "plain")
     assert "activation cache" not in capsys.readouterr().out

@@ -75,6 +75,19 @@ def test_import_gtzan_skips_exactly_the_corrupt_clip(tmp_path, capsys, layout):
     assert line in capsys.readouterr().out.splitlines()
 
 
+def test_moving_the_audio_tree_changes_no_byte_of_the_output(tmp_path):
+    make_gtzan(tmp_path / "here" / "gtzan")
+    import_gtzan(tmp_path / "here" / "gtzan", tmp_path / "out1")
+    (tmp_path / "here").rename(tmp_path / "there")
+    import_gtzan(tmp_path / "there" / "gtzan", tmp_path / "out2")
+
+    first = {p.relative_to(tmp_path / "out1"): p.read_bytes() for p in (tmp_path / "out1").rglob("*")
+             if p.is_file()}
+    second = {p.relative_to(tmp_path / "out2"): p.read_bytes() for p in (tmp_path / "out2").rglob("*")
+              if p.is_file()}
+    assert first == second
+
+
 def test_import_gtzan_manifest_lists_every_file(tmp_path):
     base = make_gtzan(tmp_path / "gtzan")
 
@@ -82,7 +95,8 @@ def test_import_gtzan_manifest_lists_every_file(tmp_path):
 
     on_disk = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     assert list(on_disk.columns) == audio.MANIFEST_COLUMNS
-    assert set(on_disk["source"]) == audio_files(base)
+    root = tmp_path / "gtzan"
+    assert set(on_disk["source"]) == {Path(f).relative_to(root).as_posix() for f in audio_files(base)}
     assert len(manifest) == len(on_disk) == 31
     ok = on_disk[on_disk["status"] == "ok"]
     assert all((tmp_path / "out" / f).is_file() for f in ok["file"])

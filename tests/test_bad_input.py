@@ -137,7 +137,7 @@ CLI_ROWS = [
                  "unknown freeze mode 'freeze_all' for vit_demo; valid: freeze_none",
                  id="params-unknown-freeze-mode"),
     pytest.param(argv("features", *sets("split.scheme=random")),
-                 "split.scheme = 'random' is not allowed; expected one of stratified, filtered",
+                 "split.scheme = 'random' is not allowed; expected one of stratified, filtered, kfold",
                  id="params-unknown-split-scheme"),
     pytest.param(argv("features", *sets("split.test=0")),
                  "split.test = 0.0 is not allowed; expected a number in (0, 1]",
@@ -156,7 +156,7 @@ CLI_ROWS = [
     pytest.param(argv("sweep", *sets("sweep.epochs=0")),
                  "sweep.epochs = 0 is not allowed; expected an integer >= 1", id="params-zero-epochs"),
     pytest.param(argv("train", *CELL, *sets("train.batch_size=500")),
-                 "train.batch_size = 500 is larger than the train split (40 clips); lower it",
+                 "train.batch_size = 500 is larger than the train split (20 clips); lower it",
                  id="params-batch-larger-than-train-split"),
     # environment
     pytest.param(argv("train", *CELL, *sets("features.n_mels=64")),
@@ -443,7 +443,7 @@ def test_ui_binds_to_localhost_by_default(tmp_path):
     args = cli.parser().parse_args(["ui"])
     p = config.load(write_params(tmp_path))
 
-    command = ui.command(p, args.host, args.port)
+    command = ui.command(tracking.Tracking.from_params(p), args.host, args.port)
 
     assert args.host == "127.0.0.1"
     assert command[command.index("--host") + 1] == "127.0.0.1"

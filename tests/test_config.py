@@ -46,7 +46,7 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
         ("split.train=1.5", "split.train = 1.5 is not allowed; expected a number in (0, 1]"),
         ("split.val=0", "split.val = 0.0 is not allowed"),
         ("split.scheme=random",
-         "split.scheme = 'random' is not allowed; expected one of stratified, filtered"),
+         "split.scheme = 'random' is not allowed; expected one of stratified, filtered, kfold"),
         ("split.scheme=filtered", "split.scheme = 'filtered' needs data.source = 'gtzan'"),
         ("train.models=[vit_z]", "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50"),
         ("train.freeze_modes=[freeze_all]", "unknown freeze mode 'freeze_all' for vit_demo; valid:"),

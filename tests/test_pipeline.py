@@ -1,5 +1,6 @@
 """`dvc repro` end to end on a tiny offline study, and the compare stage's contract with MLflow."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -27,7 +29,7 @@ def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
 def repro(tmp_path_factory) -> Path:
     """A git + DVC copy of the repository with tiny params, after one `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):  # .gitignore: mlruns/ is not in git
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     write_params(root)
@@ -44,11 +46,28 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert list(table["freeze_mode"]) == ["freeze_none", "freeze_patch_0_11"]
     assert list(table["n"]) == [2, 2]
     assert (repro / "reports/freezing_comparison.png").stat().st_size > 10_000
-    assert "freeze_patch_0_11" in (repro / "reports/freezing_comparison.md").read_text()
+    markdown = (repro / "reports/freezing_comparison.md").read_text()
+    assert "freeze_patch_0_11" in markdown and "Decisive comparison: per-clip predictions" in markdown
+    judged = table.set_index("freeze_mode").loc["freeze_patch_0_11"]
+    assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
+    assert judged["n_runs"] == 2 and judged["n_clips"] == 20
+    assert (repro / "reports/freezing_forest.png").stat().st_size > 10_000
+    assert (repro / "reports/freezing_depth.png").stat().st_size > 10_000
     for freeze in ("freeze_none", "freeze_patch_0_11"):
         for seed in (1, 2):
-            run = repro / f"models/vit_demo/{freeze}/seed{seed}"
-            assert {"model.pt", "metrics.json", "run.json", "history.csv"} <= {p.name for p in run.iterdir()}
+            run = repro / f"models/vit_demo/{freeze}/seed{seed}/fold0"
+            assert {"model.pt", "metrics.json", "run.json", "history.csv", "predictions.csv"} <= {
+                p.name for p in run.iterdir()}
+            preds = pd.read_csv(run / "predictions.csv")
+            assert preds.groupby("split").size().to_dict() == {"test": 20, "val": 20}
+            probs = preds.filter(like="p_")
+            assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+            metrics = json.loads((run / "metrics.json").read_text())
+            test = preds[preds["split"] == "test"]
+            assert metrics["test_acc"] == pytest.approx(100 * test["correct"].mean())
+    split = pd.read_csv(repro / "data/split.csv")
+    assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
     assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()
 
 
@@ -66,14 +85,14 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
     params.write_text(original.replace("momentum: 0.9", "momentum: 0.8"))
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-1" in changed and "features:" not in changed
+        assert "train@vit_demo-freeze_none-1-0" in changed and "features:" not in changed
     finally:
         params.write_text(original)
 
 
 def test_metrics_show_lists_every_run(repro):
     shown = sh("dvc", "metrics", "show", cwd=repro).stdout
-    assert "test_acc" in shown and "seed2/metrics.json" in shown
+    assert "test_acc" in shown and "seed2/fold0/metrics.json" in shown
 
 
 def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path):
@@ -84,7 +103,7 @@ def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path):
     mlflow.MlflowClient().delete_run(run_id)
     proc = tfreeze("compare", cwd=work, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-1")
+    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-1-0")
     assert proc.stderr.strip().count("\n") == 0
 
 
@@ -97,6 +116,17 @@ def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path):
     assert table.loc["freeze_patch_0_11", "test_mean"] == pytest.approx(63.1, abs=0.05)
     assert table.loc["freeze_patch_0_5", "t_p"] == pytest.approx(0.253, abs=0.002)
     assert (tmp_path / "out/freezing_comparison.png").is_file()
+
+
+def test_compare_from_the_original_csv_prints_its_val_test_disagreement_and_a_plan(tmp_path):
+    write_params(tmp_path)
+    csv = str(REPO / "tests/data/seed_results_summary.csv")
+    said = tfreeze("compare", "--from-csv", csv, "--out", str(tmp_path / "out"), cwd=tmp_path).stdout
+    assert "sign flips between val and test: freeze_patch" in said
+    assert "freeze_patch +2.6 val / -2.5 test" in said
+    planned = tfreeze("compare", "--plan", "1.6", "--from-csv", csv, cwd=tmp_path).stdout
+    line = next(x for x in planned.splitlines() if " freeze_patch_0_5 vs freeze_none" in x)
+    assert line.split(": ", 1)[1].startswith("55 runs")
 
 
 def test_dvc_yaml_lists_every_stage_as_a_tfreeze_subcommand():
@@ -114,12 +144,12 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=work)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock", cwd=work)
     ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_none-1'" in ran and "Running stage 'features'" not in ran
+    assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran and "Running stage 'features'" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
     assert "one-epoch" in shown
     metrics = pd.read_csv(work / "reports/freezing_runs.csv")
     assert len(metrics) == 4
-    assert (work / "models/vit_demo/freeze_none/seed1/history.csv").read_text().count("\n") == 2
+    assert (work / "models/vit_demo/freeze_none/seed1/fold0/history.csv").read_text().count("\n") == 2
 
 
 def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path):
@@ -128,13 +158,13 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     shutil.copytree(repro, work, symlinks=True)
     write_params(work, **{"train.epochs": 1})
     tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2", cwd=work)
-    cells = ["train@vit_demo-freeze_none-1", "train@vit_demo-freeze_none-2"]
+    cells = ["train@vit_demo-freeze_none-1-0", "train@vit_demo-freeze_none-2-0"]
     sh("dvc", "commit", "-f", *cells, cwd=work)
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_patch_0_11-1'" in ran
+    assert "Running stage 'train@vit_demo-freeze_patch_0_11-1-0'" in ran
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
-    assert (work / "models/vit_demo/freeze_none/seed2/history.csv").read_text().count("\n") == 2
+    assert (work / "models/vit_demo/freeze_none/seed2/fold0/history.csv").read_text().count("\n") == 2
 
 
 def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
@@ -148,3 +178,112 @@ def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
     by_source = table.set_index(["lr_source", "freeze_mode"])["test_mean"]
     assert set(table["lr_source"]) == {"fixed", "sweep"}
     assert by_source["sweep", "freeze_none"] == pytest.approx(by_source["fixed", "freeze_none"] + 1.0)
+
+
+def _copy(repro: Path, dest: Path, **params) -> Path:
+    shutil.copytree(repro, dest, symlinks=True)
+    if params:
+        write_params(dest, **params)
+    return dest
+
+
+def _commit(work: Path, message: str) -> None:
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=work)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, cwd=work)
+
+
+def _stage_runs(work: Path, stage: str) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    return client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}'", max_results=100)
+
+
+def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, tmp_path):
+    # Issue repro: `dvc repro` deletes model.pt before it runs a stage, and the resume check
+    # required it, so the next `dvc repro` printed "ignoring ... other settings" and began again.
+    work = _copy(repro, tmp_path / "kill", **{"train.epochs": 3})
+    stage = "train@vit_demo-freeze_none-1-0"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TFREEZE_KILL_AFTER_EPOCH": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    killed = subprocess.run(["dvc", "repro", "-s", stage], cwd=work, env=env, capture_output=True, text=True)
+    assert killed.returncode != 0 and (work / "models/vit_demo/freeze_none/seed1/fold0/last.pt").is_file()
+    (orphan,) = [r for r in _stage_runs(work, stage) if r.info.status == "RUNNING"]
+
+    resumed = sh("dvc", "repro", "-s", stage, cwd=work).stdout
+    assert "resuming vit_demo/freeze_none/seed1/fold0 after epoch 2" in resumed and "ignoring" not in resumed
+
+    run_id = json.loads((work / "models/vit_demo/freeze_none/seed1/fold0/run.json").read_text())["run_id"]
+    assert run_id == orphan.info.run_id
+    statuses = {r.info.run_id: r.info.status for r in _stage_runs(work, stage)}
+    assert statuses[run_id] == "FINISHED" and "RUNNING" not in statuses.values()
+    clean = tmp_path / "clean"
+    tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--seed", "1",
+            "--set", f"train.out={clean}", cwd=work)
+    got = json.loads((work / "models/vit_demo/freeze_none/seed1/fold0/metrics.json").read_text())
+    want = json.loads((clean / "vit_demo/freeze_none/seed1/fold0/metrics.json").read_text())
+    assert {k: got[k] for k in ("test_acc", "test_loss", "best_val_acc", "best_epoch")} == {
+        k: want[k] for k in ("test_acc", "test_loss", "best_val_acc", "best_epoch")}
+
+
+def test_settings_that_cannot_change_a_feature_byte_retrain_nothing(repro, tmp_path):
+    work = _copy(repro, tmp_path / "knobs", **{"features.workers": 2, "data.path": "/elsewhere/audio"})
+    ran = sh("dvc", "repro", cwd=work).stdout
+    assert "Running stage 'features'" not in ran and "Running stage 'train@" not in ran
+    assert "Running stage 'sweep@" not in ran and "Running stage 'compare'" not in ran
+
+
+def test_output_paths_flow_from_params_into_the_pipeline(repro, tmp_path):
+    work = _copy(repro, tmp_path / "paths", **{"compare.out": "tables"})
+    ran = sh("dvc", "repro", cwd=work).stdout
+    assert "Running stage 'compare'" in ran and "Running stage 'train@" not in ran
+    assert (work / "tables/freezing_comparison.csv").is_file()
+
+
+def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_remote(repro, tmp_path):
+    work = _copy(repro, tmp_path / "cache")
+    out = work / "reports/sweep/vit_demo-freeze_none.json"
+    written = out.read_text()
+    out.unlink()
+    ran = sh("dvc", "repro", cwd=work).stdout
+    assert "Running stage 'sweep@" not in ran and out.read_text() == written
+
+    sh("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=work)
+    sh("dvc", "push", "--run-cache", cwd=work)
+    _commit(work, "results")
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(work), str(clone), cwd=tmp_path)
+    pulled = sh("dvc", "repro", "--pull", cwd=clone).stdout
+    assert "Running stage" not in pulled
+    assert (clone / "reports/sweep/vit_demo-freeze_none.json").read_text() == written
+
+
+def _exp_run_ids(work: Path, name: str) -> list[str]:
+    sh("dvc", "exp", "apply", name, cwd=work)
+    return list(pd.read_csv(work / "reports/freezing_runs.csv")["run_id"])
+
+
+def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
+    import time
+
+    work = _copy(repro, tmp_path / "exps")
+    _commit(work, "lock")
+    sh("dvc", "exp", "run", "--temp", "-n", "temp-exp", "-S", "train.epochs=1", cwd=work)
+    sh("dvc", "exp", "run", "--queue", "-n", "queued-exp", "-S", "train.epochs=1",
+       "-S", "train.momentum=0.8", cwd=work)
+    sh("dvc", "queue", "start", "-j", "1", cwd=work)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        queue = sh("dvc", "queue", "status", cwd=work).stdout
+        if "queued-exp" in queue and not any(s in queue for s in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert "Success" in sh("dvc", "queue", "status", cwd=work).stdout
+    shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
+    assert "temp-exp" in shown and "queued-exp" in shown
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    for name in ("temp-exp", "queued-exp"):
+        run_ids = _exp_run_ids(work, name)
+        assert len(run_ids) == 4
+        for run_id in run_ids:
+            run = client.get_run(run_id)
+            assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"

@@ -85,7 +85,7 @@ def test_paired_t_test_none_vs_0_5_is_not_significant(reference_summary: pd.Data
 def test_holm_adjusted_p_values_are_at_least_raw(reference_summary: pd.DataFrame) -> None:
     tested = reference_summary.drop(index="freeze_none")
 
-    for col in ("t_p", "wilcoxon_p"):
+    for col in ("t_p", "signflip_p"):
         assert (tested[f"{col}_holm"] >= tested[col]).all()
         assert (tested[f"{col}_holm"] <= 1.0).all()
 
@@ -94,7 +94,7 @@ def test_reference_row_has_zero_diff_and_no_tests(reference_summary: pd.DataFram
     row = reference_summary.loc["freeze_none"]
 
     assert row["diff_vs_ref"] == 0.0
-    for col in ("t_p", "t_p_holm", "wilcoxon_p", "wilcoxon_p_holm", "cohens_dz"):
+    for col in ("t_p", "t_p_holm", "signflip_p", "signflip_p_holm", "cohens_dz"):
         assert math.isnan(row[col])
 
 
@@ -121,14 +121,23 @@ def test_holm_caps_at_one_and_skips_nan() -> None:
     assert holm([0.9, 0.8])[0] == 1.0
 
 
-def test_identical_modes_give_nan_p_values_without_crashing() -> None:
+def test_identical_modes_give_no_nan_from_the_sign_flip_test() -> None:
     runs = _runs({"freeze_none": [70, 72, 74], "freeze_patch": [70, 72, 74]})
 
     row = summarize(runs).iloc[1]
 
     assert row["diff_vs_ref"] == 0.0
-    for col in ("t_p", "t_p_holm", "wilcoxon_p", "wilcoxon_p_holm", "cohens_dz"):
+    assert row["signflip_p"] == 1.0 and row["signflip_p_holm"] == 1.0
+    for col in ("t_p", "t_p_holm", "cohens_dz"):  # zero spread: t and d_z undefined
         assert math.isnan(row[col])
+
+
+def test_equal_nonzero_differences_give_the_exact_sign_flip_p() -> None:
+    runs = _runs({"freeze_none": [70, 72, 74], "freeze_patch": [72, 74, 76]})
+
+    row = summarize(runs).iloc[1]
+
+    assert row["signflip_p"] == pytest.approx(0.25)  # 2 of 8 sign patterns reach |mean| = 2
 
 
 def test_single_seed_gives_nan_spread_without_crashing() -> None:
@@ -137,7 +146,7 @@ def test_single_seed_gives_nan_spread_without_crashing() -> None:
     summary = summarize(runs)
 
     assert summary["n"].tolist() == [1, 1]
-    assert summary[["test_std", "ci_low", "ci_high", "t_p", "wilcoxon_p"]].isna().all().all()
+    assert summary[["test_std", "ci_low", "ci_high", "t_p", "signflip_p"]].isna().all().all()
     assert summary["diff_vs_ref"].tolist() == [0.0, 2.0]
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,14 +43,9 @@ def params(**overrides) -> dict:
 def trials(p: dict):
     import optuna
 
-    name = sweep.study_name(p, MODEL, FREEZE, p["sweep"]["seed"], _data_hash(p))
-    return optuna.load_study(study_name=name, storage=p["sweep"]["storage"]).get_trials()
-
-
-def _data_hash(p: dict) -> str:
-    from transfer_freezing.data import features
-
-    return features.read_meta(p)["params_hash"]
+    storage = p["sweep"]["storage"]
+    (name,) = [n for n in optuna.get_all_study_names(storage) if n.startswith(f"{MODEL}-{FREEZE}-")]
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
 def finished(ts) -> list:
@@ -179,3 +175,23 @@ def test_unreachable_tracking_server_is_one_line(proj: Path, capsys, monkeypatch
     assert cli.main(["sweep", "--model", MODEL, "--freeze", FREEZE]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MLflow tracking server http://127.0.0.1:" in err
+
+
+def test_a_code_or_feature_change_starts_a_fresh_study(proj: Path, monkeypatch) -> None:
+    import optuna
+
+    p = params(**{"sweep.n_trials": 1})
+    first = sweep.run_study(p, MODEL, FREEZE)
+    with monkeypatch.context() as patched:
+        patched.setattr(sweep, "code_hash", lambda: "edited-code")
+        after_code = sweep.run_study(p, MODEL, FREEZE)
+    assert after_code["study"] != first["study"]
+    features = proj / "data" / "features" / "clips.npy"
+    values = np.load(features)
+    np.save(features, values[::-1].copy())  # same shape and params, other bytes
+    after_data = sweep.run_study(p, MODEL, FREEZE)
+    names = optuna.get_all_study_names(p["sweep"]["storage"])
+    assert len({first["study"], after_code["study"], after_data["study"]}) == 3 and len(names) == 3
+    for result in (after_code, after_data):
+        (trial,) = result["trials"]
+        assert trial["state"] in ("complete", "pruned")  # trained, not found finished

@@ -13,7 +13,7 @@ from transfer_freezing.train import stage as train_stage
 from conftest import tfreeze
 
 CELL = ["--model", "vit_demo", "--freeze", "freeze_patch_0_5", "--seed", "1"]
-RUN = Path("models/vit_demo/freeze_patch_0_5/seed1")
+RUN = Path("models/vit_demo/freeze_patch_0_5/seed1/fold0")
 
 
 def _metrics(root: Path) -> dict:
@@ -27,12 +27,12 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
     run = client.get_run(run_info["run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "vit_demo/freeze_patch_0_5/seed1"
+    assert run.info.status == "FINISHED" and run.info.run_name == "vit_demo/freeze_patch_0_5/seed1/fold0"
     assert run.data.params["train.epochs"] == "2" and run.data.params["run.freeze"] == "freeze_patch_0_5"
     assert run.data.metrics["test_acc"] == metrics["test_acc"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1]
     assert {"git_commit", "git_dirty", "feature_hash", "dvc_stage"} <= set(run.data.tags)
-    assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1"
+    assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
@@ -53,7 +53,7 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     killed = tfreeze(*args, cwd=tiny, env={"TFREEZE_KILL_AFTER_EPOCH": "1"}, check=False)
     assert killed.returncode == -9 and (tiny / RUN / "last.pt").is_file()
     resumed = tfreeze(*args, cwd=tiny)
-    assert "resuming vit_demo/freeze_patch_0_5/seed1 after epoch 2" in resumed.stdout
+    assert "resuming vit_demo/freeze_patch_0_5/seed1/fold0 after epoch 2" in resumed.stdout
     clean = tfreeze(*args, "--set", f"train.out={tmp_path / 'clean'}", cwd=tiny)
     assert clean.returncode == 0
     clean_metrics = tmp_path / "clean" / RUN.relative_to("models") / "metrics.json"
@@ -94,3 +94,97 @@ def test_bad_weights_path_gives_one_line(tiny):
 def test_batch_larger_than_train_split_is_refused(tiny):
     with pytest.raises(UserError, match="train.batch_size = 500 is larger than the train split"):
         train_stage.train(config.load("params.yaml", ["train.batch_size=500"]), "vit_demo", "freeze_none", 1)
+
+
+def _runs(root: Path, stage: str) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    return client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}'", max_results=100)
+
+
+STAGE = "train@vit_demo-freeze_patch_0_5-1-0"
+
+
+def test_resume_after_an_unrelated_params_change_continues_the_same_run(tiny):
+    # Issue repro: the resumed run used to log every key of params.yaml and hit
+    # "Changing param values is not allowed ... compare.confidence" with a traceback.
+    killed = tfreeze("train", *CELL, cwd=tiny, env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
+    assert killed.returncode == -9
+    resumed = tfreeze("train", *CELL, "--set", "compare.confidence=0.9", cwd=tiny, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming vit_demo/freeze_patch_0_5/seed1/fold0 after epoch 1" in resumed.stdout
+    (run,) = _runs(tiny, STAGE)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id == json.loads((tiny / RUN / "run.json").read_text())["run_id"]
+    assert "compare.confidence" not in run.data.params
+    assert set(train_stage.STAGE_PARAMS) >= {k.rsplit(".", 1)[0] if k.startswith("tracking.") else k
+                                             for k in run.data.params if not k.startswith("run.")}
+
+
+def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
+    import yaml
+
+    from conftest import REPO
+
+    listed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    assert tuple(listed) == train_stage.STAGE_PARAMS
+
+
+def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
+    killed = tfreeze("train", *CELL, cwd=tiny, env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
+    assert killed.returncode == -9
+    (orphan,) = _runs(tiny, STAGE)
+    assert orphan.info.status == "RUNNING"
+    again = tfreeze("train", *CELL, "--set", "train.lr=0.02", cwd=tiny)
+    assert "ignoring models/vit_demo/freeze_patch_0_5/seed1/fold0/last.pt" in again.stdout
+    assert "other settings (lr 0.01 -> 0.02)" in again.stdout
+    assert again.stdout.count("ignoring") == 1
+    by_id = {r.info.run_id: r for r in _runs(tiny, STAGE)}
+    assert by_id[orphan.info.run_id].info.status == "KILLED"
+    assert "lr 0.01 -> 0.02" in by_id[orphan.info.run_id].data.tags["stopped"]
+    assert sorted(r.info.status for r in by_id.values()) == ["FINISHED", "KILLED"]
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_the_checkpoint(tiny):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import TFREEZE
+
+    args = [TFREEZE, "train", *CELL, "--set", "train.epochs=50"]
+    proc = subprocess.Popen(args, cwd=tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tiny / RUN / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert (tiny / RUN / "last.pt").is_file()
+    (run,) = _runs(tiny, STAGE)
+    assert run.info.status == "KILLED" and "Terminated" in run.data.tags["stopped"]
+
+
+def test_features_are_an_mlflow_dataset_input(tiny):
+    train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_11", 1)
+    (run,) = _runs(tiny, "train@vit_demo-freeze_patch_0_11-1-0")
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "features:data/features"
+    assert inp.dataset.digest == run.data.tags["feature_hash"]
+    assert {t.key: t.value for t in inp.tags}["dvc_path"] == "data/features"
+
+
+def test_status_lists_done_resumable_failed_and_missing_cells(tiny):
+    p = config.load("params.yaml")
+    train_stage.train(p, "vit_demo", "freeze_none", 1)
+    tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--seed", "2", cwd=tiny,
+            env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
+    bad = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", "--seed", "1",
+                  cwd=tiny, env={"TFREEZE_FAIL_IN_EPOCH": "0"}, check=False)
+    assert bad.returncode != 0
+    shown = tfreeze("status", cwd=tiny).stdout
+    states = {line.split()[0]: line.split()[1] for line in shown.splitlines()[:-1]}
+    assert states == {"train@vit_demo-freeze_none-1-0": "done", "train@vit_demo-freeze_none-2-0": "resumable",
+                      "train@vit_demo-freeze_patch_0_11-1-0": "failed",
+                      "train@vit_demo-freeze_patch_0_11-2-0": "missing"}
+    assert shown.splitlines()[-1] == "1 done, 1 resumable, 1 failed, 1 missing"

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from . import config
-from .errors import UserError
+from .errors import Terminated, UserError
 
 
 def cmd_data(p: config.Params, args: argparse.Namespace) -> None:
@@ -25,11 +25,12 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
     print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
 
 
-def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tuple[str, str, int]]:
+def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
     models = [args.model] if args.model else p[section]["models"]
     modes = [args.freeze] if args.freeze else p[section]["freeze_modes"]
     seeds = [args.seed] if args.seed is not None else p[section].get("seeds", [p[section].get("seed")])
-    return [(m, f, s) for m in models for f in modes for s in seeds]
+    folds = [args.fold] if getattr(args, "fold", None) is not None else p[section].get("folds", [0])
+    return [(m, f, s, k) for m in models for f in modes for s in seeds for k in folds]
 
 
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
@@ -44,24 +45,32 @@ def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
         gpu = training.pick_device(p["train"]["device"]).type == "cuda"
         launcher.run_cells(cells, base, min(args.jobs, len(cells)), gpu)
         return
-    for model, freeze, seed in cells:
-        train_stage.train(p, model, freeze, seed)
+    for model, freeze, seed, fold in cells:
+        train_stage.train(p, model, freeze, seed, fold)
 
 
 def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
     from .train import sweep
 
-    for model, freeze, _ in _grid(p, "sweep", args):
+    for model, freeze, _, _ in _grid(p, "sweep", args):
         sweep.run_study(p, model, freeze, seed=args.seed)
 
 
 def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
     from .study import compare
 
-    if args.from_csv:
+    if args.plan is not None:
+        compare.plan(p, args.plan, args.from_csv)
+    elif args.from_csv:
         compare.from_csv(p, args.from_csv, args.out)
     else:
         compare.from_pipeline(p)
+
+
+def cmd_status(p: config.Params, args: argparse.Namespace) -> None:
+    from .train import status
+
+    print(status.report(p))
 
 
 def cmd_ui(p: config.Params, args: argparse.Namespace) -> None:
@@ -95,6 +104,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "train": (cmd_train, "train (model, freeze mode, seed) cells, tracked in MLflow"),
     "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode)"),
     "compare": (cmd_compare, "freezing comparison table, statistics and figure from MLflow"),
+    "status": (cmd_status, "every train cell: done, resumable, failed, running or missing"),
     "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 and print the study's runs link"),
     "models": (cmd_models, "list architectures and freeze modes with trainable shares"),
 }
@@ -112,6 +122,7 @@ def parser() -> argparse.ArgumentParser:
         _common(sub)
         if name in ("train", "sweep"):
             _cell(sub)
+    subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: train.folds)")
     subs.choices["train"].add_argument(
         "--jobs", type=int, default=1, metavar="N",
         help="run N cells at once as separate processes (e.g. the seeds of a mode on one GPU)")
@@ -120,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
                          help="summarise per-seed CSVs (the original study's format, or "
                               "reports/freezing_runs.csv of fixed- and tuned-lr studies together)")
     compare.add_argument("--out", help="output folder for --from-csv (default: compare.out)")
+    compare.add_argument("--plan", type=float, metavar="EFFECT",
+                         help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
+                              "variance this study measured (or the --from-csv table)")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" while writing {err.filename}" if err.filename else ""
         _error(args.command, f"disk full{where}: free space and re-run ({err.strerror})")
         return 2
+    except Terminated:
+        print(f"tfreeze {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"tfreeze {args.command}: interrupted", file=sys.stderr)
         return 130

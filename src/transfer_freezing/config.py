@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,14 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "data.min_seconds": (1.0, non_negative_float()),
     "data.synthetic_clips_per_class": (100, positive_int()),
     "data.synthetic_seed": (0, non_negative_int()),
-    "split.scheme": ("stratified", choice("stratified", "filtered")),
+    "split.scheme": ("stratified", choice("stratified", "filtered", "kfold")),
     "split.train": (0.8, fraction()),
     "split.val": (0.1, fraction()),
     "split.test": (0.1, fraction()),
     "split.seed": (1, non_negative_int()),
+    "split.folds": (5, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
+                            and x >= 3)),
+    "split.repeats": (1, positive_int()),
     "split.out": ("data/split.csv", text()),
     "features.n_fft": (2048, positive_int()),
     "features.hop_length": (512, positive_int()),
@@ -104,6 +108,7 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.models": (["vit_b_16"], non_empty_list(text())),
     "train.freeze_modes": (["freeze_none"], non_empty_list(text())),
     "train.seeds": ([1], non_empty_list(non_negative_int())),
+    "train.folds": ([0], non_empty_list(non_negative_int())),
     "train.weights": ("none", choice("none", "imagenet")),
     "train.weights_path": (None, optional_text()),
     "train.epochs": (20, positive_int()),
@@ -134,6 +139,7 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "tracking.experiment": ("transfer-freezing", text()),
     "compare.reference_mode": ("freeze_none", text()),
     "compare.confidence": (0.95, fraction()),
+    "compare.equivalence_margin": (1.0, positive_float()),
     "compare.out": ("reports", text()),
 }
 
@@ -211,6 +217,12 @@ def _check_relations(p: Params, source: str) -> None:
             f"{source}: sweep.lr_low = {p['sweep']['lr_low']:g} must be below "
             f"sweep.lr_high = {p['sweep']['lr_high']:g}"
         )
+    cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
+    outside = [f for f in p["train"]["folds"] if f >= cells]
+    if outside:
+        allowed = (f"0 .. {cells - 1} (split.folds x split.repeats)" if cells > 1
+                   else f"[0] (split.scheme = {p['split']['scheme']!r} is one split)")
+        raise UserError(f"{source}: train.folds = {p['train']['folds']} has {outside}; allowed: {allowed}")
     if p["split"]["scheme"] == "filtered" and p["data"]["source"] != "gtzan":
         raise UserError(
             f"{source}: split.scheme = 'filtered' needs data.source = 'gtzan' "
@@ -267,3 +279,28 @@ def _set(tree: Params, dotted: str, value: Any) -> None:
 def flat(params: Params) -> dict[str, Any]:
     """``{dotted.key: value}`` view, used for MLflow params and comparisons."""
     return dict(_flatten(params))
+
+
+def project_root() -> Path:
+    """The project whose stores (MLflow, Optuna) this process writes to.
+
+    ``dvc exp run --temp`` and ``--queue`` run in a temporary copy under ``.dvc/tmp/exps/`` that is
+    deleted afterwards; DVC names the project they belong to in ``DVC_ROOT``. Outside DVC it is
+    the working directory.
+    """
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """``path`` as an absolute path, a relative one taken from the project root."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
+
+
+def resolve_url(url: str) -> str:
+    """A store URL whose relative ``sqlite:///`` file is taken from the project root; others as given."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        return url
+    path = url[len(prefix):]
+    return url if path.startswith("/") else prefix + str(resolve_path(path))

@@ -304,24 +304,26 @@ def import_tree(
     )
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        manifest = _manifest(_import_all(clips, tmp, target))
+        manifest = _manifest(_import_all(clips, tmp, target, Path(root)))
         _require_every_class(clips, manifest)
         manifest.to_csv(tmp / "manifest.csv", index=False)
     print(summary(manifest))
     return manifest
 
 
-def _import_all(clips: list[Clip], out: Path, target: _Target) -> list[dict[str, Any]]:
-    work = partial(_import_one, out=out, target=target)
+def _import_all(clips: list[Clip], out: Path, target: _Target, root: Path) -> list[dict[str, Any]]:
+    work = partial(_import_one, out=out, target=target, root=root)
     workers = min(8, len(os.sched_getaffinity(0)))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # map keeps the input order
         rows = pool.map(work, clips)
         return list(tqdm(rows, total=len(clips), desc="decode", unit="clip", disable=None))
 
 
-def _import_one(clip: Clip, out: Path, target: _Target) -> dict[str, Any]:
+def _import_one(clip: Clip, out: Path, target: _Target, root: Path) -> dict[str, Any]:
+    # The source path relative to data.path: moving the audio tree changes no byte of data/raw.
+    source = clip.path.relative_to(root).as_posix() if clip.path.is_relative_to(root) else str(clip.path)
     row: dict[str, Any] = {
-        "clip_id": clip.clip_id, "genre": clip.genre, "file": "", "source": str(clip.path),
+        "clip_id": clip.clip_id, "genre": clip.genre, "file": "", "source": source,
         "status": "skipped", "reason": clip.skip,
         "sample_rate": pd.NA, "channels": pd.NA, "seconds": np.nan,
     }
@@ -357,7 +359,8 @@ def _require_every_class(clips: list[Clip], manifest: pd.DataFrame) -> None:
 
 
 def _reason_of(manifest: pd.DataFrame, clip: Clip) -> str:
-    return str(manifest.loc[manifest["source"] == str(clip.path), "reason"].iloc[0])
+    row = (manifest["clip_id"] == clip.clip_id) & (manifest["genre"] == clip.genre)
+    return str(manifest.loc[row, "reason"].iloc[0])
 
 
 def summary(manifest: pd.DataFrame) -> str:

@@ -28,6 +28,8 @@ from .inputs import Split
 from .inputs import to_model_input as to_model_input
 
 META = "meta.json"
+CLIPS = "clips"  # fold schemes: every clip's image once (clips.npy, clips.csv)
+FOLDS = "folds.csv"  # fold schemes: (repeat, fold, clip_id, genre)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,19 @@ def compute_images(paths: list[str], recipe: Recipe, workers: int, dtype: str) -
     return out
 
 
+# The params that decide a feature byte (given the raw audio, a DVC dependency of the stage):
+# not where files live (data.path, data.out, features.out) nor how fast they are made (workers).
+BYTE_PARAMS = {
+    "data": ("source", "sample_rate", "clip_seconds", "min_seconds", "synthetic_clips_per_class",
+             "synthetic_seed"),
+    "split": ("scheme", "train", "val", "test", "seed", "folds", "repeats"),
+    "features": ("n_fft", "hop_length", "n_mels", "compression", "image_size", "dtype"),
+}
+
+
 def params_hash(p: Params) -> str:
-    """Hash of every param that decides the feature arrays (data, split, features sections)."""
-    keys = {s: p[s] for s in ("data", "split", "features")}
+    """Hash of the params that decide the feature arrays (``BYTE_PARAMS``)."""
+    keys = {s: {k: p[s][k] for k in names} for s, names in BYTE_PARAMS.items()}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -125,52 +137,105 @@ def build(p: Params) -> dict:
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path} not found: run the data stage first (tfreeze data)")
     manifest = pd.read_csv(manifest_path, keep_default_na=False)
-    table, notes = splits.make_split(manifest, p)
+    table, notes = splits.make_split(manifest, splits.SplitConfig.from_params(p))
     for note in notes:
         print(f"split: {note}")
     recipe = Recipe.from_params(p)
     classes = sorted(manifest.loc[manifest["status"] == "ok", "genre"].unique())
     files = dict(zip(manifest["clip_id"], manifest["file"], strict=True))
+    split = splits.SplitConfig.from_params(p)
     meta = {"classes": classes, "recipe": recipe.__dict__, "dtype": p["features"]["dtype"],
-            "params_hash": params_hash(p), "splits": {}}
+            "params_hash": params_hash(p), "scheme": split.scheme, "cells": split.cells, "splits": {}}
+    # Single splits: one array per split. Fold schemes: every clip once (not once per fold), plus
+    # the fold table; a training cell picks its train/val/test rows from it.
+    if split.scheme in splits.FOLD_SCHEMES:
+        meta["folds"], meta["repeats"] = split.folds, split.repeats
+        clips = table.drop_duplicates("clip_id").sort_values(["genre", "clip_id"])
+        parts = {CLIPS: clips[["clip_id", "genre"]]}
+    else:
+        parts = {name: table[table["split"] == name] for name in splits.SPLITS}
     with atomic.atomic_path(p["features"]["out"]) as tmp:
         tmp.mkdir()
-        for name in splits.SPLITS:
-            rows = table[table["split"] == name].reset_index(drop=True)
+        for name, rows in parts.items():
+            rows = rows.reset_index(drop=True)
             paths = [str(raw / files[c]) for c in rows["clip_id"]]
             images = compute_images(paths, recipe, p["features"]["workers"], p["features"]["dtype"])
             np.save(tmp / f"{name}.npy", images)
             rows.assign(label=rows["genre"].map(classes.index)).to_csv(tmp / f"{name}.csv", index=False)
             meta["splits"][name] = {"n": len(rows), "shape": list(images.shape)}
+        if split.scheme in splits.FOLD_SCHEMES:
+            table.to_csv(tmp / FOLDS, index=False)
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     # After the arrays: a failed or killed run leaves both outputs as they were.
     atomic.write_text(p["split"]["out"], table.to_csv(index=False))
     return meta
 
 
-def load(p: Params, name: str) -> Split:
-    """Load one split's arrays whole into memory, after checking they match the current params.
+@dataclass(frozen=True)
+class Store:
+    """The features stage's output folder, and the params hash it must have been built with."""
 
-    GTZAN at 224x224 float16 is ~100 MB: reading it once beats per-batch file access.
-    """
-    root = Path(p["features"]["out"])
-    meta = read_meta(p)
-    images = np.load(root / f"{name}.npy")
-    rows = pd.read_csv(root / f"{name}.csv")
-    if len(rows) != len(images) or meta["splits"][name]["n"] != len(rows):
-        raise UserError(f"{root}: {name}.npy and {name}.csv disagree; re-run: dvc repro -f features")
-    return Split(torch.from_numpy(images), torch.tensor(rows["label"].to_numpy()),
-                 rows["clip_id"].tolist())
+    root: Path
+    params_hash: str
 
+    @classmethod
+    def from_params(cls, p: Params) -> Store:
+        return cls(Path(p["features"]["out"]), params_hash(p))
 
-def read_meta(p: Params) -> dict:
-    path = Path(p["features"]["out"]) / META
-    if not path.is_file():
-        raise UserError(f"{path} not found: run the features stage first (tfreeze features)")
-    meta = json.loads(path.read_text())
-    if meta.get("params_hash") != params_hash(p):
-        raise UserError(
-            f"features in {path.parent} were built with other data/split/features params than "
-            "params.yaml now holds; re-run the features stage: dvc repro features"
-        )
-    return meta
+    def load(self, name: str, cell: int = 0) -> Split:
+        """One split of training cell ``cell`` whole in memory, after checking the current params.
+
+        GTZAN at 224x224 float16 is ~100 MB: reading it once beats per-batch file access.
+        """
+        return self.load_cell(cell)[name]
+
+    def load_cell(self, cell: int = 0) -> dict[str, Split]:
+        """train / val / test of training cell ``cell`` (fold schemes: repeat * folds + fold)."""
+        meta = self.read_meta()
+        if meta.get("scheme") not in splits.FOLD_SCHEMES:
+            if cell != 0:
+                raise UserError(f"{self.root} holds one split ({meta.get('scheme')}); cell {cell} "
+                                "needs split.scheme = kfold")
+            return {name: self._read(name, meta) for name in splits.SPLITS}
+        if not 0 <= cell < meta["cells"]:
+            raise UserError(f"{self.root}: cell {cell} is outside 0 .. {meta['cells'] - 1} "
+                            "(split.folds x split.repeats); check train.folds")
+        whole = self._read(CLIPS, meta)
+        role = splits.cell_roles(pd.read_csv(self.root / FOLDS), cell, meta["folds"])
+        roles = role.reindex(whole.clip_ids).to_numpy()
+        picked = {}
+        for name in splits.SPLITS:
+            index = np.flatnonzero(roles == name)
+            picked[name] = Split(whole.images[index], whole.labels[index],
+                                 [whole.clip_ids[i] for i in index])
+        return picked
+
+    def _read(self, name: str, meta: dict) -> Split:
+        images = np.load(self.root / f"{name}.npy")
+        rows = pd.read_csv(self.root / f"{name}.csv")
+        if len(rows) != len(images) or meta["splits"][name]["n"] != len(rows):
+            raise UserError(f"{self.root}: {name}.npy and {name}.csv disagree; re-run: dvc repro -f features")
+        return Split(torch.from_numpy(images), torch.tensor(rows["label"].to_numpy()),
+                     rows["clip_id"].tolist())
+
+    def read_meta(self) -> dict:
+        path = self.root / META
+        if not path.is_file():
+            raise UserError(f"{path} not found: run the features stage first (tfreeze features)")
+        meta = json.loads(path.read_text())
+        if meta.get("params_hash") != self.params_hash:
+            raise UserError(
+                f"features in {self.root} were built with other data/split/features params than "
+                "params.yaml now holds; re-run the features stage: dvc repro features"
+            )
+        return meta
+
+    def content_hash(self) -> str:
+        """SHA-256 (16 hex digits) of the arrays and meta: the identity of what a run trained on."""
+        digest = hashlib.sha256()
+        arrays = sorted(p.name for p in self.root.glob("*.npy"))
+        for name in (META, *arrays, *([FOLDS] if (self.root / FOLDS).is_file() else [])):
+            with open(self.root / name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()[:16]

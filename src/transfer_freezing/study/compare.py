@@ -1,129 +1,276 @@
-"""The compare stage: fetch exactly the train stages' MLflow runs and write the freezing table."""
+"""The compare stage: exactly the train stages' MLflow runs and per-clip predictions -> table, verdicts."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .. import atomic
 from ..config import Params
+from ..data import features
 from ..errors import UserError
 from ..train import stage as train_stage
 from ..train import tracking
-from . import figures, stats
+from . import evaluation, figures, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
 CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.weight_decay",
-                  "train.frozen_bn", "train.weights", "features.image_size", "data.source")
+                  "train.frozen_bn", "train.weights")
 NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
-         "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json"}
+         "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json",
+         "forest": "freezing_forest.png", "depth": "freezing_depth.png"}
 
 
-def grid(p: Params) -> list[tuple[str, str, int]]:
-    t = p["train"]
-    return [(m, f, s) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]]
+@dataclass(frozen=True)
+class CompareConfig:
+    """The compare stage's inputs, resolved once: the grid's cells, where their runs are, the test."""
+
+    cells: tuple[tuple[str, str, int, int], ...]  # model, freeze mode, seed, fold cell
+    models_out: Path
+    tracking: tracking.Tracking
+    reference: str
+    confidence: float
+    out: Path
+    expected_params: dict[str, str] = field(default_factory=dict)
+    features_params_hash: str = ""
+    margin: float = 1.0
+    folds: int | None = None  # K of a fold scheme (cell = repeat * K + fold), None for one split
+
+    @classmethod
+    def from_params(cls, p: Params) -> CompareConfig:
+        t = p["train"]
+        cells = tuple((m, f, s, k) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]
+                      for k in t["folds"])
+        expected = {k: str(t[k.split(".", 1)[1]]) for k in CHECKED_PARAMS}
+        expected["run.image_size"] = str(p["features"]["image_size"])
+        folds = p["split"]["folds"] if p["split"]["scheme"] == "kfold" else None
+        return cls(cells, Path(t["out"]), tracking.Tracking.from_params(p), p["compare"]["reference_mode"],
+                   p["compare"]["confidence"], Path(p["compare"]["out"]), expected,
+                   features.params_hash(p), p["compare"]["equivalence_margin"], folds)
+
+    def repeat_fold(self, cell: int) -> tuple[int, int]:
+        return divmod(cell, self.folds) if self.folds else (0, cell)
 
 
-def _run_ids(p: Params) -> dict[tuple[str, str, int], str]:
+def _run_ids(c: CompareConfig) -> dict[tuple[str, str, int, int], str]:
     ids = {}
-    for cell in grid(p):
-        path = train_stage.run_dir(p, *cell) / "run.json"
+    for cell in c.cells:
+        path = train_stage.run_dir(c.models_out, *cell) / "run.json"
         if not path.is_file():
             raise UserError(f"{path} not found; run: dvc repro {train_stage.stage_name(*cell)}")
         ids[cell] = json.loads(path.read_text())["run_id"]
     return ids
 
 
-def collect(p: Params) -> pd.DataFrame:
+def collect(c: CompareConfig) -> pd.DataFrame:
     """One row per grid cell, from the MLflow run its train stage recorded in run.json."""
-    ids = _run_ids(p)
-    fetched = tracking.fetch_runs(p, list(ids.values()))
-    rows = []
-    for cell, run_id in ids.items():
-        rows.append(_row(p, cell, run_id, fetched[run_id]))
-    return pd.DataFrame(rows)
+    ids = _run_ids(c)
+    fetched = tracking.fetch_runs(c.tracking, list(ids.values()))
+    return pd.DataFrame([_row(c, cell, run_id, fetched[run_id]) for cell, run_id in ids.items()])
 
 
-def _row(p: Params, cell: tuple[str, str, int], run_id: str, run) -> dict:
+def _row(c: CompareConfig, cell: tuple[str, str, int, int], run_id: str, run) -> dict:
     stage = f"dvc repro -f {train_stage.stage_name(*cell)}"
-    uri = tracking.mask(tracking.tracking_uri(p))
+    uri = tracking.mask(c.tracking.uri)
     if run is None or run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is not in {uri}; "
                         f"re-run: {stage}")
     if run.info.status != "FINISHED":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is {run.info.status}; "
                         f"re-run: {stage}")
-    flat = {k: str(v) for k, v in _flat(p).items()}
-    for key in CHECKED_PARAMS:
+    for key, want in c.expected_params.items():
         logged = run.data.params.get(key)
-        if logged != flat[key]:
+        if logged != want:
             raise UserError(f"MLflow run {run_id}: {key} was {logged!r}, params.yaml says "
-                            f"{flat[key]!r}; re-run: {stage}")
+                            f"{want!r}; re-run: {stage}")
+    trained_on = run.data.tags.get("features_params_hash")
+    if c.features_params_hash and trained_on != c.features_params_hash:
+        raise UserError(f"MLflow run {run_id} trained on features built with other data/split/features "
+                        f"params (hash {trained_on}, now {c.features_params_hash}); re-run: {stage}")
     m = run.data.metrics
-    return {"model": cell[0], "freeze_mode": cell[1], "seed": cell[2], "run_id": run_id,
+    repeat, fold = c.repeat_fold(cell[3])
+    return {"model": cell[0], "freeze_mode": cell[1], "seed": cell[2], "fold": fold, "repeat": repeat,
+            "cell": cell[3], "run_id": run_id,
             "test_acc": m["test_acc"], "best_val_acc": m["best_val_acc"],
             "trainable_share": m["trainable_share"], "frozen_blocks": int(m["frozen_blocks"]),
             "lr": float(run.data.params["run.lr"]),
             "lr_source": run.data.tags.get("lr_source", "fixed")}
 
 
-def _flat(p: Params) -> dict:
-    from ..config import flat
+def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """Every run's per-clip predictions (its DVC output), keyed as ``evaluation.clip_table`` wants."""
+    found = {}
+    for row in runs.to_dict("records"):
+        path = train_stage.run_dir(c.models_out, row["model"], row["freeze_mode"], row["seed"],
+                                   row["cell"]) / train_stage.PREDICTIONS
+        if not path.is_file():
+            stage = train_stage.stage_name(row["model"], row["freeze_mode"], row["seed"], row["cell"])
+            raise UserError(f"{path} not found; re-run: dvc repro -f {stage}")
+        key = (row["model"], row["lr_source"], row["freeze_mode"], row["seed"], row["fold"], row["repeat"])
+        found[key] = pd.read_csv(path)
+    return found
 
-    return flat(p)
 
+def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: float,
+                  clips: dict[str, pd.DataFrame] | None = None, margin: float = 1.0,
+                  folds: int | None = None) -> pd.DataFrame:
+    """Summary table (Markdown + CSV), per-run CSV, statistics JSON and the figures under ``out``.
 
-def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: float) -> pd.DataFrame:
-    """Summary table (Markdown + CSV), per-run CSV, statistics JSON and the figure under ``out``."""
+    With per-clip ``clips`` (test, val) the table gains the decisive columns: the difference with
+    an interval over clips and runs, its verdict against ``margin``, the minimal detectable
+    difference, and the study-level checks (val-vs-test agreement, the original's headline).
+    """
     summary = stats.summarize(runs, reference_mode=reference, confidence=confidence)
-    atomic.write_text(out / NAMES["md"], stats.to_markdown(summary) + "\n")
+    checks: dict = {}
+    if clips is not None:
+        judged, checks = evaluation.verdicts(clips["test"], clips.get("val"), reference, margin,
+                                             confidence, folds)
+        summary = summary.merge(judged.drop(columns=["mode", "reference", "margin", "confidence"]),
+                                on=["model", "lr_source", "freeze_mode"], how="left",
+                                suffixes=("", "_clips"))
+        figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
+                            title="mode − reference: difference, interval over clips and runs")
+    markdown = stats.to_markdown(summary) + _decisive_markdown(summary, checks, margin, confidence)
+    atomic.write_text(out / NAMES["md"], markdown + "\n")
     atomic.write_text(out / NAMES["csv"], summary.to_csv(index=False))
     atomic.write_text(out / NAMES["runs"], runs.to_csv(index=False))
-    atomic.write_json(out / NAMES["stats"], _stats_json(summary))
+    atomic.write_json(out / NAMES["stats"], _stats_json(summary, checks))
     figures.plot_comparison(runs, summary, out / NAMES["png"])
+    if runs["trainable_share"].notna().all() if "trainable_share" in runs else False:
+        figures.plot_depth(runs, out / NAMES["depth"])
     return summary
 
 
-def _stats_json(summary: pd.DataFrame) -> dict:
+def _decisive_markdown(summary: pd.DataFrame, checks: dict, margin: float, confidence: float) -> str:
+    if "verdict" not in summary.columns:
+        return ""
+    rows = summary[summary["verdict"].notna()]
+    table = pd.DataFrame({
+        "model": rows["model"], "lr": rows["lr_source"], "freeze mode": rows["freeze_mode"],
+        "runs": rows["n_runs"].map(lambda v: f"{int(v)}"),
+        "clips": rows["n_clips"].map(lambda v: f"{int(v)}"),
+        "Δ test (pp)": rows["estimate"].map(lambda v: f"{v:+.2f}"),
+        f"{confidence:.0%} CI (clips + runs)": [f"[{lo:+.2f}, {hi:+.2f}]"
+                                                 for lo, hi in zip(rows["low"], rows["high"], strict=True)],
+        "p": rows["p"].map(stats.fmt_p), "p (Holm)": rows["p_holm"].map(stats.fmt_p),
+        "p equiv. (TOST)": rows["p_equivalence"].map(stats.fmt_p),
+        "verdict": rows["verdict"], "verdict (Holm)": rows["verdict_holm"],
+        "MDD 80 % (pp)": rows["mdd"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}"),
+    })
+    if "val_estimate" in rows:
+        table["Δ val (pp)"] = rows["val_estimate"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+    if "nb_low" in rows:
+        table["N-B corrected t CI"] = [("–" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
+                                       for lo, hi in zip(rows["nb_low"], rows["nb_high"], strict=True)]
+    lines = ["", "### Decisive comparison: per-clip predictions", "",
+             table.to_markdown(index=False, disable_numparse=True), "",
+             f"Δ: accuracy difference against the reference on the same clips. CI: crossed runs × clips "
+             f"method of moments with a Satterthwaite t (study/inference.py), covering clip sampling and "
+             f"training randomness (seed × fold). Verdict at margin ±{margin:g} pp: better / worse when the "
+             f"CI excludes 0, equivalent when TOST (the {1 - 2 * (1 - confidence):.0%} CI inside the "
+             "margin) holds, else inconclusive; Holm across the modes of each model and lr source. MDD: the "
+             "smallest difference this design detects with 80 % power."]
+    for key, value in checks.items():
+        if key.endswith("/val_vs_test"):
+            lines.append(f"- {evaluation.agreement_line(key.removesuffix('/val_vs_test'), value)}")
+        elif key.endswith("/headline"):
+            lines.append(f"- {key.removesuffix('/headline')}: the original's headline (freeze_patch below "
+                         f"freeze_none and freeze_patch_0_5 above freeze_patch), joint one-sided test over "
+                         f"{value['n_runs']} paired runs: p = {stats.fmt_p(value['p'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+STATS_KEYS = ("n", "test_mean", "test_std", "ci_low", "ci_high", "val_mean", "diff_vs_ref", "t_p", "t_p_holm",
+              "signflip_p", "signflip_p_holm", "cohens_dz", "estimate", "low", "high", "p", "p_holm",
+              "p_equivalence", "verdict", "verdict_holm", "mdd", "val_estimate", "nb_low", "nb_high", "nb_p")
+
+
+def _stats_json(summary: pd.DataFrame, checks: dict | None = None) -> dict:
     tree: dict = {}
     for row in summary.to_dict("records"):
         key = f"{row['model']}/{row['freeze_mode']}" + (
             f"/{row['lr_source']}" if row.get("lr_source", "fixed") != "fixed" else "")
-        tree[key] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                     for k, v in row.items() if k in ("n", "test_mean", "test_std", "ci_low",
-                                                       "ci_high", "val_mean", "diff_vs_ref",
-                                                       "t_p", "t_p_holm", "wilcoxon_p",
-                                                       "wilcoxon_p_holm", "cohens_dz")}
+        tree[key] = _clean({k: v for k, v in row.items() if k in STATS_KEYS})
+    if checks:
+        tree["checks"] = _clean(checks)
     return tree
 
 
 def from_pipeline(p: Params) -> pd.DataFrame:
-    runs = collect(p)
-    out = Path(p["compare"]["out"])
-    summary = write_outputs(runs, out, p["compare"]["reference_mode"], p["compare"]["confidence"])
-    _log_summary_run(p, runs, out)
-    print(stats.to_markdown(summary))
+    """The compare stage's entry point."""
+    c = CompareConfig.from_params(p)
+    runs = collect(c)
+    preds = predictions(c, runs)
+    clips = {split: evaluation.clip_table(preds, split) for split in ("test", "val")}
+    summary = write_outputs(runs, c.out, c.reference, c.confidence, clips, c.margin, c.folds)
+    _log_summary_run(c, runs)
+    print((c.out / NAMES["md"]).read_text())
     return summary
+
+
+def plan(p: Params, effect: float, csvs: list[str] | None = None) -> list[str]:
+    """``tfreeze compare --plan EFFECT``: runs needed to detect ``effect`` pp, per mode."""
+    c = CompareConfig.from_params(p)
+    if csvs:
+        runs = stats.validate_runs(pd.concat([stats.read_runs_csv(x) for x in csvs], ignore_index=True))
+        lines = evaluation.plan_lines_from_runs(runs, c.reference, effect)
+    else:
+        runs = collect_local(c)
+        test = evaluation.clip_table(predictions(c, runs), "test")
+        lines = evaluation.plan_lines(test, c.reference, effect)
+    for line in lines:
+        print(line)
+    return lines
+
+
+def collect_local(c: CompareConfig) -> pd.DataFrame:
+    """The grid's runs as far as their run folders tell (no MLflow needed): for planning."""
+    rows = []
+    for model, freeze, seed, cell in c.cells:
+        folder = train_stage.run_dir(c.models_out, model, freeze, seed, cell)
+        if not (folder / train_stage.PREDICTIONS).is_file():
+            continue
+        info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        repeat, fold = c.repeat_fold(cell)
+        rows.append({"model": model, "freeze_mode": freeze, "seed": seed, "fold": fold, "repeat": repeat,
+                     "cell": cell, "lr_source": info.get("lr_source", "fixed")})
+    if not rows:
+        raise UserError(f"no run of the grid has {train_stage.PREDICTIONS} under {c.models_out}; run the "
+                        "study first, or pass --from-csv to plan from a per-seed table")
+    return pd.DataFrame(rows)
 
 
 def from_csv(p: Params, csvs: list[str], out: str | None = None) -> pd.DataFrame:
     """Summarise per-seed CSVs together, e.g. a fixed-lr and a tuned-lr study side by side."""
+    c = p["compare"]
     runs = pd.concat([stats.read_runs_csv(csv) for csv in csvs], ignore_index=True)
-    summary = write_outputs(runs, Path(out or p["compare"]["out"]), p["compare"]["reference_mode"],
-                            p["compare"]["confidence"])
+    summary = write_outputs(runs, Path(out or c["out"]), c["reference_mode"], c["confidence"])
     print(stats.to_markdown(summary))
+    for line in evaluation.val_test_from_runs(stats.validate_runs(runs), c["reference_mode"]):
+        print(line)
     return summary
 
 
-def _log_summary_run(p: Params, runs: pd.DataFrame, out: Path) -> None:
-    tracking.connect(p)
+def _log_summary_run(c: CompareConfig, runs: pd.DataFrame) -> None:
+    tracking.connect(c.tracking)
     tags = {"kind": "freezing_comparison", **tracking.git_tags()}
     with tracking.run("compare/freezing", tags=tags):
-        tracking.log_params({"compare.reference_mode": p["compare"]["reference_mode"],
-                             "compare.confidence": p["compare"]["confidence"],
-                             "n_runs": len(runs)})
+        tracking.log_params({"compare.reference_mode": c.reference, "compare.confidence": c.confidence,
+                             "compare.equivalence_margin": c.margin, "n_runs": len(runs)})
         for name in NAMES.values():
-            tracking.log_artifact(out / name, "comparison")
+            if (c.out / name).is_file():
+                tracking.log_artifact(c.out / name, "comparison")

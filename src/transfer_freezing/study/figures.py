@@ -1,7 +1,9 @@
-"""The comparison figure: test accuracy per freeze mode, mean ± std band with per-seed points."""
+"""Study figures: the comparison (test accuracy per freeze mode, mean ± std band with per-seed points),
+the forest plot of differences to the reference mode, and accuracy against trainable share."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from ..atomic import atomic_path
 from ..errors import UserError
@@ -85,3 +88,313 @@ def _draw_points(
 def _seed_label(summary: pd.DataFrame) -> str:
     low, high = int(summary["n"].min()), int(summary["n"].max())
     return f"N={high} seeds" if low == high else f"N={low}–{high} seeds"
+
+
+# --- forest plot: paired differences against the reference mode with the equivalence band ---------
+
+FOREST_COLUMNS = ("model", "freeze_mode", "estimate", "low", "high", "verdict")
+VERDICT_STYLE = {  # colour and marker, so the verdict reads without colour too
+    "better": ("tab:green", "^"),
+    "worse": ("tab:red", "v"),
+    "equivalent": ("tab:blue", "o"),
+    "inconclusive": ("0.45", "s"),
+}
+BAND_COLOUR = "tab:blue"
+
+
+def plot_forest(effects: pd.DataFrame, margin: float, path: str | Path, title: str = "") -> None:
+    """Forest plot of each mode's difference to the reference mode, saved atomically.
+
+    ``effects`` has one row per comparison with columns ``model, freeze_mode, estimate, low, high,
+    verdict`` (differences in percentage points; verdict one of better/worse/equivalent/
+    inconclusive) and optionally ``lr_source`` and ``reference_mode``. Rows without an interval
+    (the reference itself) are skipped; the equivalence band (−margin, +margin) is shaded.
+    """
+    fig = forest_figure(effects, margin, title)
+    _save(fig, path)
+
+
+def forest_figure(effects: pd.DataFrame, margin: float, title: str = "") -> Figure:
+    """The figure ``plot_forest`` saves: rows top to bottom in the order of ``forest_rows``."""
+    margin = _margin(margin)
+    rows = forest_rows(effects)
+    fig = Figure(figsize=(7.5, 1.4 + 0.38 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.axvspan(
+        -margin,
+        margin,
+        color=BAND_COLOUR,
+        alpha=0.12,
+        linewidth=0,
+        gid="equivalence_band",
+        label=f"equivalence band ±{margin:g} pp",
+    )
+    ax.axvline(0.0, color="0.3", linewidth=1.0, zorder=1)
+    drawn = rows[rows["verdict"].notna()]
+    ax.hlines(drawn["y"], drawn["low"], drawn["high"], color="0.25", linewidth=1.8, zorder=2)
+    for verdict, (colour, marker) in VERDICT_STYLE.items():
+        sub = drawn[drawn["verdict"] == verdict]
+        if not sub.empty:
+            ax.scatter(
+                sub["estimate"],
+                sub["y"],
+                s=55,
+                color=colour,
+                marker=marker,
+                edgecolors="0.15",
+                linewidths=0.6,
+                zorder=3,
+                label=verdict,
+            )
+    headers = rows[rows["verdict"].isna()]
+    for y in headers["y"].iloc[1:]:  # a rule above each model's block but the first
+        ax.axhline(y - 0.5, color="0.7", linewidth=0.8)
+    ax.set_yticks(rows["y"], rows["label"])
+    for tick, is_header in zip(ax.get_yticklabels(), rows["verdict"].isna(), strict=True):
+        if is_header:
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+    span = max(margin, float(np.nanmax(np.abs(drawn[["low", "high"]].to_numpy(float)))))
+    ax.set_xlim(-1.15 * span, 1.15 * span)
+    ax.set_xlabel(f"difference vs {_reference_label(effects)} (pp)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="best", frameon=True, fontsize="small")
+    if title:
+        ax.set_title(title, fontweight="bold")
+    return fig
+
+
+def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
+    """The rows the forest plot draws, top to bottom: ``y, label, model, estimate, low, high, verdict``.
+
+    Comparisons with a NaN estimate or interval are dropped. With several models each model's block
+    is preceded by a header row (its name as label, NaN verdict). ``lr_source`` joins the label
+    (``mode (sweep lr)``) when not every drawn row is ``fixed``.
+    """
+    effects = _validate_effects(effects)
+    keep = effects[["estimate", "low", "high"]].notna().all(axis=1)
+    effects = effects[keep]
+    if effects.empty:
+        raise UserError("effects table has no comparison with an interval to plot")
+    bad = effects[effects["low"] > effects["high"]]
+    if not bad.empty:
+        row = bad.iloc[0]
+        raise UserError(
+            f"effects table has an interval with low > high ({row['low']:g} > {row['high']:g}) "
+            f"for model {row['model']}, freeze_mode {row['freeze_mode']}"
+        )
+    unknown = effects.loc[~effects["verdict"].isin(list(VERDICT_STYLE)), "verdict"]
+    if not unknown.empty:
+        raise UserError(
+            f"effects table has verdict {unknown.iloc[0]!r}; allowed: {', '.join(VERDICT_STYLE)}"
+        )
+    show_source = "lr_source" in effects.columns and set(effects["lr_source"]) != {"fixed"}
+    models = list(pd.unique(effects["model"]))
+    out: list[dict] = []
+    for model in models:
+        if len(models) > 1:
+            out.append({"label": str(model), "model": model, "verdict": None})
+        for _, row in effects[effects["model"] == model].iterrows():
+            label = str(row["freeze_mode"])
+            if show_source:
+                label = f"{label} ({row['lr_source']} lr)"
+            out.append(
+                {
+                    "label": label,
+                    "model": model,
+                    "estimate": row["estimate"],
+                    "low": row["low"],
+                    "high": row["high"],
+                    "verdict": row["verdict"],
+                }
+            )
+    rows = pd.DataFrame(out, columns=["label", "model", "estimate", "low", "high", "verdict"])
+    rows.insert(0, "y", np.arange(len(rows)))
+    rows[["estimate", "low", "high"]] = rows[["estimate", "low", "high"]].astype(float)
+    return rows
+
+
+def _validate_effects(effects: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in FOREST_COLUMNS if c not in effects.columns]
+    if missing:
+        raise UserError(
+            f"effects table lacks column(s) {', '.join(missing)}; required: {', '.join(FOREST_COLUMNS)}"
+        )
+    if effects.empty:
+        raise UserError("effects table is empty: no comparison to plot")
+    out = effects.copy()
+    for col in ("estimate", "low", "high"):
+        out[col] = _numeric_column(out[col], "effects", col)
+    out["verdict"] = out["verdict"].map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    if "lr_source" in out.columns:
+        out["lr_source"] = out["lr_source"].fillna("fixed").astype(str)
+    return out
+
+
+def _margin(margin: float) -> float:
+    try:
+        value = float(margin)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(
+            f"equivalence margin must be a positive number of percentage points, got {margin!r}"
+        )
+    return value
+
+
+def _reference_label(effects: pd.DataFrame) -> str:
+    if "reference_mode" not in effects.columns:
+        return "reference"
+    refs = [str(r) for r in pd.unique(effects["reference_mode"].dropna())]
+    return " / ".join(refs) or "reference"
+
+
+# --- depth plot: test accuracy against the share of trainable parameters --------------------------
+
+DEPTH_COLUMNS = ("model", "freeze_mode", "trainable_share", "test_acc")
+DEPTH_JITTER_DEX = 0.012  # multiplicative x jitter of the per-run points, in decades
+LABEL_STACK_DEX = 0.15  # mode labels of means closer than this on x (decades) are stacked
+
+
+def plot_depth(runs: pd.DataFrame, path: str | Path) -> None:
+    """Test accuracy against trainable share (log x, in %), all models on one axis, saved atomically.
+
+    Every run is a (slightly jittered) point; per model (and lr source, when ``runs`` has several)
+    a line joins the per-mode means, each labelled with its freeze mode.
+    """
+    fig = depth_figure(runs)
+    _save(fig, path)
+
+
+def depth_figure(runs: pd.DataFrame) -> Figure:
+    """The figure ``plot_depth`` saves; the mean lines carry the series name as their label."""
+    runs = _validate_depth(runs)
+    means = _depth_means(runs)
+    fig = Figure(figsize=(8.0, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    rng = np.random.default_rng(JITTER_SEED)
+    low, high = np.log10(means["share_pct"].min()), np.log10(means["share_pct"].max())
+    right_from = 10 ** (low + 0.8 * (high - low)) if high > low else math.inf
+    for i, (series, sub) in enumerate(runs.groupby("series", sort=False)):
+        colour = f"C{i}"
+        jitter = 10 ** rng.uniform(-DEPTH_JITTER_DEX, DEPTH_JITTER_DEX, size=len(sub))
+        ax.scatter(
+            sub["trainable_share"] * 100 * jitter,
+            sub["test_acc"],
+            s=18,
+            color=colour,
+            alpha=0.45,
+            edgecolors="none",
+            zorder=2,
+        )
+        mean = means[means["series"] == series]
+        ax.plot(
+            mean["share_pct"],
+            mean["test_mean"],
+            color=colour,
+            marker="o",
+            markersize=7,
+            linewidth=2.0,
+            label=series,
+            zorder=3,
+        )
+        _label_means(ax, mean, colour, below=i % 2 == 1, right_from=right_from)
+    ax.set_xscale("log")
+    ax.set_xlim(
+        10 ** math.floor(np.log10(means["share_pct"].min() * 0.9)), means["share_pct"].max() * 1.25
+    )
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
+    ax.set_xlabel("Trainable parameters (% of model, log scale)")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", frameon=True)
+    return fig
+
+
+def _label_means(
+    ax: Axes, means: pd.DataFrame, colour: str, below: bool, right_from: float
+) -> None:
+    """Name each mean's freeze mode next to it (above, or below for every second series); labels of
+    means closer than ``LABEL_STACK_DEX`` decades on x are stacked so they do not overlap, and
+    those from ``right_from`` on sit left of their point so they stay inside the axes."""
+    level, previous = 0, -math.inf
+    for _, row in means.iterrows():
+        x = float(np.log10(row["share_pct"]))
+        level = level + 1 if x - previous < LABEL_STACK_DEX else 0
+        previous = x
+        dy = -(11 + 9 * level) if below else 6 + 9 * level
+        right = row["share_pct"] >= right_from
+        ax.annotate(
+            row["freeze_mode"],
+            (row["share_pct"], row["test_mean"]),
+            xytext=(-4 if right else 4, dy),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            fontsize=7,
+            color=colour,
+            gid="mode_label",
+        )
+
+
+def _depth_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (series, freeze_mode): ``share_pct`` (median trainable share in %) and ``test_mean``,
+    sorted by share within each series; ``runs`` is the output of the depth validation."""
+    grouped = runs.groupby(["series", "freeze_mode"], sort=False)
+    means = grouped.agg(
+        share_pct=("trainable_share", lambda s: float(s.median()) * 100),
+        test_mean=("test_acc", "mean"),
+    ).reset_index()
+    order = {s: i for i, s in enumerate(pd.unique(runs["series"]))}
+    means["_order"] = means["series"].map(order)
+    return means.sort_values(["_order", "share_pct"], kind="stable").drop(columns="_order")
+
+
+def _validate_depth(runs: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in DEPTH_COLUMNS if c not in runs.columns]
+    if missing:
+        raise UserError(
+            f"runs table lacks column(s) {', '.join(missing)}; required: {', '.join(DEPTH_COLUMNS)}"
+        )
+    if runs.empty:
+        raise UserError("runs table is empty: nothing to plot against trainable share")
+    out = runs.copy()
+    for col in ("trainable_share", "test_acc"):
+        out[col] = _numeric_column(out[col], "runs", col)
+    out = out.dropna(subset=["model", "freeze_mode", "trainable_share", "test_acc"])
+    if out.empty:
+        raise UserError("runs table has no run with both trainable_share and test_acc")
+    bad = out[(out["trainable_share"] <= 0) | (out["trainable_share"] > 1)]
+    if not bad.empty:
+        raise UserError(
+            f"trainable_share must be a fraction in (0, 1], got {bad['trainable_share'].iloc[0]:g} "
+            f"for model {bad['model'].iloc[0]}, freeze_mode {bad['freeze_mode'].iloc[0]}"
+        )
+    out["model"] = out["model"].astype(str)
+    out["freeze_mode"] = out["freeze_mode"].astype(str)
+    sources = out["lr_source"].fillna("fixed").astype(str) if "lr_source" in out.columns else None
+    if sources is not None and sources.nunique() > 1:
+        out["series"] = out["model"] + " (" + sources + " lr)"
+    else:
+        out["series"] = out["model"]
+    return out
+
+
+# --- shared helpers ---------------------------------------------------------------------------------
+
+
+def _numeric_column(col: pd.Series, table: str, name: str) -> pd.Series:
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        raise UserError(
+            f"{table} table column {name} has a non-numeric value: {col[bad].iloc[0]!r}"
+        )
+    return values.astype(float)
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip(".") or "png")

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import UserError, first_line
+from .inference import holm, sign_flip_test
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
 GROUP_KEYS = ("model", "lr_source")
@@ -35,11 +36,11 @@ SUMMARY_COLUMNS = (
     "diff_vs_ref",
     "t_p",
     "t_p_holm",
-    "wilcoxon_p",
-    "wilcoxon_p_holm",
+    "signflip_p",
+    "signflip_p_holm",
     "cohens_dz",
 )
-_TEST_COLUMNS = ("t_p", "t_p_holm", "wilcoxon_p", "wilcoxon_p_holm", "cohens_dz")
+_TEST_COLUMNS = ("t_p", "t_p_holm", "signflip_p", "signflip_p_holm", "cohens_dz")
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
@@ -81,12 +82,14 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     for col in ("test_acc", "best_val_acc", "trainable_share", "frozen_blocks"):
         if col in out.columns:
             out[col] = _numeric(out[col], col)
-    dup = out.duplicated(["model", "lr_source", "freeze_mode", "seed"], keep=False)
+    keys = ["model", "lr_source", "freeze_mode", "seed"] + (["fold"] if "fold" in out.columns else [])
+    dup = out.duplicated(keys, keep=False)
     if dup.any():
         row = out[dup].iloc[0]
         raise UserError(
             f"duplicate run: model {row['model']}, lr_source {row['lr_source']}, "
             f"freeze_mode {row['freeze_mode']}, seed {row['seed']}"
+            + (f", fold {row['fold']}" if "fold" in keys else "")
         )
     return out
 
@@ -97,18 +100,6 @@ def _numeric(col: pd.Series, name: str) -> pd.Series:
     if bad.any():
         raise UserError(f"column {name} has a non-numeric value: {col[bad].iloc[0]!r}")
     return values.astype(float)
-
-
-def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
-    """Holm's step-down adjustment; NaN entries stay NaN and do not count towards m."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    finite = np.flatnonzero(~np.isnan(p))
-    order = finite[np.argsort(p[finite], kind="stable")]
-    m = len(order)
-    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(adjusted)
-    return out
 
 
 def summarize(
@@ -148,7 +139,7 @@ def _summarize_group(
             f"reference mode {reference_mode} has no runs for model {model} "
             f"(lr_source {lr_source}); modes present: {', '.join(modes)}"
         )
-    ref = _by_seed(group, reference_mode)
+    ref = _by_run(group, reference_mode)
     rows = []
     for mode in modes:
         sub = group[group["freeze_mode"] == mode]
@@ -159,18 +150,20 @@ def _summarize_group(
             "reference_mode": reference_mode,
             **_describe(sub, confidence),
         }
-        row.update(_paired(_by_seed(group, mode), ref, is_reference=mode == reference_mode))
+        row.update(_paired(_by_run(group, mode), ref, is_reference=mode == reference_mode))
         rows.append(row)
-    for col in ("t_p", "wilcoxon_p"):
+    for col in ("t_p", "signflip_p"):
         adjusted = holm([r[col] for r in rows])
         for r, value in zip(rows, adjusted, strict=True):
             r[f"{col}_holm"] = value
     return rows
 
 
-def _by_seed(group: pd.DataFrame, mode: str) -> pd.Series:
+def _by_run(group: pd.DataFrame, mode: str) -> pd.Series:
+    """Test accuracy per run, indexed by what pairs runs across modes: the seed (and the fold)."""
     sub = group[group["freeze_mode"] == mode].dropna(subset=["test_acc"])
-    return sub.set_index("seed")["test_acc"]
+    keys = ["seed", "fold"] if "fold" in sub.columns and sub["fold"].notna().all() else ["seed"]
+    return sub.set_index(keys)["test_acc"]
 
 
 def _first(sub: pd.DataFrame, col: str) -> float:
@@ -212,7 +205,11 @@ def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[flo
 
 
 def _paired(mode: pd.Series, ref: pd.Series, is_reference: bool) -> dict:
-    """Paired comparison mode − reference over the seeds both have."""
+    """Paired comparison mode − reference over the runs (seed, fold) both have.
+
+    Exact sign-flip permutation test instead of Wilcoxon: exact for the small N of seeds, and
+    finite (never NaN) when every paired difference is equal.
+    """
     seeds = mode.index.intersection(ref.index)
     diff = (mode.loc[seeds] - ref.loc[seeds]).to_numpy(dtype=float)
     out = {"n_pairs": len(seeds), "diff_vs_ref": float(diff.mean()) if len(diff) else math.nan}
@@ -223,8 +220,8 @@ def _paired(mode: pd.Series, ref: pd.Series, is_reference: bool) -> dict:
     if sd > 0:  # zero spread (or < 2 pairs): the t statistic and d_z are undefined
         out["t_p"] = float(stats.ttest_rel(mode.loc[seeds], ref.loc[seeds]).pvalue)
         out["cohens_dz"] = float(diff.mean()) / sd
-    if np.count_nonzero(diff) >= 1 and len(diff) >= 2:
-        out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+    if len(diff) >= 2:
+        out["signflip_p"] = sign_flip_test(diff)
     return out
 
 
@@ -250,8 +247,8 @@ def to_markdown(summary: pd.DataFrame) -> str:
             "Δ vs ref": summary["diff_vs_ref"].map(lambda v: _fmt(v, "{:+.1f}")),
             "p (t)": summary["t_p"].map(_p),
             "p (t, Holm)": summary["t_p_holm"].map(_p),
-            "p (Wilcoxon)": summary["wilcoxon_p"].map(_p),
-            "p (Wilcoxon, Holm)": summary["wilcoxon_p_holm"].map(_p),
+            "p (sign-flip)": summary["signflip_p"].map(_p),
+            "p (sign-flip, Holm)": summary["signflip_p_holm"].map(_p),
             "d_z": summary["cohens_dz"].map(lambda v: _fmt(v, "{:+.2f}")),
         }
     )
@@ -265,8 +262,8 @@ def _footnote(summary: pd.DataFrame) -> str:
     refs = ", ".join(f"`{r}`" for r in pd.unique(summary.get("reference_mode", pd.Series([]))))
     return (
         f"Δ and p: paired by seed against {refs or 'the reference mode'} within each model "
-        "and lr source; two-sided paired t-test (scipy.stats.ttest_rel) and Wilcoxon "
-        "signed-rank test (scipy.stats.wilcoxon), p-values Holm-adjusted across the "
+        "and lr source; two-sided paired t-test (scipy.stats.ttest_rel) and exact sign-flip "
+        "permutation test of the mean paired difference, p-values Holm-adjusted across the "
         "non-reference modes of each model and lr source. sd: sample standard deviation "
         "(ddof=1); CI: t-interval of the mean; d_z: mean paired difference / its sd."
     )
@@ -293,6 +290,11 @@ def _pm(mean: float, std: float) -> str:
 
 def _ci(low: float, high: float) -> str:
     return "–" if pd.isna(low) else f"[{low:.1f}, {high:.1f}]"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value as the tables print it: three decimals, '<0.001', or '–' when undefined."""
+    return _p(p)
 
 
 def _p(p: float) -> str:

@@ -16,13 +16,15 @@ def runs_link(host: str, port: int, experiment_id: str) -> str:
     return f"http://{shown}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def command(p: Params, host: str, port: int) -> list[str]:
+def command(t: tracking.Tracking, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-            "--workers", "1", "--backend-store-uri", tracking.tracking_uri(p)]
+            "--workers", "1", "--backend-store-uri", t.uri]
 
 
 def serve(p: Params, host: str = "127.0.0.1", port: int = 5000) -> None:
-    exp_id = tracking.connect(p)
-    print(f"MLflow UI for experiment {p['tracking']['experiment']!r}: {runs_link(host, port, exp_id)}")
+    """``tfreeze ui``'s entry point."""
+    t = tracking.Tracking.from_params(p)
+    exp_id = tracking.connect(t)
+    print(f"MLflow UI for experiment {t.experiment!r}: {runs_link(host, port, exp_id)}")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    subprocess.run(command(p, host, port), env=env, check=False)
+    subprocess.run(command(t, host, port), env=env, check=False)

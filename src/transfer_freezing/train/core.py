@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import atomic
 from ..data.inputs import Split, to_model_input
+from ..errors import Terminated
 from ..model import activation_cache as prefix_cache
 from ..model import attention, freezing, readout
 from ..model import registry as models
@@ -66,6 +67,7 @@ class RunConfig:
     device: str = "auto"
     activation_cache: bool = True
     compile: bool = False
+    fold: int = 0  # the training cell of a fold scheme (repeat * folds + fold); 0 for one split
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -85,6 +87,16 @@ class Data:
 
 
 @dataclass
+class Prediction:
+    """Per-clip outputs of one split: clip ids, labels, predicted classes, class probabilities."""
+
+    clip_ids: list[str]
+    labels: torch.Tensor
+    preds: torch.Tensor
+    probs: torch.Tensor
+
+
+@dataclass
 class Result:
     test_acc: float
     test_loss: float
@@ -95,6 +107,7 @@ class Result:
     wall_seconds: float
     history: list[dict] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
+    predictions: dict[str, Prediction] = field(default_factory=dict)  # val / test, best weights
 
     @property
     def trainable_share(self) -> float:
@@ -254,11 +267,14 @@ def configure(device: torch.device) -> None:
 
 def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = None,
         resume_extra: dict | None = None, cache_dir: Path | None = None) -> Result:
-    """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if a matching one exists.
+    """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if one for ``cfg`` exists.
 
-    Writes ``workdir/model.pt`` (best-validation weights). ``resume_extra`` is stored in every
-    checkpoint (the tracking layer keeps its run id there) and read back by ``peek``.
-    ``cache_dir`` is where frozen-prefix activations are shared between runs (see ``prepare``).
+    Writes ``workdir/model.pt`` (best-validation weights) once, at the end; until then the best
+    weights live in memory and in the resumable state, which is all a resume needs (``dvc repro``
+    deletes a stage's outputs, ``model.pt`` among them, before it runs the stage again).
+    ``resume_extra`` is stored in every checkpoint (the tracking layer keeps its run id there) and
+    read back by ``peek``. ``cache_dir`` is where frozen-prefix activations are shared between
+    runs (see ``prepare``).
     """
     t0 = time.perf_counter()
     device = pick_device(cfg.device)
@@ -268,6 +284,7 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = _resume(workdir, cfg)
     start, best = 0, {"acc": -1.0, "epoch": -1}
+    best_weights: dict[str, torch.Tensor] = {}
     history: list[dict] = []
     if state:
         model.load_state_dict(state["model"])
@@ -275,9 +292,11 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
+        best_weights = state["best_model"]
         t0 -= state["elapsed"]
-        print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed} after epoch {start}")
+        print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold} after epoch {start}")
     for epoch in range(start, cfg.epochs):
+        _fail_for_tests(epoch)
         order = torch.randperm(len(data.train), generator=shuffle)
         tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
                                        desc=f"epoch {epoch + 1}/{cfg.epochs} train")
@@ -288,17 +307,46 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
               f"val loss {va_loss:.4f} acc {va_acc:.1f}")
         if va_acc > best["acc"]:
             best = {"acc": va_acc, "epoch": epoch}
-            save_weights(model, workdir / "model.pt", cfg)
+            best_weights = _cpu_copy(model.state_dict())
         if on_epoch:
             on_epoch(epoch, row)
-        _save_last(workdir, cfg, model, opt, shuffle, epoch, best, history,
+        _save_last(workdir, cfg, model, opt, shuffle, epoch, best, best_weights, history,
                    time.perf_counter() - t0, resume_extra)
         _crash_for_tests(epoch)
-    model.load_state_dict(load_weights(workdir / "model.pt")["model"])
-    te_loss, te_acc, preds = run_epoch(net, data.test, cfg.batch_size, device, desc="test")
-    confusion = _confusion(data.test.labels.cpu(), preds, cfg.num_classes)
+    model.load_state_dict(best_weights)
+    save_weights(model, workdir / "model.pt", cfg)
+    te_loss, te_acc, test = predict(net, data.test, cfg.batch_size, device)
+    _, _, val = predict(net, data.val, cfg.batch_size, device)
+    confusion = _confusion(test.labels, test.preds, cfg.num_classes)
     return Result(te_acc, te_loss, best["acc"], best["epoch"], trainable, total,
-                  time.perf_counter() - t0, history, confusion)
+                  time.perf_counter() - t0, history, confusion, {"val": val, "test": test})
+
+
+@torch.no_grad()
+def predict(net: nn.Module, split: Split, batch_size: int, device: torch.device
+            ) -> tuple[float, float, Prediction]:
+    """(loss, acc %, per-clip prediction) of ``net`` on ``split``: ``run_epoch``'s arithmetic, plus
+    the softmax probabilities of every clip."""
+    net.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    probs, preds = [], []
+    for start in range(0, len(split), batch_size):
+        x = split.images[start:start + batch_size].to(device, non_blocking=True)
+        y = split.labels[start:start + batch_size].to(device, non_blocking=True)
+        with autocast(device):
+            logits = net(x)
+            loss = nn.functional.cross_entropy(logits, y)
+        loss_sum += loss.detach().double() * len(y)
+        probs.append(torch.softmax(logits.float(), dim=1))
+        preds.append(logits.argmax(1))
+    labels, pred = split.labels.cpu(), torch.cat(preds).cpu()
+    acc = 100.0 * (pred == labels).sum().item() / len(split)
+    return loss_sum.item() / len(split), acc, Prediction(list(split.clip_ids), labels, pred,
+                                                          torch.cat(probs).cpu())
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> list[list[int]]:
@@ -316,36 +364,98 @@ def load_weights(path: Path) -> dict:
 
 
 def _save_last(workdir: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
-               shuffle: torch.Generator, epoch: int, best: dict, history: list[dict],
+               shuffle: torch.Generator, epoch: int, best: dict, best_weights: dict, history: list[dict],
                elapsed: float, extra: dict | None) -> None:
-    state = {"key": cfg.key(), "epoch": epoch, "model": model.state_dict(),
+    state = {"key": cfg.key(), "config": asdict(cfg), "epoch": epoch, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "shuffle_rng": shuffle.get_state(),
-             "torch_rng": torch.get_rng_state(), "best": best, "history": history,
-             "elapsed": elapsed, "extra": extra or {}}
+             "torch_rng": torch.get_rng_state(), "best": best, "best_model": best_weights,
+             "history": history, "elapsed": elapsed, "extra": extra or {}}
     with atomic.atomic_path(workdir / LAST) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(workdir: Path, cfg: RunConfig) -> dict | None:
+def _resume(workdir: Path, cfg: RunConfig, quiet: bool = False) -> dict | None:
+    """The resumable state in ``workdir`` if it was written for ``cfg``, else None (and why)."""
     path = workdir / LAST
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("key") != cfg.key() or not (workdir / "model.pt").is_file():
-        print(f"ignoring {path}: written by a run with other settings")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file is not a resume point
+        if not quiet:
+            print(f"ignoring {path}: unreadable ({type(err).__name__}); training from epoch 1")
+        return None
+    if state.get("key") != cfg.key() or "best_model" not in state:
+        if not quiet:
+            print(f"ignoring {path}: written by a run with other settings ({differences(state, cfg)}); "
+                  "training from epoch 1")
         return None
     return state
 
 
+def differences(state: dict, cfg: RunConfig) -> str:
+    """Which run settings differ between a checkpoint and ``cfg``, e.g. ``lr 0.01 -> 0.02``."""
+    old = state.get("config")
+    if not isinstance(old, dict):
+        return "a checkpoint from an older version of this code"
+    new = asdict(cfg)
+    changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    changed += [f"{k} {old[k]!r} -> (none)" for k in old if k not in new]
+    return ", ".join(changed) or "a checkpoint from an older version of this code"
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The last finished epoch (0-based) a resumable state holds, None if it cannot be read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def peek(workdir: Path, cfg: RunConfig) -> dict:
     """The ``resume_extra`` of a resumable checkpoint for ``cfg`` in ``workdir`` ({} if none)."""
-    state = _resume(workdir, cfg)
+    state = _resume(workdir, cfg, quiet=True)
     return state["extra"] if state else {}
+
+
+def stale(workdir: Path, cfg: RunConfig) -> tuple[dict, str] | None:
+    """``(extra, why)`` of a checkpoint in ``workdir`` that ``cfg`` cannot resume, else None."""
+    path = workdir / LAST
+    if not path.is_file() or _resume(workdir, cfg, quiet=True):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return {}, "its checkpoint is unreadable"
+    return state.get("extra", {}), f"its settings changed ({differences(state, cfg)})"
 
 
 def finish(workdir: Path) -> None:
     """Drop the resumable state once the run's outputs are written."""
     (workdir / LAST).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises ``Terminated``: runs end KILLED, checkpoints are kept."""
+    def handler(signum, frame):
+        raise Terminated("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail_for_tests(epoch: int) -> None:
+    # Fault injection for the status tests: a real (non-user) error at the start of an epoch.
+    if os.environ.get("TFREEZE_FAIL_IN_EPOCH") == str(epoch):
+        raise RuntimeError(f"injected failure in epoch {epoch + 1} (TFREEZE_FAIL_IN_EPOCH)")
 
 
 def _crash_for_tests(epoch: int) -> None:

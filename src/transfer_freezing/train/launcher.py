@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import UserError
 
-Cell = tuple[str, str, int]
+Cell = tuple[str, str, int, int]  # model, freeze mode, seed, fold
 
 
 def run_cells(cells: list[Cell], base_args: list[str], jobs: int, gpu: bool) -> None:
-    """Run ``tfreeze train <base_args> --model m --freeze f --seed s`` for every cell, ``jobs`` at a time."""
+    """``tfreeze train <base_args> --model m --freeze f --seed s --fold k`` per cell, ``jobs`` at a time."""
     slots = _cpu_slots(jobs) if not gpu else [None] * jobs
     free = list(range(jobs))
 
@@ -45,9 +45,9 @@ def run_cells(cells: list[Cell], base_args: list[str], jobs: int, gpu: bool) -> 
 
 
 def _run(cell: Cell, base_args: list[str], pin: Callable[[], None] | None) -> subprocess.CompletedProcess:
-    model, freeze, seed = cell
+    model, freeze, seed, fold = cell
     cmd = [sys.executable, "-m", "transfer_freezing.cli", "train", *base_args,
-           "--model", model, "--freeze", freeze, "--seed", str(seed)]
+           "--model", model, "--freeze", freeze, "--seed", str(seed), "--fold", str(fold)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin, check=False)
 

@@ -1,14 +1,14 @@
-"""The train stage: one grid cell (model, freeze mode, seed) = features + training core + MLflow run."""
+"""The train stage: one grid cell (model, freeze mode, seed, fold) = features + training core + MLflow run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .. import atomic, config
 from ..config import Params
@@ -20,14 +20,52 @@ from . import core as training
 from . import run_reports as reports
 from . import tracking
 
+# The params the train stage lists in dvc.yaml (tests/test_training.py compares): a run logs
+# exactly these as MLflow params, plus its resolved ``run.*`` settings. Other keys of params.yaml
+# cannot change its numbers, so changing them never conflicts with a resumed run's params.
+STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.batch_size", "train.lr",
+                "train.momentum", "train.weight_decay", "train.frozen_bn", "train.activation_cache",
+                "train.device", "train.compile", "tracking")
 
-def run_dir(p: Params, model: str, freeze: str, seed: int) -> Path:
-    return Path(p["train"]["out"]) / model / freeze / f"seed{seed}"
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a train (or sweep) stage reads and writes, resolved once from params."""
+
+    features: features.Store
+    models_out: Path
+    sweep_out: Path
+    tracking: tracking.Tracking
+
+    @classmethod
+    def from_params(cls, p: Params) -> Workspace:
+        return cls(features.Store.from_params(p), Path(p["train"]["out"]), Path(p["sweep"]["out"]),
+                   tracking.Tracking.from_params(p))
+
+    def run_dir(self, model: str, freeze: str, seed: int, fold: int = 0) -> Path:
+        return run_dir(self.models_out, model, freeze, seed, fold)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where frozen-prefix activations are shared between runs: beside the features, not a DVC out."""
+        return self.features.root.parent / "cache" / "activations"
+
+    def load_data(self, batch_size: int, fold: int = 0) -> tuple[training.Data, dict]:
+        meta = self.features.read_meta()
+        data = training.Data(**self.features.load_cell(fold))
+        if batch_size > len(data.train):
+            raise UserError(f"train.batch_size = {batch_size} is larger than the train split "
+                            f"({len(data.train)} clips); lower it")
+        return data, meta
 
 
-def stage_name(model: str, freeze: str, seed: int) -> str:
+def run_dir(models_out: Path, model: str, freeze: str, seed: int, fold: int = 0) -> Path:
+    return Path(models_out) / model / freeze / f"seed{seed}" / f"fold{fold}"
+
+
+def stage_name(model: str, freeze: str, seed: int, fold: int = 0) -> str:
     """The DVC stage this cell is (dvc.yaml's matrix names it this way)."""
-    return os.environ.get("DVC_STAGE") or f"train@{model}-{freeze}-{seed}"
+    return os.environ.get("DVC_STAGE") or f"train@{model}-{freeze}-{seed}-{fold}"
 
 
 def resolve_lr(p: Params, model: str, freeze: str) -> tuple[float, str]:
@@ -41,7 +79,7 @@ def resolve_lr(p: Params, model: str, freeze: str) -> tuple[float, str]:
 
 
 def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_classes: int,
-               epochs: int | None = None) -> training.RunConfig:
+               epochs: int | None = None, fold: int = 0) -> training.RunConfig:
     t = p["train"]
     return training.RunConfig(
         model=model, freeze=freeze, seed=seed, epochs=epochs or t["epochs"],
@@ -49,73 +87,116 @@ def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_cla
         weight_decay=t["weight_decay"], frozen_bn=t["frozen_bn"], weights=t["weights"],
         weights_path=t["weights_path"], image_size=p["features"]["image_size"],
         num_classes=num_classes, device=t["device"], activation_cache=t["activation_cache"],
-        compile=t["compile"],
+        compile=t["compile"], fold=fold,
     )
 
 
-def cache_dir(p: Params) -> Path:
-    """Where frozen-prefix activations are shared between runs: next to the features, not a DVC out."""
-    return Path(p["features"]["out"]).parent / "cache" / "activations"
+def stage_params(p: Params) -> dict[str, object]:
+    """The ``STAGE_PARAMS`` keys of ``p``, flattened (a section name stands for all its keys)."""
+    flat = config.flat(p)
+    return {k: v for k, v in flat.items()
+            if any(k == key or k.startswith(key + ".") for key in STAGE_PARAMS)}
 
 
-def load_data(p: Params, batch_size: int) -> tuple[training.Data, dict]:
-    meta = features.read_meta(p)
-    data = training.Data(*(features.load(p, name) for name in ("train", "val", "test")))
-    if batch_size > len(data.train):
-        raise UserError(f"train.batch_size = {batch_size} is larger than the train split "
-                        f"({len(data.train)} clips); lower it")
-    return data, meta
-
-
-def feature_hash(p: Params) -> str:
-    digest = hashlib.sha256()
-    root = Path(p["features"]["out"])
-    for name in ("meta.json", "train.npy", "val.npy", "test.npy"):
-        with open(root / name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def train(p: Params, model: str, freeze: str, seed: int) -> dict:
-    """Run one cell, log it to MLflow, write model.pt, metrics.json and run.json atomically."""
+def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0) -> dict:
+    """The train stage's entry point: resolve params once, then run the cell."""
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
     lr, lr_source = resolve_lr(p, model, freeze)
-    data, meta = load_data(p, p["train"]["batch_size"])
-    cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]))
+    ws = Workspace.from_params(p)
+    meta = ws.features.read_meta()
+    cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
+    logged = {**stage_params(p), **{f"run.{k}": v for k, v in asdict(cfg).items()},
+              "run.lr_source": lr_source}
+    return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p))
+
+
+def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
+               full_params: dict | None = None) -> dict:
+    """Run one cell, log it to MLflow, write model.pt, metrics.json and run.json atomically.
+
+    A cell killed by SIGKILL resumes here from its ``last.pt`` into the same MLflow run; Ctrl-C
+    or SIGTERM mark the run KILLED and keep the checkpoint; a run that can no longer be resumed
+    (its settings changed) is marked KILLED with the reason.
+    """
+    data, meta = ws.load_data(cfg.batch_size, cfg.fold)
     if cfg.weights == "imagenet":
-        models.weights_file(model, cfg.weights_path)  # missing offline -> one line, before any output
-    exp_id = tracking.connect(p)
-    out = run_dir(p, model, freeze, seed)
+        models.weights_file(cfg.model, cfg.weights_path)  # missing offline -> one line, before any output
+    exp_id = tracking.connect(ws.tracking)
+    out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold)
     out.mkdir(parents=True, exist_ok=True)
-    resumed_id = training.peek(out, cfg).get("mlflow_run_id")
-    tags = {"model": model, "freeze_mode": freeze, "seed": str(seed), "lr_source": lr_source,
-            "dvc_stage": stage_name(model, freeze, seed), "feature_hash": feature_hash(p),
+    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold)
+    resumed_id = _resumable_run(out, cfg, exp_id, stage)
+    feature_hash = ws.features.content_hash()
+    tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "fold": str(cfg.fold),
+            "lr_source": lr_source,
+            "dvc_stage": stage, "feature_hash": feature_hash,
             "features_params_hash": meta["params_hash"], **tracking.git_tags()}
-    with tracking.run(f"{model}/{freeze}/seed{seed}", run_id=resumed_id, tags=tags) as active:
+    name = f"{cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold}"
+    gpu = training.pick_device(cfg.device).type == "cuda"
+    with training.sigterm_as_interrupt(), \
+            tracking.run(name, run_id=resumed_id, tags=tags, system_metrics=gpu) as active:
         run_id = active.info.run_id
-        tracking.log_params({**config.flat(p), **{f"run.{k}": v for k, v in asdict(cfg).items()},
-                             "run.lr_source": lr_source})
+        tracking.log_params(logged)
+        if not resumed_id:
+            tracking.log_features_input(ws.features.root, feature_hash, meta)
+            if full_params is not None:
+                tracking.log_text(yaml.safe_dump(full_params, sort_keys=True), "params/all_params.yaml")
         result = training.fit(
             cfg, data, out, on_epoch=lambda epoch, row: tracking.log_metrics(row, step=epoch),
-            resume_extra={"mlflow_run_id": run_id}, cache_dir=cache_dir(p),
+            resume_extra={"mlflow_run_id": run_id}, cache_dir=ws.cache_dir,
         )
-        metrics = summary_metrics(result, freeze, model)
+        metrics = summary_metrics(result, cfg.freeze, cfg.model)
         tracking.log_metrics(metrics)
         reports.log_confusion(result.confusion, meta["classes"], out)
+        table = predictions_table(result, meta["classes"])
+        atomic.write_text(out / PREDICTIONS, table.to_csv(index=False))
+        tracking.log_artifact(out / PREDICTIONS, "evaluation")
         tracking.log_artifact(out / "model.pt", "checkpoint")
     history = pd.DataFrame(result.history).assign(epoch=range(1, len(result.history) + 1))
     atomic.write_text(out / "history.csv", history.to_csv(index=False))
     atomic.write_json(out / "metrics.json", metrics)
     atomic.write_json(out / "run.json", {"run_id": run_id, "experiment_id": exp_id,
-                                         "tracking_uri": tracking.mask(tracking.tracking_uri(p)),
-                                         "lr": lr, "lr_source": lr_source})
+                                         "tracking_uri": tracking.mask(ws.tracking.uri),
+                                         "lr": cfg.lr, "lr_source": lr_source})
     training.finish(out)
-    print(f"{model}/{freeze}/seed{seed}: test acc {result.test_acc:.1f} % "
+    print(f"{name}: test acc {result.test_acc:.1f} % "
           f"(best val {result.best_val_acc:.1f} % at epoch {result.best_epoch + 1}), "
           f"trainable {result.trainable_params:,} ({100 * result.trainable_share:.2f} %), "
           f"MLflow run {run_id}")
     return metrics
+
+
+def _resumable_run(out: Path, cfg: training.RunConfig, exp_id: str, stage: str) -> str | None:
+    """The MLflow run to continue, if this cell's checkpoint can resume; close the ones that cannot.
+
+    A run left RUNNING by a killed process is either continued (its checkpoint matches ``cfg``)
+    or marked KILLED with the reason, so no run stays RUNNING forever.
+    """
+    run_id = training.peek(out, cfg).get("mlflow_run_id")
+    if run_id and not tracking.run_exists(run_id, exp_id):
+        print(f"MLflow run {run_id} of the checkpoint in {out} is not in this store; starting a new run")
+        run_id = None
+    stale = training.stale(out, cfg)
+    reason = (f"not resumable: {stale[1]}" if stale
+              else "the process stopped without ending the run (killed); it could not be resumed")
+    tracking.close_orphans(exp_id, {"dvc_stage": stage}, reason, keep=run_id)
+    return run_id
+
+
+PREDICTIONS = "predictions.csv"
+
+
+def predictions_table(result: training.Result, classes: list[str]) -> pd.DataFrame:
+    """One row per (split, clip): label, predicted class, correct, and every class probability."""
+    parts = []
+    for split, pred in result.predictions.items():
+        frame = pd.DataFrame({"split": split, "clip_id": pred.clip_ids,
+                              "label": [classes[i] for i in pred.labels.tolist()],
+                              "pred": [classes[i] for i in pred.preds.tolist()]})
+        frame["correct"] = (frame["label"] == frame["pred"]).astype(int)
+        probs = pd.DataFrame(pred.probs.numpy().round(6), columns=[f"p_{c}" for c in classes])
+        parts.append(pd.concat([frame, probs], axis=1))
+    return pd.concat(parts, ignore_index=True)
 
 
 def summary_metrics(result: training.Result, freeze: str, model: str) -> dict:

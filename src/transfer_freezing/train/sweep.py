@@ -39,6 +39,8 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import atomic
-from ..config import Params
+from ..config import Params, resolve_url
 from ..errors import UserError, first_line
 from ..model import freezing
 from . import core as training
@@ -66,66 +68,104 @@ class _OverBudget(Exception):
     """A trial created in a race after the study's ``n_trials`` were already taken."""
 
 
+@dataclass(frozen=True)
+class SweepConfig:
+    """The ``sweep`` section plus the training settings a trial shares with the train stage."""
+
+    n_trials: int
+    lr_low: float
+    lr_high: float
+    epochs: int
+    seed: int
+    sampler_seed: int
+    pruner_warmup_epochs: int
+    pruner_startup_trials: int
+    storage: str
+    heartbeat_seconds: int
+    out: Path
+
+    @classmethod
+    def from_params(cls, p: Params) -> SweepConfig:
+        s = p["sweep"]
+        storage = resolve_url(os.environ.get("OPTUNA_STORAGE") or s["storage"])
+        return cls(s["n_trials"], s["lr_low"], s["lr_high"], s["epochs"], s["seed"], s["sampler_seed"],
+                   s["pruner_warmup_epochs"], s["pruner_startup_trials"], storage,
+                   s["heartbeat_seconds"], Path(s["out"]))
+
+    def output_path(self, model: str, freeze: str) -> Path:
+        return self.out / f"{model}-{freeze}.json"
+
+
 # --------------------------------------------------------------------------- public entry point
 
 def run_study(p: Params, model: str, freeze: str, seed: int | None = None) -> dict:
-    """Run what is missing of the (model, freeze) study; return the summary written to JSON.
-
-    Order: validate (search space, freeze mode, features, storage, tracking) before any training;
-    then run or wait for the missing trials; then write the JSON and complete the parent run.
-    """
-    s = p["sweep"]
+    """The sweep stage's entry point: resolve params once, then run the (model, freeze) study."""
+    s = SweepConfig.from_params(p)
     _check_space(s)
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
-    train_seed = s["seed"] if seed is None else seed
-    data, meta = train_stage.load_data(p, p["train"]["batch_size"])  # checks features, batch size
-    name = study_name(p, model, freeze, train_seed, meta["params_hash"])
-    url = storage_url(p)
-    storage = open_storage(url, s["heartbeat_seconds"])
-    exp_id = tracking.connect(p)
+    ws = train_stage.Workspace.from_params(p)
+    train_seed = s.seed if seed is None else seed
+    meta = ws.features.read_meta()
+
+    def trial_config(lr: float) -> training.RunConfig:
+        return train_stage.run_config(p, model, freeze, train_seed, lr, len(meta["classes"]), epochs=s.epochs)
+
+    with training.sigterm_as_interrupt():
+        return sweep(s, ws, model, freeze, trial_config)
+
+
+def sweep(s: SweepConfig, ws: train_stage.Workspace, model: str, freeze: str,
+          trial_config: Callable[[float], training.RunConfig]) -> dict:
+    """Run what is missing of the (model, freeze) study; return the summary written to JSON.
+
+    Order: validate (search space, features, storage, tracking) before any training; then run or
+    wait for the missing trials; then write the JSON and complete the parent run.
+    """
+    probe = trial_config(s.lr_low)
+    data, meta = ws.load_data(probe.batch_size)  # checks features, batch size
+    name = study_name(probe, s, ws.features.content_hash(), code_hash())
+    storage = open_storage(s.storage, s.heartbeat_seconds)
+    exp_id = tracking.connect(ws.tracking)
     optuna.logging.set_verbosity(optuna.logging.INFO)
     study, created = _open_study(storage, name, s)
-    parent_id = _parent_run(study, created, exp_id, name, p, model, freeze, train_seed, url)
-    num_classes = len(meta["classes"])
-
-    n_total = s["n_trials"]
+    parent_id = _parent_run(study, created, exp_id, name, s, probe)
     ran: set[int] = set()
 
     def objective(trial: optuna.Trial) -> float:
-        _check_budget(trial, n_total)
+        _check_budget(trial, s.n_trials)
         ran.add(trial.number)
-        lr = trial.suggest_float("lr", s["lr_low"], s["lr_high"], log=True)
-        cfg = train_stage.run_config(p, model, freeze, train_seed, lr, num_classes, epochs=s["epochs"])
-        return _run_trial(trial, cfg, data, parent_id, name, meta["params_hash"],
-                          train_stage.cache_dir(p))
+        lr = trial.suggest_float("lr", s.lr_low, s.lr_high, log=True)
+        return _run_trial(trial, trial_config(lr), data, parent_id, name, meta["params_hash"], ws.cache_dir)
 
     done, _, _ = _tally(study)
-    print(f"study {name} in {tracking.mask(url)}: {done}/{n_total} trials finished"
-          + ("" if done < n_total else "; nothing to run"))
-    _work(study, objective, n_total, s["heartbeat_seconds"])
-    return _finalise(study, p, model, freeze, name, url, parent_id, ran)
+    print(f"study {name} in {tracking.mask(s.storage)}: {done}/{s.n_trials} trials finished"
+          + ("" if done < s.n_trials else "; nothing to run"))
+    _work(study, objective, s.n_trials, s.heartbeat_seconds)
+    return _finalise(study, s, probe.model, probe.freeze, name, parent_id, ran)
 
 
-def study_name(p: Params, model: str, freeze: str, seed: int, data_hash: str) -> str:
-    """``<model>-<freeze>-<data hash>-<objective hash>``.
+def study_name(cfg: training.RunConfig, s: SweepConfig, data_hash: str, code: str) -> str:
+    """``<model>-<freeze>-<identity hash>``.
 
-    The data hash is the features stage's params hash; the objective hash covers every setting
-    that changes what a trial's value means (epochs, training seed, lr range, batch size, ...),
-    so changing one starts a fresh study instead of mixing incomparable trials.
+    The identity covers everything a trial's value depends on: the feature bytes (``data_hash``),
+    the code (``code``: this package's source), and every setting of the objective (epochs,
+    training seed, lr range, batch size, ...). Changing any of them starts a fresh study instead of
+    finding an old, complete one and returning its now meaningless best learning rate.
     """
-    t, s = p["train"], p["sweep"]
-    objective = {"epochs": s["epochs"], "seed": seed, "lr_low": s["lr_low"], "lr_high": s["lr_high"],
-                 **{k: t[k] for k in ("batch_size", "momentum", "weight_decay", "frozen_bn", "weights")}}
-    digest = hashlib.sha256(json.dumps(objective, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{model}-{freeze}-{data_hash}-{digest}"
+    run = {k: v for k, v in asdict(cfg).items() if k not in ("lr", "device", "compile")}
+    identity = {"run": run, "lr_low": s.lr_low, "lr_high": s.lr_high, "data": data_hash, "code": code,
+                "sampler_seed": s.sampler_seed, "pruner": [s.pruner_warmup_epochs, s.pruner_startup_trials]}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.model}-{cfg.freeze}-{digest}"
 
 
-def storage_url(p: Params) -> str:
-    return os.environ.get("OPTUNA_STORAGE") or p["sweep"]["storage"]
-
-
-def output_path(p: Params, model: str, freeze: str) -> Path:
-    return Path(p["sweep"]["out"]) / f"{model}-{freeze}.json"
+def code_hash() -> str:
+    """SHA-256 (12 hex digits) of this package's Python source, file names included."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def open_storage(url: str, heartbeat_seconds: int):
@@ -158,13 +198,13 @@ def open_storage(url: str, heartbeat_seconds: int):
 
 # --------------------------------------------------------------------------- validation
 
-def _check_space(s: dict) -> None:
+def _check_space(s: SweepConfig) -> None:
     # config.validate checks these too; kept here for callers that build params by hand.
-    if not isinstance(s["n_trials"], int) or s["n_trials"] < 1:
-        raise UserError(f"sweep.n_trials = {s['n_trials']!r} is not allowed; expected an integer >= 1")
-    if not (0 < s["lr_low"] < s["lr_high"]):
-        raise UserError(f"sweep.lr_low = {s['lr_low']:g} must be above 0 and below "
-                        f"sweep.lr_high = {s['lr_high']:g} (an empty or inverted learning-rate range)")
+    if not isinstance(s.n_trials, int) or s.n_trials < 1:
+        raise UserError(f"sweep.n_trials = {s.n_trials!r} is not allowed; expected an integer >= 1")
+    if not (0 < s.lr_low < s.lr_high):
+        raise UserError(f"sweep.lr_low = {s.lr_low:g} must be above 0 and below "
+                        f"sweep.lr_high = {s.lr_high:g} (an empty or inverted learning-rate range)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -173,13 +213,13 @@ def _first_line(err: BaseException) -> str:
 
 # --------------------------------------------------------------------------- study and scheduling
 
-def _open_study(storage, name: str, s: dict):
+def _open_study(storage, name: str, s: SweepConfig):
     """(study, created): ``created`` is True in exactly one worker (the storage's unique insert)."""
     kwargs = {
         "study_name": name, "storage": storage,
-        "sampler": TrialSeededTPE(s["sampler_seed"]),
-        "pruner": optuna.pruners.MedianPruner(n_startup_trials=s["pruner_startup_trials"],
-                                              n_warmup_steps=s["pruner_warmup_epochs"]),
+        "sampler": TrialSeededTPE(s.sampler_seed),
+        "pruner": optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials,
+                                              n_warmup_steps=s.pruner_warmup_epochs),
     }
     try:
         return optuna.create_study(direction="maximize", load_if_exists=False, **kwargs), True
@@ -312,13 +352,13 @@ class _StaleTrial:
 def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: str, name: str,
                data_hash: str, cache_dir: Path | None = None) -> float:
     retry_of = trial.user_attrs.get("retry_of")
-    tags = {"mlflow.parentRunId": parent_id, "optuna_study": name, "optuna_trial": str(trial.number),
+    tags = {"optuna_study": name, "optuna_trial": str(trial.number),
             "sweep_role": "trial", "model": cfg.model, "freeze_mode": cfg.freeze,
             "features_params_hash": data_hash}
     if retry_of is not None:
         tags["retry_of"] = str(retry_of)
     pruned: optuna.TrialPruned | None = None
-    with tracking.run(f"{name}/trial-{trial.number}", tags=tags) as active:
+    with tracking.run(f"{name}/trial-{trial.number}", tags=tags, parent_run_id=parent_id) as active:
         trial.set_user_attr(RUN_ATTR, active.info.run_id)
         tracking.log_params({"lr": cfg.lr, "trial_number": trial.number, "model": cfg.model,
                              "freeze": cfg.freeze, "epochs": cfg.epochs, "seed": cfg.seed,
@@ -353,8 +393,8 @@ def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: s
 
 # --------------------------------------------------------------------------- MLflow parent run
 
-def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: str, freeze: str,
-                seed: int, url: str) -> str:
+def _parent_run(study, created: bool, exp_id: str, name: str, s: SweepConfig,
+                cfg: training.RunConfig) -> str:
     """The study's one parent run id (see the module docstring for who creates it)."""
     client = mlflow.MlflowClient()
     if not created:
@@ -375,17 +415,16 @@ def _parent_run(study, created: bool, exp_id: str, name: str, p: Params, model: 
         if found:
             study.set_user_attr(PARENT_ATTR, found[0].info.run_id)
             return found[0].info.run_id
-    tags = {"optuna_study": name, "sweep_role": "parent", "model": model, "freeze_mode": freeze,
-            "optuna_storage": tracking.mask(url), **tracking.git_tags()}
+    tags = {"optuna_study": name, "sweep_role": "parent", "model": cfg.model, "freeze_mode": cfg.freeze,
+            "optuna_storage": tracking.mask(s.storage), "code_hash": code_hash(), **tracking.git_tags()}
     run = tracking.retry_locked(client.create_run)(exp_id, run_name=f"sweep/{name}", tags=tags)
-    s = p["sweep"]
-    params = {"study": name, "model": model, "freeze": freeze, "seed": seed,
-              "storage": tracking.mask(url), "lr_low": s["lr_low"],
-              "lr_high": s["lr_high"], "epochs": s["epochs"], "sampler_seed": s["sampler_seed"],
-              "pruner_warmup_epochs": s["pruner_warmup_epochs"],
-              "pruner_startup_trials": s["pruner_startup_trials"],
-              **{f"train.{k}": p["train"][k] for k in ("batch_size", "momentum", "weight_decay",
-                                                       "frozen_bn", "weights")}}
+    params = {"study": name, "model": cfg.model, "freeze": cfg.freeze, "seed": cfg.seed,
+              "storage": tracking.mask(s.storage), "lr_low": s.lr_low,
+              "lr_high": s.lr_high, "epochs": s.epochs, "sampler_seed": s.sampler_seed,
+              "pruner_warmup_epochs": s.pruner_warmup_epochs,
+              "pruner_startup_trials": s.pruner_startup_trials,
+              **{f"train.{k}": getattr(cfg, k) for k in ("batch_size", "momentum", "weight_decay",
+                                                         "frozen_bn", "weights")}}
     # n_trials may grow between reruns and MLflow params are immutable: it is a tag, set on finish.
     for key, value in params.items():
         tracking.retry_locked(client.log_param)(run.info.run_id, key, tracking.mask(str(value)))
@@ -403,7 +442,7 @@ def _run_in_experiment(client, run_id: str, exp_id: str) -> bool:
 
 # --------------------------------------------------------------------------- results
 
-def summary(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str) -> dict:
+def summary(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id: str) -> dict:
     """The JSON written for the study: deterministic, whichever worker computes it."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -419,20 +458,20 @@ def summary(study, p: Params, model: str, freeze: str, name: str, url: str, pare
                       "last_val_acc": last, "retry_of": t.user_attrs.get("retry_of")})
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return {
-        "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(url),
+        "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(s.storage),
         "objective": "best validation accuracy (%)", "direction": "maximize",
         "best_lr": best.params["lr"], "best_value": best.value, "best_trial": best.number,
-        "n_trials": p["sweep"]["n_trials"], "n_finished": done,
+        "n_trials": s.n_trials, "n_finished": done,
         "n_complete": len(complete), "n_pruned": done - len(complete),
-        "epochs": p["sweep"]["epochs"], "lr_low": p["sweep"]["lr_low"], "lr_high": p["sweep"]["lr_high"],
+        "epochs": s.epochs, "lr_low": s.lr_low, "lr_high": s.lr_high,
         "mlflow_parent_run_id": parent_id, "trials": table,
     }
 
 
-def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, parent_id: str,
+def _finalise(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id: str,
               ran: set[int]) -> dict:
     """Write the JSON and complete the parent run, once the study holds all its trials."""
-    n_total = p["sweep"]["n_trials"]
+    n_total = s.n_trials
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     if len(finished) < n_total:  # cannot happen after _work; kept for safety
@@ -447,8 +486,8 @@ def _finalise(study, p: Params, model: str, freeze: str, name: str, url: str, pa
         deadline = time.monotonic() + max(0.0, FINALISE_WAIT_S - age)
         while time.monotonic() < deadline and _parent_tag(client, parent_id) != marker:
             time.sleep(1.0)
-    result = summary(study, p, model, freeze, name, url, parent_id)
-    out = output_path(p, model, freeze)
+    result = summary(study, s, model, freeze, name, parent_id)
+    out = s.output_path(model, freeze)
     text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
     if not out.is_file() or out.read_text() != text:
         atomic.write_text(out, text)

@@ -10,13 +10,15 @@ import re
 import subprocess
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from ..config import Params
+from ..config import Params, resolve_path, resolve_url
 from ..errors import UserError, first_line
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -36,8 +38,22 @@ def mask(url: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", str(url)))
 
 
-def tracking_uri(p: Params) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or p["tracking"]["uri"]
+@dataclass(frozen=True)
+class Tracking:
+    """Where runs go: the store URI (resolved), the local artifact folder and the experiment."""
+
+    uri: str
+    artifacts: Path
+    experiment: str
+
+    @classmethod
+    def from_params(cls, p: Params) -> Tracking:
+        """``MLFLOW_TRACKING_URI`` overrides ``tracking.uri``; relative sqlite files and artifact
+        folders are taken from the project root, so ``dvc exp run --temp`` / ``--queue`` log into
+        the project's store, not into their temporary copy."""
+        t = p["tracking"]
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or t["uri"]
+        return cls(resolve_url(uri), resolve_path(t["artifacts"]), t["experiment"])
 
 
 def retry_locked(fn: Callable[..., T], attempts: int = 8) -> Callable[..., T]:
@@ -74,21 +90,21 @@ def sqlite_setup_lock(url: str) -> Iterator[None]:
         yield
 
 
-def connect(p: Params) -> str:
+def connect(t: Tracking) -> str:
     """Point MLflow at the study's store and experiment; return the experiment id."""
     import mlflow
 
-    uri = tracking_uri(p)
+    uri = t.uri
     # "Creating initial MLflow database tables..." on stderr would bury a one-line error.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
-    name = p["tracking"]["experiment"]
+    name = t.experiment
     try:
         with sqlite_setup_lock(uri):
             exp = retry_locked(mlflow.get_experiment_by_name)(name)
-            exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(p, uri))
+            exp_id = exp.experiment_id if exp else _create_experiment(name, _artifact_location(t))
     except Exception as err:  # noqa: BLE001 - any store failure is reported the same way
         raise UserError(f"MLflow tracking store {mask(uri)} failed: {first_line(err)}") from err
     _mark_model_training(exp_id)
@@ -131,11 +147,11 @@ def _create_experiment(name: str, artifact_location: str | None) -> str:
         return exp.experiment_id
 
 
-def _artifact_location(p: Params, uri: str) -> str | None:
+def _artifact_location(t: Tracking) -> str | None:
     # A local store keeps artifacts beside the db; a server decides (proxied artifacts) itself.
-    if uri.startswith(("http://", "https://")):
+    if t.uri.startswith(("http://", "https://")):
         return None
-    return Path(p["tracking"]["artifacts"]).resolve().as_uri()
+    return t.artifacts.as_uri()
 
 
 def _check_server(uri: str) -> None:
@@ -148,19 +164,83 @@ def _check_server(uri: str) -> None:
 
 @contextlib.contextmanager
 def run(name: str, run_id: str | None = None, nested: bool = False,
-        tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Start (or resume) an MLflow run; an exception marks it FAILED with the error as a tag."""
+        tags: dict[str, str] | None = None, system_metrics: bool = False,
+        parent_run_id: str | None = None) -> Iterator[Any]:
+    """Start (or resume) an MLflow run and always end it.
+
+    Ctrl-C / SIGTERM (``KeyboardInterrupt``) end it KILLED, any other exception FAILED with the
+    error as a tag; only a SIGKILL can leave it RUNNING, and the next start of the cell resumes
+    or closes it (``close_orphans``).
+    """
     import mlflow
 
     active = retry_locked(mlflow.start_run)(run_id=run_id, run_name=None if run_id else name,
-                                             nested=nested, tags=tags)
+                                             nested=nested, tags=tags, parent_run_id=parent_run_id,
+                                             log_system_metrics=system_metrics or None)
     try:
         yield active
+    except KeyboardInterrupt as err:
+        retry_locked(mlflow.set_tag)("stopped", f"{type(err).__name__}: {first_line(err)}"[:5000])
+        retry_locked(mlflow.end_run)(status="KILLED")
+        raise
     except BaseException as err:
-        mlflow.set_tag("error", first_line(err)[:5000])
+        retry_locked(mlflow.set_tag)("error", first_line(err)[:5000])
         retry_locked(mlflow.end_run)(status="FAILED")
         raise
     retry_locked(mlflow.end_run)(status="FINISHED")
+
+
+def run_exists(run_id: str, exp_id: str) -> bool:
+    """Whether ``run_id`` is a live (not deleted) run of experiment ``exp_id`` in the current store."""
+    import mlflow
+
+    try:
+        found = retry_locked(mlflow.MlflowClient().get_run)(run_id)
+    except Exception:  # noqa: BLE001 - not in this store
+        return False
+    return found.info.experiment_id == exp_id and found.info.lifecycle_stage == "active"
+
+
+def close_orphans(exp_id: str, match: dict[str, str], reason: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED, with ``reason`` as a tag, every RUNNING run whose tags equal ``match`` (but ``keep``).
+
+    Such runs belong to a process that was SIGKILLed (no handler ran); called when the same cell
+    starts again, so the MLflow UI never shows a dead run with a running clock.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    query = " and ".join([*(f"tags.{k} = '{v}'" for k, v in match.items()), "attributes.status = 'RUNNING'"])
+    closed = []
+    for found in retry_locked(client.search_runs)([exp_id], filter_string=query, max_results=1000):
+        if found.info.run_id == keep:
+            continue
+        retry_locked(client.set_tag)(found.info.run_id, "stopped", reason[:5000])
+        retry_locked(client.set_terminated)(found.info.run_id, "KILLED")
+        closed.append(found.info.run_id)
+        print(f"MLflow run {found.info.run_id} was left RUNNING; marked KILLED ({reason})")
+    return closed
+
+
+def log_features_input(root: Path, digest: str, meta: dict) -> None:
+    """The features a run trained on, as an MLflow dataset input (the UI's Dataset column)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(root).resolve()))
+    dataset = MetaDataset(source=source, name=f"features:{Path(root).as_posix()}", digest=digest)
+    tags = {"dvc_path": Path(root).as_posix(), "params_hash": str(meta.get("params_hash", "")),
+            "splits": ", ".join(f"{k} {v['n']}" for k, v in meta.get("splits", {}).items())}
+    retry_locked(mlflow.log_input)(dataset, context="training", tags=tags)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    retry_locked(mlflow.log_text)(text, artifact_file)
 
 
 def git_tags() -> dict[str, str]:
@@ -193,12 +273,12 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     retry_locked(mlflow.log_artifact)(str(path), artifact_path)
 
 
-def fetch_runs(p: Params, run_ids: list[str]) -> dict[str, Any]:
+def fetch_runs(t: Tracking, run_ids: list[str]) -> dict[str, Any]:
     """Exactly these runs by id (never a search for the latest); missing ids map to None."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri(p))
+    client = mlflow.MlflowClient(t.uri)
     found = {}
     for run_id in run_ids:
         try:

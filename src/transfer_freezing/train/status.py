@@ -1,0 +1,106 @@
+"""``tfreeze status``: every cell of the train grid, done / resumable / failed / running / missing.
+
+Read from the records that decide it, never from guesses: DVC's own status of each train stage
+(are its outputs those of its current deps and params?), the cell's resumable checkpoint
+(``last.pt``) and the MLflow runs tagged with the cell's DVC stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Params
+from . import core as training
+from . import stage as train_stage
+from . import tracking
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    stage: str
+    state: str  # done | stale | resumable | failed | running | missing
+    detail: str
+
+
+def dvc_changed(stages: list[str]) -> set[str] | None:
+    """The stages DVC reports as changed (None outside a DVC project)."""
+    try:
+        from dvc.exceptions import NotDvcRepoError
+        from dvc.repo import Repo
+    except ImportError:  # pragma: no cover - dvc is a dependency
+        return None
+    try:
+        with Repo() as repo:
+            changed = repo.status(targets=stages)
+    except NotDvcRepoError:
+        return None
+    return set(changed)
+
+
+def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
+    """MLflow runs per DVC stage name, newest first ({} when the store or experiment is absent)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(t.uri)
+    try:
+        exp = client.get_experiment_by_name(t.experiment)
+    except Exception:  # noqa: BLE001 - no store yet
+        return {}
+    if exp is None:
+        return {}
+    found: dict[str, list] = {s: [] for s in stages}
+    for run in client.search_runs([exp.experiment_id], "tags.dvc_stage != ''", max_results=50_000,
+                                  order_by=["attributes.start_time DESC"]):
+        stage = run.data.tags.get("dvc_stage")
+        if stage in found:
+            found[stage].append(run)
+    return found
+
+
+def cells(p: Params) -> list[CellStatus]:
+    t = p["train"]
+    grid = [(m, f, s, k) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]
+            for k in t["folds"]]
+    names = [f"train@{m}-{f}-{s}-{k}" for m, f, s, k in grid]
+    changed = dvc_changed(names)
+    runs = mlflow_runs(tracking.Tracking.from_params(p), names)
+    out = []
+    for (model, freeze, seed, fold), stage in zip(grid, names, strict=True):
+        folder = train_stage.run_dir(Path(t["out"]), model, freeze, seed, fold)
+        out.append(_classify(stage, folder, changed, runs.get(stage, [])))
+    return out
+
+
+def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) -> CellStatus:
+    latest = runs[0] if runs else None
+    last = folder / training.LAST
+    run_json = folder / "run.json"
+    if last.is_file():
+        epoch = training.checkpoint_epoch(last)
+        where = f"after epoch {epoch + 1}" if epoch is not None else "checkpoint unreadable"
+        return CellStatus(stage, "resumable", f"{where}; `dvc repro {stage}` continues it")
+    if run_json.is_file() and (changed is None or stage not in changed):
+        run_id = json.loads(run_json.read_text()).get("run_id", "")
+        recorded = next((r for r in runs if r.info.run_id == run_id), None)
+        if recorded is None and runs:
+            return CellStatus(stage, "stale", f"run {run_id} of run.json is not in the MLflow store")
+        return CellStatus(stage, "done", f"MLflow run {run_id}")
+    if latest is not None and latest.info.status in ("FAILED", "KILLED"):
+        why = latest.data.tags.get("error") or latest.data.tags.get("stopped") or ""
+        return CellStatus(stage, "failed", f"{latest.info.status} {latest.info.run_id}: {why}"[:200])
+    if latest is not None and latest.info.status == "RUNNING":
+        return CellStatus(stage, "running", f"run {latest.info.run_id} (or killed before a checkpoint)")
+    if run_json.is_file():
+        return CellStatus(stage, "stale", "DVC: deps or params changed since it ran")
+    return CellStatus(stage, "missing", "never run")
+
+
+def report(p: Params) -> str:
+    rows = cells(p)
+    width = max(len(r.stage) for r in rows)
+    lines = [f"{r.stage:<{width}}  {r.state:<9}  {r.detail}" for r in rows]
+    counts = {s: sum(r.state == s for r in rows) for s in dict.fromkeys(r.state for r in rows)}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
