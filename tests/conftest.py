@@ -27,6 +27,7 @@ TINY = {
     "train.freeze_modes": ["freeze_none", "freeze_patch_0_11"],
     "train.seeds": [1, 2],
     "train.folds": [0],  # the demo's k-fold split (3 folds), one cell
+    "train.checkpoint_seconds": 0,  # resumable state after every epoch: the kill tests need it
     "train.epochs": 2,
     "train.batch_size": 16,
     "sweep.models": ["vit_demo"],

@@ -35,7 +35,9 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert client.list_artifacts(run.info.run_id, "checkpoint") == []  # one copy: the DVC output
+    assert run.data.tags["checkpoint_path"] == str(RUN / "model.pt")
+    assert int(run.data.tags["checkpoint_bytes"]) == (tiny / RUN / "model.pt").stat().st_size
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -44,8 +46,9 @@ def test_same_seed_gives_identical_metrics(tiny):
     p = config.load("params.yaml")
     first = train_stage.train(p, "vit_demo", "freeze_none", 2)
     second = train_stage.train(p, "vit_demo", "freeze_none", 2)
-    assert {k: v for k, v in first.items() if k != "wall_seconds"} == {
-        k: v for k, v in second.items() if k != "wall_seconds"}
+    timing = ("wall_seconds", "checkpoint_io_share")
+    assert {k: v for k, v in first.items() if k not in timing} == {
+        k: v for k, v in second.items() if k not in timing}
 
 
 def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
@@ -188,3 +191,36 @@ def test_status_lists_done_resumable_failed_and_missing_cells(tiny):
                       "train@vit_demo-freeze_patch_0_11-1-0": "failed",
                       "train@vit_demo-freeze_patch_0_11-2-0": "missing"}
     assert shown.splitlines()[-1] == "1 done, 1 resumable, 1 failed, 1 missing"
+
+
+def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(tiny):
+    import torch
+
+    from transfer_freezing.data.inputs import to_model_input
+    from transfer_freezing.train import checkpoint
+
+    p = config.load("params.yaml")
+    metrics = train_stage.train(p, "vit_demo", "freeze_patch_0_11", 1)
+    path = tiny / "models/vit_demo/freeze_patch_0_11/seed1/fold0/model.pt"
+    assert path.stat().st_size < 32_000  # the head (1,930 weights), not the 5.5 M frozen ones
+    assert metrics["checkpoint_bytes"] >= path.stat().st_size
+    model = checkpoint.load_model(path).eval()
+    test = train_stage.Workspace.from_params(p).features.load("test")
+    with torch.no_grad():
+        preds = model(to_model_input(test.images)).argmax(1)
+    assert 100.0 * (preds == test.labels).float().mean().item() == pytest.approx(metrics["test_acc"])
+
+    state = torch.load(path, weights_only=True)
+    state["frozen_sha256"] = "0" * 64
+    torch.save(state, path)
+    with pytest.raises(UserError, match="other base weights"):
+        checkpoint.load_model(path)
+
+
+def test_the_resumable_state_waits_for_its_interval(tiny):
+    proc = tfreeze("train", *CELL, "--set", "train.checkpoint_seconds=3600", cwd=tiny,
+                   env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
+    assert proc.returncode == -9 and not (tiny / RUN / "last.pt").exists()
+    every_epoch = tfreeze("train", *CELL, "--set", "train.checkpoint_seconds=0", cwd=tiny,
+                          env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
+    assert every_epoch.returncode == -9 and (tiny / RUN / "last.pt").is_file()

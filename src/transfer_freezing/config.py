@@ -120,6 +120,7 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.activation_cache": (True, boolean()),
     "train.device": ("auto", choice("auto", "cpu", "cuda")),
     "train.compile": (False, boolean()),
+    "train.checkpoint_seconds": (60.0, non_negative_float()),
     "train.out": ("models", text()),
     "sweep.models": (["vit_b_16"], non_empty_list(text())),
     "sweep.freeze_modes": (["freeze_none"], non_empty_list(text())),

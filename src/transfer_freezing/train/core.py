@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import atomic
 from ..data.inputs import Split, to_model_input
 from ..errors import Terminated
 from ..model import activation_cache as prefix_cache
 from ..model import attention, freezing, readout
 from ..model import registry as models
+from . import checkpoint
 
 try:
     from tqdm import tqdm
@@ -108,6 +108,8 @@ class Result:
     history: list[dict] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
     predictions: dict[str, Prediction] = field(default_factory=dict)  # val / test, best weights
+    checkpoint_bytes: int = 0  # written by this process (a resumed run counts its own part)
+    checkpoint_seconds: float = 0.0
 
     @property
     def trainable_share(self) -> float:
@@ -265,29 +267,43 @@ def configure(device: torch.device) -> None:
         torch.set_num_threads(physical_cores())
 
 
+CHECKPOINT_STYLES = ("lean", "full")  # full: the pre-lean behaviour, kept for benchmarks/checkpoint_io.py
+
+
 def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = None,
-        resume_extra: dict | None = None, cache_dir: Path | None = None) -> Result:
+        resume_extra: dict | None = None, cache_dir: Path | None = None,
+        checkpoint_seconds: float = 0.0, checkpoints: str = "lean") -> Result:
     """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if one for ``cfg`` exists.
 
-    Writes ``workdir/model.pt`` (best-validation weights) once, at the end; until then the best
-    weights live in memory and in the resumable state, which is all a resume needs (``dvc repro``
-    deletes a stage's outputs, ``model.pt`` among them, before it runs the stage again).
-    ``resume_extra`` is stored in every checkpoint (the tracking layer keeps its run id there) and
-    read back by ``peek``. ``cache_dir`` is where frozen-prefix activations are shared between
-    runs (see ``prepare``).
+    Checkpoints are lean (``checkpoint``): the resumable state holds what the run changed and is
+    written when ``checkpoint_seconds`` have passed since the last write (0: after every epoch),
+    and at the end of the epoch in which SIGTERM arrived (then ``Terminated`` is raised). The best
+    weights live in memory and in that state; ``workdir/model.pt`` is written once, at the end
+    (``dvc repro`` deletes a stage's outputs, ``model.pt`` among them, before it runs it again, so
+    resuming must not need it). ``resume_extra`` is stored in every checkpoint (the tracking layer
+    keeps its run id there) and read back by ``peek``. ``cache_dir`` is where frozen-prefix
+    activations are shared between runs (see ``prepare``). ``checkpoints="full"`` writes what this
+    project wrote before (whole model and optimiser after every epoch, the whole best model at every
+    improvement) so a benchmark can measure both in one run.
     """
+    if checkpoints not in CHECKPOINT_STYLES:
+        raise ValueError(f"checkpoints must be one of {CHECKPOINT_STYLES}, got {checkpoints!r}")
     t0 = time.perf_counter()
+    io = checkpoint.IO()
     device = pick_device(cfg.device)
     configure(device)
     model, opt, trainable, total = setup(cfg, device)
+    lean = checkpoints == "lean"
+    changed = checkpoint.changed_keys(model) if lean else set(model.state_dict())
+    frozen = checkpoint.frozen_hash(model, changed)
     net, data = prepare(cfg, model, data, device, cache_dir)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    state = _resume(workdir, cfg)
+    state = _resume(workdir, cfg, frozen=frozen) if lean else None
     start, best = 0, {"acc": -1.0, "epoch": -1}
     best_weights: dict[str, torch.Tensor] = {}
     history: list[dict] = []
     if state:
-        model.load_state_dict(state["model"])
+        checkpoint.apply(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -295,31 +311,42 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
         best_weights = state["best_model"]
         t0 -= state["elapsed"]
         print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold} after epoch {start}")
-    for epoch in range(start, cfg.epochs):
-        _fail_for_tests(epoch)
-        order = torch.randperm(len(data.train), generator=shuffle)
-        tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
-                                       desc=f"epoch {epoch + 1}/{cfg.epochs} train")
-        va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
-        row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
-        history.append(row)
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
-              f"val loss {va_loss:.4f} acc {va_acc:.1f}")
-        if va_acc > best["acc"]:
-            best = {"acc": va_acc, "epoch": epoch}
-            best_weights = _cpu_copy(model.state_dict())
-        if on_epoch:
-            on_epoch(epoch, row)
-        _save_last(workdir, cfg, model, opt, shuffle, epoch, best, best_weights, history,
-                   time.perf_counter() - t0, resume_extra)
-        _crash_for_tests(epoch)
-    model.load_state_dict(best_weights)
-    save_weights(model, workdir / "model.pt", cfg)
+    last_write = time.monotonic()
+    with _sigterm_requests_stop() as stop:
+        for epoch in range(start, cfg.epochs):
+            _fail_for_tests(epoch)
+            order = torch.randperm(len(data.train), generator=shuffle)
+            tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
+                                           desc=f"epoch {epoch + 1}/{cfg.epochs} train")
+            va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
+            row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
+            history.append(row)
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
+                  f"val loss {va_loss:.4f} acc {va_acc:.1f}")
+            if va_acc > best["acc"]:
+                best = {"acc": va_acc, "epoch": epoch}
+                best_weights = checkpoint.lean_state(model, changed)
+                if not lean:
+                    checkpoint.save_model(workdir / "model.pt", best_weights, cfg, frozen, io)
+            if on_epoch:
+                on_epoch(epoch, row)
+            due = checkpoint_seconds <= 0 or time.monotonic() - last_write >= checkpoint_seconds
+            if due or stop.requested:
+                _save_last(workdir, cfg, model, opt, shuffle, epoch, best, best_weights if lean else {},
+                           history, time.perf_counter() - t0, resume_extra, changed, frozen, io)
+                last_write = time.monotonic()
+            if stop.requested and epoch + 1 < cfg.epochs:
+                raise Terminated(f"SIGTERM: stopped after epoch {epoch + 1}, resumable state written")
+            _crash_for_tests(epoch)
+    checkpoint.apply(model, best_weights)
+    if lean:
+        checkpoint.save_model(workdir / "model.pt", best_weights, cfg, frozen, io)
     te_loss, te_acc, test = predict(net, data.test, cfg.batch_size, device)
     _, _, val = predict(net, data.val, cfg.batch_size, device)
     confusion = _confusion(test.labels, test.preds, cfg.num_classes)
     return Result(te_acc, te_loss, best["acc"], best["epoch"], trainable, total,
-                  time.perf_counter() - t0, history, confusion, {"val": val, "test": test})
+                  time.perf_counter() - t0, history, confusion, {"val": val, "test": test},
+                  io.bytes, io.seconds)
 
 
 @torch.no_grad()
@@ -345,36 +372,24 @@ def predict(net: nn.Module, split: Split, batch_size: int, device: torch.device
                                                           torch.cat(probs).cpu())
 
 
-def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> list[list[int]]:
     flat = torch.bincount(labels * n + preds, minlength=n * n)
     return flat.view(n, n).tolist()
 
 
-def save_weights(model: nn.Module, path: Path, cfg: RunConfig) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "config": asdict(cfg)}, tmp)
-
-
-def load_weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _save_last(workdir: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
                shuffle: torch.Generator, epoch: int, best: dict, best_weights: dict, history: list[dict],
-               elapsed: float, extra: dict | None) -> None:
-    state = {"key": cfg.key(), "config": asdict(cfg), "epoch": epoch, "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "shuffle_rng": shuffle.get_state(),
-             "torch_rng": torch.get_rng_state(), "best": best, "best_model": best_weights,
-             "history": history, "elapsed": elapsed, "extra": extra or {}}
-    with atomic.atomic_path(workdir / LAST) as tmp:
-        torch.save(state, tmp)
+               elapsed: float, extra: dict | None, changed: set[str], frozen: str,
+               io: checkpoint.IO) -> None:
+    state = {"format": checkpoint.FORMAT, "key": cfg.key(), "config": asdict(cfg), "epoch": epoch,
+             "model": checkpoint.lean_state(model, changed), "optimizer": opt.state_dict(),
+             "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "best": best,
+             "best_model": best_weights, "frozen_sha256": frozen, "history": history,
+             "elapsed": elapsed, "extra": extra or {}}
+    checkpoint.save(state, workdir / LAST, io)
 
 
-def _resume(workdir: Path, cfg: RunConfig, quiet: bool = False) -> dict | None:
+def _resume(workdir: Path, cfg: RunConfig, quiet: bool = False, frozen: str | None = None) -> dict | None:
     """The resumable state in ``workdir`` if it was written for ``cfg``, else None (and why)."""
     path = workdir / LAST
     if not path.is_file():
@@ -385,9 +400,14 @@ def _resume(workdir: Path, cfg: RunConfig, quiet: bool = False) -> dict | None:
         if not quiet:
             print(f"ignoring {path}: unreadable ({type(err).__name__}); training from epoch 1")
         return None
-    if state.get("key") != cfg.key() or "best_model" not in state:
+    if state.get("key") != cfg.key() or state.get("format") != checkpoint.FORMAT:
         if not quiet:
             print(f"ignoring {path}: written by a run with other settings ({differences(state, cfg)}); "
+                  "training from epoch 1")
+        return None
+    if frozen is not None and state.get("frozen_sha256") != frozen:
+        if not quiet:
+            print(f"ignoring {path}: written for other base weights (frozen-weights hash differs); "
                   "training from epoch 1")
         return None
     return state
@@ -433,6 +453,32 @@ def stale(workdir: Path, cfg: RunConfig) -> tuple[dict, str] | None:
 def finish(workdir: Path) -> None:
     """Drop the resumable state once the run's outputs are written."""
     (workdir / LAST).unlink(missing_ok=True)
+
+
+class _Stop:
+    requested = False
+
+
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+    """Within the block SIGTERM only sets ``requested``: the epoch ends, the state is written."""
+    stop = _Stop()
+
+    def handler(signum, frame):
+        stop.requested = True
+        print("SIGTERM: finishing this epoch, then writing the resumable state", flush=True)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if stop.requested:
+            raise Terminated("SIGTERM")
 
 
 @contextlib.contextmanager

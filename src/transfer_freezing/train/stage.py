@@ -107,11 +107,12 @@ def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0) -> dict:
     cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
     logged = {**stage_params(p), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
-    return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p))
+    return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
+                      checkpoint_seconds=p["train"]["checkpoint_seconds"])
 
 
 def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
-               full_params: dict | None = None) -> dict:
+               full_params: dict | None = None, checkpoint_seconds: float = 60.0) -> dict:
     """Run one cell, log it to MLflow, write model.pt, metrics.json and run.json atomically.
 
     A cell killed by SIGKILL resumes here from its ``last.pt`` into the same MLflow run; Ctrl-C
@@ -141,17 +142,24 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
             tracking.log_features_input(ws.features.root, feature_hash, meta)
             if full_params is not None:
                 tracking.log_text(yaml.safe_dump(full_params, sort_keys=True), "params/all_params.yaml")
-        result = training.fit(
-            cfg, data, out, on_epoch=lambda epoch, row: tracking.log_metrics(row, step=epoch),
-            resume_extra={"mlflow_run_id": run_id}, cache_dir=ws.cache_dir,
-        )
+        logged_steps = tracking.logged_steps(run_id, "val_acc") if resumed_id else set()
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            if epoch not in logged_steps:  # a resume re-runs epochs after its last checkpoint
+                tracking.log_metrics(row, step=epoch)
+
+        result = training.fit(cfg, data, out, on_epoch=on_epoch, resume_extra={"mlflow_run_id": run_id},
+                              cache_dir=ws.cache_dir, checkpoint_seconds=checkpoint_seconds)
         metrics = summary_metrics(result, cfg.freeze, cfg.model)
         tracking.log_metrics(metrics)
         reports.log_confusion(result.confusion, meta["classes"], out)
         table = predictions_table(result, meta["classes"])
         atomic.write_text(out / PREDICTIONS, table.to_csv(index=False))
         tracking.log_artifact(out / PREDICTIONS, "evaluation")
-        tracking.log_artifact(out / "model.pt", "checkpoint")
+        # The checkpoint itself is a DVC output (one copy on disk); MLflow records where it is.
+        tracking.set_tags({"checkpoint_path": (out / "model.pt").as_posix(),
+                           "checkpoint_sha256": _sha256(out / "model.pt"),
+                           "checkpoint_bytes": str((out / "model.pt").stat().st_size)})
     history = pd.DataFrame(result.history).assign(epoch=range(1, len(result.history) + 1))
     atomic.write_text(out / "history.csv", history.to_csv(index=False))
     atomic.write_json(out / "metrics.json", metrics)
@@ -207,4 +215,13 @@ def summary_metrics(result: training.Result, freeze: str, model: str) -> dict:
         "trainable_share": result.trainable_share,
         "frozen_blocks": freezing.plan(model, freeze).frozen_blocks,
         "wall_seconds": round(result.wall_seconds, 3),
+        "checkpoint_bytes": result.checkpoint_bytes,
+        "checkpoint_io_share": round(result.checkpoint_seconds / max(result.wall_seconds, 1e-9), 4),
     }
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -374,7 +374,9 @@ def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: s
 
         try:
             with tempfile.TemporaryDirectory(prefix="tfreeze-trial-") as workdir:
-                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch, cache_dir=cache_dir)
+                # A trial is never resumed (a killed one is retried), so no resumable state.
+                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch, cache_dir=cache_dir,
+                                      checkpoint_seconds=float("inf"))
         except optuna.TrialPruned as err:
             pruned = err
             mlflow.set_tag("state", "pruned")

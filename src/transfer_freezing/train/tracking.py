@@ -237,6 +237,19 @@ def log_features_input(root: Path, digest: str, meta: dict) -> None:
     retry_locked(mlflow.log_input)(dataset, context="training", tags=tags)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    retry_locked(mlflow.set_tags)(tags)
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which ``key`` was already logged to ``run_id`` (a resumed run skips them)."""
+    import mlflow
+
+    return {m.step for m in retry_locked(mlflow.MlflowClient().get_metric_history)(run_id, key)}
+
+
 def log_text(text: str, artifact_file: str) -> None:
     import mlflow
 

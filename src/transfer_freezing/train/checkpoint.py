@@ -1,0 +1,119 @@
+"""Lean checkpoints: what a run changed (trainable weights, their optimiser state), written rarely.
+
+A frozen weight is the same in every run of a model (the pretrained file, or the seeded
+initialisation), so a checkpoint does not store it: it stores the parameters that train, the
+buffers that can change (running statistics of BatchNorm layers that are not frozen), and the
+SHA-256 of everything else. Loading rebuilds the model from the registry (same weights, same
+seed), checks that hash and applies the stored part. A linear-probe checkpoint is kilobytes.
+
+The resumable state (``last.pt``) is written when ``checkpoint_seconds`` have passed since the
+last write (0: every epoch) and when SIGTERM asks the run to stop; the best weights stay in memory
+and are written once, as ``model.pt``, when the run ends. Bytes and seconds spent writing are
+counted (``IO``) so a run can report its checkpoint overhead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from .. import atomic
+from ..errors import UserError
+
+FORMAT = "lean-1"
+
+
+@dataclass
+class IO:
+    """Checkpoint bytes written and seconds spent writing them, for one run."""
+
+    bytes: int = 0
+    seconds: float = 0.0
+    writes: int = 0
+
+
+def changed_keys(model: nn.Module) -> set[str]:
+    """State-dict keys a run can change: trainable parameters and non-frozen buffers."""
+    keys = {name for name, p in model.named_parameters() if p.requires_grad}
+    for module_name, module in model.named_modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            continue
+        for buffer_name, _ in module.named_buffers(recurse=False):
+            keys.add(f"{module_name}.{buffer_name}" if module_name else buffer_name)
+    return keys
+
+
+def frozen_hash(model: nn.Module, changed: Iterable[str]) -> str:
+    """SHA-256 of every state-dict entry a run cannot change (names, dtypes, shapes and bytes)."""
+    changed = set(changed)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in changed:
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def lean_state(model: nn.Module, changed: set[str]) -> dict[str, torch.Tensor]:
+    """A CPU copy of the changed part of ``model``'s state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in changed}
+
+
+def save(obj: dict, path: Path, io: IO) -> None:
+    """``torch.save`` through a temporary sibling (crash-safe), counting bytes and seconds."""
+    start = time.perf_counter()
+    with atomic.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+        size = Path(tmp).stat().st_size
+    io.bytes += size
+    io.writes += 1
+    io.seconds += time.perf_counter() - start
+
+
+def save_model(path: Path, weights: dict[str, torch.Tensor], config: object, frozen: str, io: IO) -> None:
+    """``model.pt``: the best weights' changed part, the run config and the frozen weights' hash."""
+    save({"format": FORMAT, "weights": weights, "frozen_sha256": frozen,
+          "config": asdict(config)}, path, io)
+
+
+def apply(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load a lean state into a freshly built model; every stored key must exist in it."""
+    missing = set(weights) - set(model.state_dict())
+    if missing:
+        raise UserError(f"checkpoint holds weights the model does not have, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(weights, strict=False)
+
+
+def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
+    """Rebuild the trained model of a ``model.pt``: registry weights + the stored changed part.
+
+    The frozen part is rebuilt as training built it (the pretrained file, or the seeded random
+    initialisation) and checked against the stored hash, so a checkpoint is never applied to
+    other base weights.
+    """
+    from ..model import freezing
+    from ..model import registry as models
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a {FORMAT} checkpoint of this project")
+    cfg = state["config"]
+    torch.manual_seed(cfg["seed"])
+    model = models.build(cfg["model"], cfg["num_classes"], cfg["image_size"], cfg["weights"],
+                         weights_path or cfg["weights_path"])
+    plan = freezing.plan(cfg["model"], cfg["freeze"])
+    freezing.freeze(model, plan.prefixes, freeze_bn_stats=cfg["frozen_bn"] == "eval")
+    if frozen_hash(model, changed_keys(model)) != state["frozen_sha256"]:
+        raise UserError(f"{path} was trained on other base weights than {cfg['model']} has here "
+                        f"(weights: {cfg['weights']}); its frozen-weights hash does not match")
+    apply(model, state["weights"])
+    return model
