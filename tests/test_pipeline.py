@@ -61,7 +61,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
                 p.name for p in run.iterdir()}
             preds = pd.read_csv(run / "predictions.csv")
             assert preds.groupby("split").size().to_dict() == {"test": 20, "val": 20}
-            probs = preds.filter(like="p_")
+            probs = preds.filter(regex="^p_")
             assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
             metrics = json.loads((run / "metrics.json").read_text())
             test = preds[preds["split"] == "test"]
