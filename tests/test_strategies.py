@@ -15,6 +15,8 @@ from transfer_freezing.model import activation_cache as prefix_cache
 from transfer_freezing.model import catalogue, freezing
 from transfer_freezing.model import registry as models
 
+from conftest import REPO
+
 # Every listed mode with its exact trainable count (10-class head). Prefix modes: DESIGN.md's table
 # for the original's depths; BitFit and LayerNorm-only: the counts for ViT-B/16.
 VIT_B_16 = {
@@ -208,3 +210,14 @@ def test_cached_prefix_gives_the_full_models_logits_and_gradients(name, mode):
     for n, p in net.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(via_cache[n], p.grad, msg=n)
+
+
+# --------------------------------------------------------------------------- the depth curve
+
+def test_depth_profiles_cover_every_prefix_depth_of_both_architectures():
+    vit = config.load(REPO / "profiles" / "depth.yaml")["train"]
+    resnet = config.load(REPO / "profiles" / "depth_resnet50.yaml")["train"]
+    assert vit["models"] == ["vit_b_16"] and resnet["models"] == ["resnet50"]
+    assert vit["freeze_modes"] == list(VIT_B_16)[:14]  # k = -1 .. 11 and freeze_none
+    assert resnet["freeze_modes"] == list(RESNET50)[:6]
+    assert len(vit["seeds"]) == len(resnet["seeds"]) == 10
