@@ -2,6 +2,7 @@
 their exact trainable counts, how they are applied, and which of them the activation cache may use."""
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from transfer_freezing.errors import UserError
 from transfer_freezing.model import activation_cache as prefix_cache
 from transfer_freezing.model import catalogue, freezing
 from transfer_freezing.model import registry as models
+from transfer_freezing.train import core as training
+from transfer_freezing.train import stage as train_stage
 
 from conftest import REPO
 
@@ -221,3 +224,14 @@ def test_depth_profiles_cover_every_prefix_depth_of_both_architectures():
     assert vit["freeze_modes"] == list(VIT_B_16)[:14]  # k = -1 .. 11 and freeze_none
     assert resnet["freeze_modes"] == list(RESNET50)[:6]
     assert len(vit["seeds"]) == len(resnet["seeds"]) == 10
+
+
+def test_a_new_family_trains_end_to_end_without_the_cache(tiny, capsys):
+    p = config.load("params.yaml")
+    data, meta = train_stage.Workspace.from_params(p).load_data(p["train"]["batch_size"])
+    cfg = train_stage.run_config(p, "vit_demo", "bitfit", 1, 0.01, len(meta["classes"]))
+    result = training.fit(replace(cfg, epochs=1), data, tiny / "bitfit")
+    assert "activation cache" not in capsys.readouterr().out
+    net = models.build("vit_demo", len(meta["classes"]), image_size=p["features"]["image_size"])
+    assert result.trainable_params == freezing.freeze(net, freezing.plan("vit_demo", "bitfit"))[0]
+    assert len(result.history) == 1 and 0 <= result.test_acc <= 100
