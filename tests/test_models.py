@@ -21,8 +21,8 @@ RESNET50 = {
 
 @pytest.mark.parametrize(("name", "expected"), [("vit_b_16", VIT_B_16), ("resnet50", RESNET50)])
 def test_trainable_counts_match_the_design(name, expected):
-    counts = {r["mode"]: r["trainable"] for r in catalogue.rows(name)}
-    assert counts == expected
+    counts = {r["mode"]: r["trainable"] for r in catalogue.rows(name) if r["mode"] in expected}
+    assert counts == expected  # every strategy's count: test_strategies.py
 
 
 def test_freeze_applies_the_same_counts_as_the_catalogue():

@@ -75,8 +75,8 @@ def test_bad_mode_gives_one_line(tiny):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "tfreeze train: error: unknown freeze mode 'freeze_everything' for vit_demo; valid: freeze_none, "
-        "freeze_patch, freeze_patch_0_2, freeze_patch_0_5, freeze_patch_0_8, freeze_patch_0_11 "
-        "(or freeze_patch_0_<k>)"
+        "freeze_patch, freeze_patch_0_<k> (k 0-11), freeze_patch[_0_<k>]_cls (class token frozen too), "
+        "tune_<a>[_<b>] (blocks a-b + head, 0-11), bitfit, layernorm"
     )
 
 

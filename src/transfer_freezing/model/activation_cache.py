@@ -13,6 +13,11 @@ stages on it. What is constant is decided from the frozen model itself, never fr
 - ViT ``freeze_patch`` and ``freeze_patch_0_<k>`` for k < 11: the class token is trainable and is
   mixed into every token by the first block's attention, so only the patch embedding is constant.
   Caching a stem alone is not worth its memory (``cache_depth``): these modes are not cached.
+- The other strategy families (``freezing.FAMILIES``) follow from the same rule: the class-token-
+  frozen prefixes (``freeze_patch_0_<k>_cls``) and late surgical ranges (``tune_9_11``: patch,
+  tokens, blocks 0-8; ResNet ``tune_4`` with ``frozen_bn: eval``) have a constant prefix and are
+  cached; BitFit (a trainable ``conv_proj.bias`` / stem BatchNorm), LayerNorm-only (block 0's
+  norms) and early surgical ranges (``tune_0_2``) train something in the first block: not cached.
 
 The key of a cached split hashes the frozen stages' weights and buffers, their names, the split's
 stored images, the device type and precision, and the torch version, so a cache is shared by every

@@ -1,24 +1,40 @@
-"""``tfreeze models``: the architectures and freeze modes, with trainable parameter shares."""
+"""``tfreeze models``: the architectures and freeze strategies, with exact trainable counts and shares."""
 
 from __future__ import annotations
+
+import torch
 
 from . import freezing
 from . import registry as models
 
 
 def rows(model_name: str, num_classes: int = 10) -> list[dict]:
-    """One row per freeze mode of ``model_name``: frozen prefixes, trainable count and share."""
-    net = models.build(model_name, num_classes)
+    """One row per listed freeze mode of ``model_name``: family, frozen names, trainable count, share.
+
+    The model is built on the meta device (shapes only, no memory, no weights): counting is instant.
+    """
+    with torch.device("meta"):
+        net = models.build(model_name, num_classes)
     named = list(net.named_parameters())
     total = sum(p.numel() for _, p in named)
     out = []
     for mode in freezing.modes(model_name):
         plan = freezing.plan(model_name, mode)
         frozen = sum(p.numel() for n, p in named if freezing.under(n, plan.prefixes))
-        out.append({"model": model_name, "mode": mode, "frozen_blocks": plan.frozen_blocks,
-                    "trainable": total - frozen, "share": (total - frozen) / total,
-                    "prefixes": plan.prefixes})
+        out.append({"model": model_name, "mode": mode, "family": plan.family, "trains": plan.trains,
+                    "frozen_blocks": plan.frozen_blocks, "trainable": total - frozen,
+                    "share": (total - frozen) / total, "prefixes": plan.prefixes})
     return out
+
+
+def _frozen_text(row: dict) -> str:
+    if row["family"] in ("prefix", "prefix_cls"):
+        return "frozen: " + (", ".join(row["prefixes"]) or "-")
+    if row["family"] == "surgical":  # the trained units by name
+        s = models.spec(row["model"])
+        trained = [n for n in (*s.stem, *s.blocks, *s.tail, s.head) if not freezing.under(n, row["prefixes"])]
+        return "trains: " + ", ".join(trained)
+    return "trains: " + row["trains"]
 
 
 def describe(model: str | None = None, num_classes: int = 10, counts: bool = False) -> str:
@@ -29,10 +45,11 @@ def describe(model: str | None = None, num_classes: int = 10, counts: bool = Fal
         lines.append(f"{name}: {spec.description}")
         if counts:
             for r in rows(name, num_classes):
-                lines.append(f"  {r['mode']:<20} {r['trainable']:>12,} trainable "
-                             f"({100 * r['share']:6.2f} %)  frozen: {', '.join(r['prefixes']) or '-'}")
+                lines.append(f"  {r['mode']:<22} {r['family']:<10} {r['trainable']:>12,} trainable "
+                             f"({100 * r['share']:6.2f} %)  {_frozen_text(r)}")
+            lines.append(f"  (mode names: {freezing.valid(name)})")
         else:
             lines.append("  modes: " + ", ".join(freezing.modes(name)))
     if not counts:
-        lines.append("(--describe builds each model and counts trainable parameters per mode)")
+        lines.append("(--describe counts trainable parameters per mode)")
     return "\n".join(lines)
