@@ -54,6 +54,9 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert judged["n_runs"] == 2 and judged["n_clips"] == 20
     assert (repro / "reports/freezing_forest.png").stat().st_size > 10_000
     assert (repro / "reports/freezing_depth.png").stat().st_size > 10_000
+    floor = pd.read_csv(repro / "reports/baseline.csv")
+    assert list(floor["cell"]) == [0] and floor["test_acc"].iloc[0] > 20  # chance is 10 %
+    assert "**Floor to beat:**" in markdown
     for freeze in ("freeze_none", "freeze_patch_0_11"):
         for seed in (1, 2):
             run = repro / f"models/vit_demo/{freeze}/seed{seed}/fold0"

@@ -15,14 +15,14 @@ from ..data import features
 from ..errors import UserError
 from ..train import stage as train_stage
 from ..train import tracking
-from . import evaluation, figures, stats
+from . import baseline, evaluation, figures, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
 CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.weight_decay",
                   "train.frozen_bn", "train.weights")
 NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
          "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json",
-         "forest": "freezing_forest.png", "depth": "freezing_depth.png"}
+         "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class CompareConfig:
     features_params_hash: str = ""
     margin: float = 1.0
     folds: int | None = None  # K of a fold scheme (cell = repeat * K + fold), None for one split
+    features: features.Store | None = None
 
     @classmethod
     def from_params(cls, p: Params) -> CompareConfig:
@@ -50,7 +51,8 @@ class CompareConfig:
         folds = p["split"]["folds"] if p["split"]["scheme"] == "kfold" else None
         return cls(cells, Path(t["out"]), tracking.Tracking.from_params(p), p["compare"]["reference_mode"],
                    p["compare"]["confidence"], Path(p["compare"]["out"]), expected,
-                   features.params_hash(p), p["compare"]["equivalence_margin"], folds)
+                   features.params_hash(p), p["compare"]["equivalence_margin"], folds,
+                   features.Store.from_params(p))
 
     def repeat_fold(self, cell: int) -> tuple[int, int]:
         return divmod(cell, self.folds) if self.folds else (0, cell)
@@ -115,9 +117,20 @@ def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFram
     return found
 
 
+def baseline_rows(c: CompareConfig, runs: pd.DataFrame) -> pd.DataFrame:
+    """The non-deep floor (``baseline``) on every fold cell the runs used: the same clips."""
+    rows = []
+    for cell in sorted(set(runs["cell"])):
+        _, acc = baseline.fit_cell(c.features, int(cell))
+        repeat, fold = c.repeat_fold(int(cell))
+        rows.append({"cell": int(cell), "repeat": repeat, "fold": fold, "val_acc": acc["val_acc"],
+                     "test_acc": acc["test_acc"], "C": acc["C"]})
+    return pd.DataFrame(rows)
+
+
 def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: float,
                   clips: dict[str, pd.DataFrame] | None = None, margin: float = 1.0,
-                  folds: int | None = None) -> pd.DataFrame:
+                  folds: int | None = None, floor: pd.DataFrame | None = None) -> pd.DataFrame:
     """Summary table (Markdown + CSV), per-run CSV, statistics JSON and the figures under ``out``.
 
     With per-clip ``clips`` (test, val) the table gains the decisive columns: the difference with
@@ -135,6 +148,10 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
                             title="mode − reference: difference, interval over clips and runs")
     markdown = stats.to_markdown(summary) + _decisive_markdown(summary, checks, margin, confidence)
+    if floor is not None and len(floor):
+        atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
+        checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
+        markdown += _baseline_markdown(summary, floor)
     atomic.write_text(out / NAMES["md"], markdown + "\n")
     atomic.write_text(out / NAMES["csv"], summary.to_csv(index=False))
     atomic.write_text(out / NAMES["runs"], runs.to_csv(index=False))
@@ -184,6 +201,17 @@ def _decisive_markdown(summary: pd.DataFrame, checks: dict, margin: float, confi
     return "\n".join(lines) + "\n"
 
 
+def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:
+    mean = floor["test_acc"].mean()
+    sd = floor["test_acc"].std(ddof=1) if len(floor) > 1 else float("nan")
+    spread = "" if pd.isna(sd) else f" ± {sd:.1f}"
+    best = summary.loc[summary["test_mean"].idxmax()]
+    return (f"\n**Floor to beat:** logistic regression on per-mel-band statistics (study/baseline.py), "
+            f"trained and scored on the same {len(floor)} cell(s) and clips: test acc {mean:.1f}{spread} %. "
+            f"Best deep mode: {best['model']} {best['freeze_mode']} {best['test_mean']:.1f} % "
+            f"({best['test_mean'] - mean:+.1f} pp against the floor).\n")
+
+
 def _clean(value):
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -216,7 +244,8 @@ def from_pipeline(p: Params) -> pd.DataFrame:
     runs = collect(c)
     preds = predictions(c, runs)
     clips = {split: evaluation.clip_table(preds, split) for split in ("test", "val")}
-    summary = write_outputs(runs, c.out, c.reference, c.confidence, clips, c.margin, c.folds)
+    floor = baseline_rows(c, runs)
+    summary = write_outputs(runs, c.out, c.reference, c.confidence, clips, c.margin, c.folds, floor)
     _log_summary_run(c, runs)
     print((c.out / NAMES["md"]).read_text())
     return summary
