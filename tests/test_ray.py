@@ -62,6 +62,7 @@ def test_a_grid_across_two_nodes_survives_a_lost_worker(tiny: Path, tmp_path: Pa
     assert sum("test acc" in line for line in lines) == 2, grid.stdout
     assert sum("(resumed from its checkpoint)" in line for line in lines) == 1, grid.stdout
     assert sum("outputs copied back" in line for line in lines) == 1, grid.stdout
+    assert len(list((tmp_path / "scratch").glob("*/.inputs"))) == 1  # features unpacked there once
     assert not list((tmp_path / "scratch").glob("*/models/vit_demo/freeze_patch_0_11/*/*/*"))
 
     # The same cells one at a time with plain `tfreeze train`: identical outputs and metrics.
@@ -120,3 +121,26 @@ def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) 
     trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
     assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").is_file()
+
+
+def test_each_task_sees_only_the_gpus_ray_gave_it() -> None:
+    """Fractional GPUs: 0.5 per task packs two tasks on each of two (logical) GPUs, each process
+    seeing its own through CUDA_VISIBLE_DEVICES; no real GPU is needed to check the assignment."""
+    import ray
+
+    ctx = executor.Context(workspace=".", host="", params="params.yaml", params_text="", overrides=(),
+                           scratch_sets=(), env={}, code="")
+    def visible(ctx: executor.Context) -> str | None:
+        time.sleep(2)  # all four half-GPU tasks hold their share at once
+        return executor._process_env(ctx).get("CUDA_VISIBLE_DEVICES")
+
+    probe = ray.remote(visible)
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR",
+             object_store_memory=executor.LOCAL_OBJECT_STORE)
+    try:
+        whole = ray.get([probe.options(num_cpus=1, num_gpus=1).remote(ctx) for _ in range(2)])
+        halves = ray.get([probe.options(num_cpus=1, num_gpus=0.5).remote(ctx) for _ in range(4)])
+    finally:
+        ray.shutdown()
+    assert sorted(whole) == ["0", "1"]
+    assert sorted(halves) == ["0", "0", "1", "1"]

@@ -259,7 +259,7 @@ def _context(p: Params, params: str, overrides: list[str], env: dict[str, str],
 def _pack(p: Params, ship: list[tuple[str, str | None]]) -> bytes:
     """A tar of the inputs a node without the workspace needs (the features), as scratch paths."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as tar:  # DVC may link to its cache
         for key, pattern in ship:
             inside, here = _layout(p, key)
             root = Path(here)
@@ -398,7 +398,8 @@ def _execute(ctx: Context, job: Job) -> Outcome:
     if code != 0:
         return Outcome(False, _last_line(err) or _last_line(out) or f"exit status {code}", node, not shared)
     files = {} if shared else _collect(root, job)
-    return Outcome(True, _last_line(out), node, not shared, "\nresuming " in "\n" + out, files)
+    resumed = "\nresuming " in "\n" + out
+    return Outcome(True, _last_line(out) or f"{job.name}: done", node, not shared, resumed, files)
 
 
 def _sees_workspace(ctx: Context) -> bool:
@@ -433,7 +434,8 @@ def _scratch(ctx: Context) -> Path:
 
 
 def _write_params(root: Path, ctx: Context) -> str:
-    name = ctx.params if not os.path.isabs(ctx.params) else Path(ctx.params).name
+    inside = Path(ctx.params)
+    name = ctx.params if not inside.is_absolute() and ".." not in inside.parts else inside.name
     path = root / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != ctx.params_text:
