@@ -187,7 +187,8 @@ def ray_node(port: int, head: bool, env: dict[str, str] | None = None,
     where = ["--head", "--port", str(port), "--include-dashboard", "false"] if head else [
         "--address", f"127.0.0.1:{port}"]
     cmd = [RAY, "start", "--block", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-           "--num-gpus", "0", "--temp-dir", str(tmp), "--disable-usage-stats"]
+           "--num-gpus", "0", "--object-store-memory", str(100 << 20), "--temp-dir", str(tmp),
+           "--disable-usage-stats"]
     log_path = tmp / "start.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -54,7 +54,8 @@ def test_a_grid_across_two_nodes_survives_a_lost_worker(tiny: Path, tmp_path: Pa
                        "--address", f"127.0.0.1:{port}", cwd=tiny, env=auth)
         ran = time.monotonic()
     lines = grid.stdout.splitlines()
-    sys.stderr.write(f"two-node cluster up in {started - t0:.1f} s, grid {ran - started:.1f} s\n")
+    sys.stderr.write(f"two-node cluster up in {started - t0:.1f} s, grid {ran - started:.1f} s:\n"
+                     f"{grid.stdout}{grid.stderr}")
 
     # One worker died (the marker is the kill's), its cell was retried and resumed; the other
     # cell ran on the node without the workspace and its outputs came back.

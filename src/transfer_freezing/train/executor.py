@@ -196,12 +196,28 @@ def _ray(address: str | None) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - any failure to start or reach Ray is one line
         where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
         raise UserError(f"could not {where}: {first_line(err)}") from err
+    _brief_ray_messages()
     previous = signal.signal(signal.SIGTERM, _terminated)  # ray.init replaced the driver's handler
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+
+
+def _brief_ray_messages() -> None:
+    """Ray's driver prints the raylet's news (a worker died, a task is retried) as long coloured
+    blocks on stdout, between the cells' lines; keep two sentences of each, one line on stderr."""
+    import ray._private.worker as ray_worker  # ray is pinned: its private printer is known
+
+    def brief(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            said = ". ".join(" ".join(line.split()).split(". ")[:2]).rstrip(".")[:200]
+            if said:
+                print(f"ray: {said}", file=sys.stderr, flush=True)
+
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = brief
 
 
 def _terminated(signum, frame) -> None:
