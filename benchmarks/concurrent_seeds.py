@@ -7,8 +7,8 @@ Each process is one seed's optimised training loop (``training.prepare`` + ``tra
 on synthetic features: they all warm up, start together, and train for the same number of epochs.
 Aggregate throughput = all images / (last finish - first start). When one run leaves the GPU idle
 (small model, batch 32, launch-bound steps), running the seeds of a mode side by side
-(``tfreeze train --jobs N``) fills it; the ratio to one process says by how much. Needs only torch +
-torchvision. Prints a table and writes JSON to --out.
+(``tfreeze train --jobs N``, ``train.gpus_per_run`` = 1/N) fills it; the ratio to one process says by
+how much. Needs only torch + torchvision. Prints a table and writes JSON to --out.
 """
 
 from __future__ import annotations

@@ -169,3 +169,37 @@ def _stop_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@contextlib.contextmanager
+def ray_node(port: int, head: bool, env: dict[str, str] | None = None,
+             timeout: float = 120.0) -> Iterator[Path]:
+    """``ray start --block`` of a one-CPU node on 127.0.0.1 (the head, or a node joining it).
+
+    Its own short temp dir (Ray's unix sockets must fit in 107 bytes), no dashboard. Stopped by
+    signalling its own process group, not by ``ray stop`` (which stops every Ray instance of the
+    user on the machine); the node's Ray processes share its fate. Yields the temp dir.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    where = ["--head", "--port", str(port), "--include-dashboard", "false"] if head else [
+        "--address", f"127.0.0.1:{port}"]
+    cmd = [RAY, "start", "--block", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+           "--num-gpus", "0", "--object-store-memory", str(100 << 20), "--temp-dir", str(tmp),
+           "--disable-usage-stats"]
+    log_path = tmp / "start.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+    try:
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed:\n{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.2)
+        yield tmp
+    finally:
+        _stop_group(proc)
+        shutil.rmtree(tmp, ignore_errors=True)

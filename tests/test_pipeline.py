@@ -156,13 +156,15 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
 
 
 def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path):
-    """README's GPU route: `tfreeze train --jobs N` for a mode's seeds, `dvc commit`, `dvc repro` the rest."""
+    """README's GPU route: `tfreeze train --jobs N` (Ray) for a mode's seeds records them with
+    `dvc commit` itself; `dvc repro` then runs only the rest."""
     work = tmp_path / "jobs"
     shutil.copytree(repro, work, symlinks=True)
     write_params(work, **{"train.epochs": 1})
-    tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2", cwd=work)
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    out = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2", cwd=work, env=env)
+    assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
     cells = ["train@vit_demo-freeze_none-1-0", "train@vit_demo-freeze_none-2-0"]
-    sh("dvc", "commit", "-f", *cells, cwd=work)
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
     ran = sh("dvc", "repro", cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_patch_0_11-1-0'" in ran

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from collections.abc import Callable
 
@@ -34,26 +35,35 @@ def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tupl
 
 
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
+    cells = _grid(p, "train", args)
+    if args.address or ((args.jobs or 1) > 1 and len(cells) > 1):
+        from .train import executor
+
+        executor.train_cells(p, cells, args.params, args.overrides, args.jobs, _ray_address(args))
+        return
     from .train import stage as train_stage
 
-    cells = _grid(p, "train", args)
-    if args.jobs > 1 and len(cells) > 1:
-        from .train import core as training
-        from .train import launcher
-
-        base = ["--params", args.params, *(a for o in args.overrides for a in ("--set", o))]
-        gpu = training.pick_device(p["train"]["device"]).type == "cuda"
-        launcher.run_cells(cells, base, min(args.jobs, len(cells)), gpu)
-        return
     for model, freeze, seed, fold in cells:
         train_stage.train(p, model, freeze, seed, fold)
 
 
 def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
+    studies = [(model, freeze) for model, freeze, _, _ in _grid(p, "sweep", args)]
+    if args.address or args.workers > 1:
+        from .train import executor
+
+        executor.sweep_workers(p, studies, args.seed, args.params, args.overrides, args.workers,
+                               _ray_address(args))
+        return
     from .train import sweep
 
-    for model, freeze, _, _ in _grid(p, "sweep", args):
+    for model, freeze in studies:
         sweep.run_study(p, model, freeze, seed=args.seed)
+
+
+def _ray_address(args: argparse.Namespace) -> str | None:
+    """--address, else RAY_ADDRESS (only read when Ray is used: --jobs/--workers > 1 or --address)."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
@@ -124,8 +134,17 @@ def parser() -> argparse.ArgumentParser:
             _cell(sub)
     subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: train.folds)")
     subs.choices["train"].add_argument(
-        "--jobs", type=int, default=1, metavar="N",
-        help="run N cells at once as separate processes (e.g. the seeds of a mode on one GPU)")
+        "--jobs", type=int, metavar="N",
+        help="run N cells at once as Ray tasks (embedded Ray on this machine unless --address; "
+             "default 1, with --address as many as the cluster fits)")
+    subs.choices["sweep"].add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="run N Optuna workers per study at once as Ray tasks, sharing its storage (default 1)")
+    for name in ("train", "sweep"):
+        subs.choices[name].add_argument(
+            "--address", metavar="HOST:PORT",
+            help="run on the Ray cluster at this address (default with --jobs/--workers > 1: "
+                 "RAY_ADDRESS, else an embedded instance on this machine)")
     compare = subs.choices["compare"]
     compare.add_argument("--from-csv", nargs="+", metavar="CSV",
                          help="summarise per-seed CSVs (the original study's format, or "

@@ -122,6 +122,8 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.compile": (False, boolean()),
     "train.checkpoint_seconds": (60.0, non_negative_float()),
     "train.out": ("models", text()),
+    "train.cpus_per_run": (1.0, positive_float()),
+    "train.gpus_per_run": (1.0, fraction()),
     "sweep.models": (["vit_b_16"], non_empty_list(text())),
     "sweep.freeze_modes": (["freeze_none"], non_empty_list(text())),
     "sweep.n_trials": (20, positive_int()),

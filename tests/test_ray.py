@@ -1,0 +1,147 @@
+"""Scale-out on Ray: a real two-node cluster on 127.0.0.1 runs a grid while a worker dies mid-task.
+
+The head node sees the workspace; the second node is started as another machine would be (it
+does not share the workspace: ``TFREEZE_SHARED_WORKSPACE=0``), so its cell works in a scratch
+copy fed through Ray's object store and its outputs come back to the driver. The head's first
+task loses its Ray worker (SIGKILL) after the first epoch's checkpoint; Ray retries the task and
+the cell resumes. Both nodes are started and stopped by the test (tests/services.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from transfer_freezing.train import executor
+
+import services
+from conftest import TFREEZE, tfreeze, write_params
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+CELLS = ["vit_demo/freeze_patch_0_11/seed1/fold0", "vit_demo/freeze_patch_0_11/seed2/fold0"]
+SAME = ("predictions.csv", "history.csv", "model.pt")
+
+
+def _runs(project: Path) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    return client.search_runs([exp.experiment_id], max_results=100)
+
+
+def test_a_grid_across_two_nodes_survives_a_lost_worker(tiny: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    shutil.copytree(tiny, clean)
+    marker = tmp_path / "killed-once"
+    port = services.free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # as a real cluster
+    t0 = time.monotonic()
+    with services.ray_node(port, head=True, env={**auth, executor.KILL_ONCE_ENV: str(marker)}), \
+            services.ray_node(port, head=False, env={**auth, executor.SHARED_ENV: "0",
+                                                     executor.SCRATCH_ENV: str(tmp_path / "scratch")}):
+        started = time.monotonic()
+        grid = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", "--jobs", "2",
+                       "--address", f"127.0.0.1:{port}", cwd=tiny, env=auth)
+        ran = time.monotonic()
+    lines = grid.stdout.splitlines()
+    sys.stderr.write(f"two-node cluster up in {started - t0:.1f} s, grid {ran - started:.1f} s:\n"
+                     f"{grid.stdout}{grid.stderr}")
+
+    # One worker died (the marker is the kill's), its cell was retried and resumed; the other
+    # cell ran on the node without the workspace and its outputs came back.
+    assert marker.is_file()
+    assert sum("test acc" in line for line in lines) == 2, grid.stdout
+    assert sum("(resumed from its checkpoint)" in line for line in lines) == 1, grid.stdout
+    assert sum("outputs copied back" in line for line in lines) == 1, grid.stdout
+    assert len(list((tmp_path / "scratch").glob("*/.inputs"))) == 1  # features unpacked there once
+    assert not list((tmp_path / "scratch").glob("*/models/vit_demo/freeze_patch_0_11/*/*/*"))
+
+    # The same cells one at a time with plain `tfreeze train`: identical outputs and metrics.
+    tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", cwd=clean)
+    for cell in CELLS:
+        got, want = tiny / "models" / cell, clean / "models" / cell
+        assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+        for name in SAME:
+            assert (got / name).read_bytes() == (want / name).read_bytes(), (cell, name)
+        metrics = [json.loads((d / "metrics.json").read_text()) for d in (got, want)]
+        for m in metrics:
+            m.pop("wall_seconds")
+        assert metrics[0] == metrics[1], cell
+
+    # MLflow: one run per cell (the retry resumed into the killed attempt's run), none RUNNING.
+    runs = _runs(tiny)
+    assert sorted(r.info.run_name for r in runs) == CELLS
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for cell in CELLS:
+        run_id = json.loads((tiny / "models" / cell / "run.json").read_text())["run_id"]
+        assert run_id in {r.info.run_id for r in runs}
+
+
+def test_ctrl_c_stops_the_grid_and_its_runs_end_killed(tiny: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [TFREEZE, "train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2",
+           "--set", "train.epochs=50"]
+    driver = subprocess.Popen(cmd, cwd=tiny, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while len(list((tiny / "models").glob("*/*/*/*/last.pt"))) < 2:  # both runs are training
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+            time.sleep(0.5)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "tfreeze train: interrupted"
+    runs = _runs(tiny)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
+
+
+def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) -> None:
+    import optuna
+
+    n = 3
+    write_params(tiny, **{"sweep.n_trials": n, "sweep.epochs": 1,
+                          "sweep.freeze_modes": ["freeze_patch_0_11"]})
+    proc = tfreeze("sweep", "--workers", "2", cwd=tiny, env={"OMP_NUM_THREADS": "1"})
+    assert proc.stdout.count("best lr") == 2, proc.stdout
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tiny}/optuna.db")
+    trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials
+    assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
+    assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").is_file()
+
+
+def test_each_task_sees_only_the_gpus_ray_gave_it() -> None:
+    """Fractional GPUs: 0.5 per task packs two tasks on each of two (logical) GPUs, each process
+    seeing its own through CUDA_VISIBLE_DEVICES; no real GPU is needed to check the assignment."""
+    import ray
+
+    ctx = executor.Context(workspace=".", host="", params="params.yaml", params_text="", overrides=(),
+                           scratch_sets=(), env={}, code="")
+    def visible(ctx: executor.Context) -> str | None:
+        time.sleep(2)  # all four half-GPU tasks hold their share at once
+        return executor._process_env(ctx).get("CUDA_VISIBLE_DEVICES")
+
+    probe = ray.remote(visible)
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, logging_level="ERROR",
+             object_store_memory=executor.LOCAL_OBJECT_STORE)
+    try:
+        whole = ray.get([probe.options(num_cpus=1, num_gpus=1).remote(ctx) for _ in range(2)])
+        halves = ray.get([probe.options(num_cpus=1, num_gpus=0.5).remote(ctx) for _ in range(4)])
+    finally:
+        ray.shutdown()
+    assert sorted(whole) == ["0", "1"]
+    assert sorted(halves) == ["0", "0", "1", "1"]
