@@ -145,6 +145,7 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         summary = summary.merge(judged.drop(columns=["mode", "reference", "margin", "confidence"]),
                                 on=["model", "lr_source", "freeze_mode"], how="left",
                                 suffixes=("", "_clips"))
+        summary.attrs["confidence"] = confidence  # a merge drops the attrs the table labels use
         figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
                             title="mode − reference: difference, interval over clips and runs")
     markdown = stats.to_markdown(summary) + _decisive_markdown(summary, checks, margin, confidence)
