@@ -363,12 +363,11 @@ def _record(stages: list[str], params: str, overrides: list[str]) -> None:
 
 
 def code_hash() -> str:
-    """SHA-256 (12 hex digits) of this package's Python source: every node must run the same code."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    """The package's source hash (the sweep's study identity uses it too): every node must run the
+    same code."""
+    from .sweep import code_hash as package_hash
+
+    return package_hash()
 
 
 # --------------------------------------------------------------------------- worker
