@@ -142,12 +142,18 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
     if clips is not None:
         judged, checks = evaluation.verdicts(clips["test"], clips.get("val"), reference, margin,
                                              confidence, folds)
+        judged = judged.reindex(columns=judged.columns.union(
+            ["low", "high", "p", "p_holm", "p_equivalence", "mdd"], sort=False))
         summary = summary.merge(judged.drop(columns=["mode", "reference", "margin", "confidence"]),
                                 on=["model", "lr_source", "freeze_mode"], how="left",
                                 suffixes=("", "_clips"))
         summary.attrs["confidence"] = confidence  # a merge drops the attrs the table labels use
-        figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
-                            title="mode − reference: difference, interval over clips and runs")
+        if judged["low"].notna().any():
+            figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
+                                title="mode − reference: difference, interval over clips and runs")
+        else:  # one paired run per mode: no run-to-run variance, so no interval to draw
+            figures.plot_message("one run per mode: no interval over runs (add seeds or folds)",
+                                 out / NAMES["forest"])
     markdown = stats.to_markdown(summary) + _decisive_markdown(summary, checks, margin, confidence)
     if floor is not None and len(floor):
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
@@ -172,7 +178,7 @@ def _decisive_markdown(summary: pd.DataFrame, checks: dict, margin: float, confi
         "runs": rows["n_runs"].map(lambda v: f"{int(v)}"),
         "clips": rows["n_clips"].map(lambda v: f"{int(v)}"),
         "Δ test (pp)": rows["estimate"].map(lambda v: f"{v:+.2f}"),
-        f"{confidence:.0%} CI (clips + runs)": [f"[{lo:+.2f}, {hi:+.2f}]"
+        f"{confidence:.0%} CI (clips + runs)": [("–" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
                                                  for lo, hi in zip(rows["low"], rows["high"], strict=True)],
         "p": rows["p"].map(stats.fmt_p), "p (Holm)": rows["p_holm"].map(stats.fmt_p),
         "p equiv. (TOST)": rows["p_equivalence"].map(stats.fmt_p),

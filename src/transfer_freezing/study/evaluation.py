@@ -42,8 +42,19 @@ def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margi
     for (model, lr_source), group in test.groupby(["model", "lr_source"], sort=False):
         if reference not in set(group["mode"]):
             raise UserError(f"reference mode {reference} has no runs for model {model} ({lr_source})")
-        judged = inference.judge_all(group, reference, margin, confidence)
+        modes = [m for m in pd.unique(group["mode"]) if m != reference]
+        paired = {m: len(_per_run(group, m, reference)) for m in modes}
+        judgeable = [m for m in modes if paired[m] >= 2]
+        judged = (inference.judge_all(group, reference, margin, confidence, modes=judgeable)
+                  if judgeable else pd.DataFrame())
         val_group = None if val is None else val[(val["model"] == model) & (val["lr_source"] == lr_source)]
+        for mode in modes:
+            if paired[mode] < 2:  # one paired run: no run-to-run variance, so no interval or verdict
+                rows.append({"model": model, "lr_source": lr_source, "freeze_mode": mode, "mode": mode,
+                             "reference": reference, "margin": margin, "confidence": confidence,
+                             "estimate": _mean_difference(group, mode, reference), "verdict": "inconclusive",
+                             "verdict_holm": "inconclusive", "n_runs": paired[mode],
+                             "n_clips": group.loc[group["mode"] == mode, "clip_id"].nunique()})
         for row in judged.to_dict("records"):
             mode = row["mode"]
             comp = inference.variance_components(group, mode, reference)

@@ -398,3 +398,10 @@ def _numeric_column(col: pd.Series, table: str, name: str) -> pd.Series:
 def _save(fig: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def plot_message(message: str, path: str | Path) -> None:
+    """A figure that says why there is nothing to plot (e.g. one run per mode: no interval)."""
+    fig = Figure(figsize=(6, 1.5), layout="constrained")
+    fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    _save(fig, path)
