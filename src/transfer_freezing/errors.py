@@ -13,3 +13,12 @@ def first_line(err: BaseException) -> str:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``dvc``, a scheduler or ``kill`` stopping the process), handled like Ctrl-C."""
+
+
+def require_table(table, columns, name: str, empty_reason: str) -> None:
+    """One line if ``table`` (a DataFrame) lacks one of ``columns`` or has no rows."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UserError(f"{name} lacks column(s) {', '.join(missing)}; required: {', '.join(columns)}")
+    if table.empty:
+        raise UserError(f"{name} is empty: {empty_reason}")

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ..atomic import atomic_path
-from ..errors import UserError
+from ..errors import UserError, require_table
 from .stats import validate_runs
 
 JITTER_SEED = 0
@@ -216,13 +216,7 @@ def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
 
 
 def _validate_effects(effects: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in FOREST_COLUMNS if c not in effects.columns]
-    if missing:
-        raise UserError(
-            f"effects table lacks column(s) {', '.join(missing)}; required: {', '.join(FOREST_COLUMNS)}"
-        )
-    if effects.empty:
-        raise UserError("effects table is empty: no comparison to plot")
+    require_table(effects, FOREST_COLUMNS, "effects table", "no comparison to plot")
     out = effects.copy()
     for col in ("estimate", "low", "high"):
         out[col] = _numeric_column(out[col], "effects", col)
@@ -353,13 +347,7 @@ def _depth_means(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _validate_depth(runs: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in DEPTH_COLUMNS if c not in runs.columns]
-    if missing:
-        raise UserError(
-            f"runs table lacks column(s) {', '.join(missing)}; required: {', '.join(DEPTH_COLUMNS)}"
-        )
-    if runs.empty:
-        raise UserError("runs table is empty: nothing to plot against trainable share")
+    require_table(runs, DEPTH_COLUMNS, "runs table", "nothing to plot against trainable share")
     out = runs.copy()
     for col in ("trainable_share", "test_acc"):
         out[col] = _numeric_column(out[col], "runs", col)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import UserError
+from ..errors import UserError, require_table
 
 CLIP_COLUMNS = ("mode", "seed", "fold", "repeat", "clip_id", "correct")
 RUN_KEYS = ["seed", "fold", "repeat"]  # one training run per (mode, seed, fold, repeat)
@@ -74,13 +74,7 @@ class _Components:
 
 
 def _check_clip_table(clips: pd.DataFrame) -> None:
-    missing = [c for c in CLIP_COLUMNS if c not in clips.columns]
-    if missing:
-        raise UserError(
-            f"clip table lacks column(s) {', '.join(missing)}; required: {', '.join(CLIP_COLUMNS)}"
-        )
-    if clips.empty:
-        raise UserError("clip table is empty: no predictions to compare")
+    require_table(clips, CLIP_COLUMNS, "clip table", "no predictions to compare")
     empty = clips[["mode", "seed", "fold", "repeat", "clip_id"]].isna()
     if empty.any(axis=None):
         col = empty.any().idxmax()

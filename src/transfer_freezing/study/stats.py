@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import UserError, first_line
+from ..errors import UserError, first_line, require_table
 from .inference import holm, sign_flip_test
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
@@ -64,14 +64,7 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
 
 def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Check columns and types; return a copy with ``lr_source`` filled (``fixed`` if absent)."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
-    if missing:
-        raise UserError(
-            f"runs table lacks column(s) {', '.join(missing)}; "
-            f"required: {', '.join(REQUIRED_COLUMNS)}"
-        )
-    if runs.empty:
-        raise UserError("runs table is empty: no runs to compare")
+    require_table(runs, REQUIRED_COLUMNS, "runs table", "no runs to compare")
     for col in ("model", "freeze_mode", "seed"):
         if runs[col].isna().any():
             raise UserError(f"runs table has an empty {col} in row {runs[col].isna().idxmax()}")
