@@ -41,6 +41,16 @@ for mode in freeze_none freeze_patch_0_5; do
     | tee "$OUT/gpu_concurrent_seeds_$mode.log" || echo "concurrent seeds ($mode) failed or over 150 s"
 done
 
+# The paper grid end to end through the commands users run (benchmarks/gpu_grid.py; needs mlflow,
+# pandas, scipy, scikit-learn, matplotlib, soundfile as wheels on a torch-only machine): all 50
+# cells side by side (one process per mode), then one seed of every mode cell by cell (the commands
+# `dvc repro` runs) and in one process. More than one device call's 10 minutes in all: run it first,
+# on its own, when time is short.
+timeout 540 "$PY" benchmarks/gpu_grid.py --routes side-by-side 2>&1 | tee "$OUT/gpu_grid_side_by_side.log" \
+  || echo "gpu_grid side-by-side failed or over 540 s"
+timeout 420 "$PY" benchmarks/gpu_grid.py --routes per-cell one-process --seeds 1 2>&1 \
+  | tee "$OUT/gpu_grid_per_cell.log" || echo "gpu_grid per-cell failed or over 420 s"
+
 # Optional: torch.compile on the full fine-tune (compile time not counted in img/s). Skipped when
 # it fails or takes too long: the numbers above do not depend on it.
 timeout 120 "$PY" benchmarks/train_throughput.py --model vit_b_16 --image-size 224 --batch-size 32 \

@@ -34,3 +34,18 @@ def test_train_throughput_reports_ratios_and_mfu(tmp_path):
     assert len(m["peak_gflops_samples"]) == 3 and m["peak_gflops"] == max(m["peak_gflops_samples"])
     assert m["opt_executed_gflop_per_image"] < m["gflop_per_image"]  # the class-token-only last block
     assert 0 < m["opt_hfu"] < m["opt_mfu"]
+
+
+def test_gpu_grid_scratch_params_are_valid_paper_profiles():
+    import gpu_grid
+
+    from transfer_freezing import config
+
+    for scale in gpu_grid.SCALES:
+        p = gpu_grid.scratch_params(scale, [1, 8], "cpu", 0)
+        checked = config.validate(dict(config.flat(p)), source=f"gpu_grid {scale}")
+        assert checked["data"]["source"] == "synthetic" and checked["train"]["weights"] == "none"
+        assert checked["train"]["seeds"] == [1, 8] and checked["tracking"]["uri"].startswith("sqlite:///")
+    paper = gpu_grid.scratch_params("paper", gpu_grid.PAPER_SEEDS, "cuda", 0)
+    assert paper["features"]["image_size"] == 224 and paper["train"]["epochs"] == 20
+    assert len(gpu_grid.cells(paper)) == 50
