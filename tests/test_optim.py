@@ -111,3 +111,16 @@ def test_bad_values_give_one_line(tmp_path, override, message):
     with pytest.raises(UserError) as err:
         config.load(write_params(tmp_path), [override])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sweep_trials_take_the_optimiser_and_schedule_and_start_their_own_study(tmp_path):
+    from transfer_freezing.train import sweep
+
+    base = config.load(write_params(tmp_path))
+    s = sweep.SweepConfig.from_params(base)
+    names = set()
+    for extra in ([], ["train.optimizer=adamw"], ["train.schedule=cosine"], ["train.augment=true"]):
+        p = config.load(tmp_path / "params.yaml", extra)
+        cfg = train_stage.run_config(p, "vit_demo", "freeze_none", s.seed, 0.01, 3, epochs=s.epochs)
+        names.add(sweep.study_name(cfg, s, "data", "code"))
+    assert len(names) == 4
