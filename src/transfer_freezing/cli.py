@@ -72,7 +72,7 @@ def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
     if args.plan is not None:
         compare.plan(p, args.plan, args.from_csv)
     elif args.from_csv:
-        compare.from_csv(p, args.from_csv, args.out)
+        compare.from_csv(p, args.from_csv, args.out, args.label)
     else:
         compare.from_pipeline(p)
 
@@ -150,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
                          help="summarise per-seed CSVs (the original study's format, or "
                               "reports/freezing_runs.csv of fixed- and tuned-lr studies together)")
     compare.add_argument("--out", help="output folder for --from-csv (default: compare.out)")
+    compare.add_argument("--label", action="append", metavar="CONDITION",
+                         help="the training condition of each --from-csv CSV, in order (repeat once per "
+                              "CSV; default: 'augmented' for models named *_aug, else 'plain')")
     compare.add_argument("--plan", type=float, metavar="EFFECT",
                          help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
                               "variance this study measured (or the --from-csv table)")

@@ -118,6 +118,13 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.weight_decay": (0.0, non_negative_float()),
     "train.frozen_bn": ("eval", choice("eval", "train")),
     "train.activation_cache": (True, boolean()),
+    "train.optimizer": ("sgd", choice("sgd", "adamw")),
+    "train.schedule": ("none", choice("none", "cosine")),
+    "train.warmup_epochs": (0, non_negative_int()),
+    "train.augment": (False, boolean()),
+    "train.augment_time_shift": (10, non_negative_int()),
+    "train.augment_freq_mask": (20, non_negative_int()),
+    "train.augment_time_mask": (30, non_negative_int()),
     "train.device": ("auto", choice("auto", "cpu", "cuda")),
     "train.compile": (False, boolean()),
     "train.checkpoint_seconds": (60.0, non_negative_float()),
@@ -219,6 +226,11 @@ def _check_relations(p: Params, source: str) -> None:
         raise UserError(
             f"{source}: sweep.lr_low = {p['sweep']['lr_low']:g} must be below "
             f"sweep.lr_high = {p['sweep']['lr_high']:g}"
+        )
+    if p["train"]["warmup_epochs"] >= p["train"]["epochs"] and p["train"]["warmup_epochs"] > 0:
+        raise UserError(
+            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
+            f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
         )
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
     outside = [f for f in p["train"]["folds"] if f >= cells]

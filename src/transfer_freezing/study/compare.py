@@ -22,7 +22,8 @@ CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.w
                   "train.frozen_bn", "train.weights")
 NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
          "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json",
-         "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv"}
+         "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv",
+         "conditions": "condition_contrast.csv"}
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,8 @@ STATS_KEYS = ("n", "test_mean", "test_std", "ci_low", "ci_high", "val_mean", "di
 def _stats_json(summary: pd.DataFrame, checks: dict | None = None) -> dict:
     tree: dict = {}
     for row in summary.to_dict("records"):
-        key = f"{row['model']}/{row['freeze_mode']}" + (
+        key = f"{row['model']}/" + (f"{row['condition']}/" if "condition" in row else "") + \
+            f"{row['freeze_mode']}" + (
             f"/{row['lr_source']}" if row.get("lr_source", "fixed") != "fixed" else "")
         tree[key] = _clean({k: v for k, v in row.items() if k in STATS_KEYS})
     if checks:
@@ -290,15 +292,55 @@ def collect_local(c: CompareConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def from_csv(p: Params, csvs: list[str], out: str | None = None) -> pd.DataFrame:
-    """Summarise per-seed CSVs together, e.g. a fixed-lr and a tuned-lr study side by side."""
+def from_csv(p: Params, csvs: list[str], out: str | None = None,
+             labels: list[str] | None = None) -> pd.DataFrame:
+    """Summarise per-seed CSVs together, e.g. a fixed-lr and a tuned-lr study side by side.
+
+    Each CSV's runs belong to a training condition (``condition_of``); with more than one the
+    table gains a condition column (each condition its own group) and the reference mode under
+    each condition is contrasted with the first condition's (``stats.condition_contrast``).
+    """
     c = p["compare"]
-    runs = pd.concat([stats.read_runs_csv(csv) for csv in csvs], ignore_index=True)
-    summary = write_outputs(runs, Path(out or c["out"]), c["reference_mode"], c["confidence"])
+    if labels and len(labels) != len(csvs):
+        raise UserError(f"--label given {len(labels)} time(s) for {len(csvs)} CSV(s); "
+                        "give one label per CSV, in the same order, or none")
+    runs = pd.concat([condition_of(stats.read_runs_csv(csv), labels[i] if labels else None)
+                      for i, csv in enumerate(csvs)], ignore_index=True)
+    if runs[stats.CONDITION].nunique() == 1:
+        runs = runs.drop(columns=stats.CONDITION)
+    folder = Path(out or c["out"])
+    summary = write_outputs(runs, folder, c["reference_mode"], c["confidence"])
     print(stats.to_markdown(summary))
     for line in evaluation.val_test_from_runs(stats.validate_runs(runs), c["reference_mode"]):
         print(line)
+    contrast = stats.condition_contrast(runs, c["reference_mode"], c["confidence"])
+    if len(contrast):
+        lines = stats.contrast_lines(contrast, c["confidence"])
+        for line in lines:
+            print(line)
+        text = (folder / NAMES["md"]).read_text()
+        atomic.write_text(folder / NAMES["md"], text + "\n## Conditions\n\n"
+                          + "".join(f"- {line}\n" for line in lines))
+        atomic.write_text(folder / NAMES["conditions"], contrast.to_csv(index=False))
     return summary
+
+
+AUGMENTED_SUFFIX = "_aug"  # the original named its augmented runs' model vit_b_16_aug
+
+
+def condition_of(runs: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """``runs`` with a ``condition`` column: ``label`` if given, else the CSV's own ``condition``
+    column, else ``augmented`` for a model named ``<model>_aug`` and ``plain`` otherwise. The
+    ``_aug`` suffix (the original's naming) is removed from model names either way, so both
+    conditions of one model line up."""
+    out = runs.copy()
+    augmented = out["model"].astype(str).str.endswith(AUGMENTED_SUFFIX)
+    if label:
+        out[stats.CONDITION] = label
+    elif stats.CONDITION not in out.columns:
+        out[stats.CONDITION] = augmented.map({True: "augmented", False: "plain"})
+    out.loc[augmented, "model"] = out.loc[augmented, "model"].str.removesuffix(AUGMENTED_SUFFIX)
+    return out
 
 
 def _log_summary_run(c: CompareConfig, runs: pd.DataFrame) -> None:

@@ -165,13 +165,14 @@ def _plan_line(label: str, reference: str, effect: float, plan: dict, comp: dict
 def val_test_from_runs(runs: pd.DataFrame, reference: str) -> list[str]:
     """Val-vs-test agreement of the mode effects from per-seed accuracies (the original's CSV)."""
     lines = []
-    for (model, lr_source), group in runs.groupby(["model", "lr_source"], sort=False):
+    keys = ["model", "condition", "lr_source"] if "condition" in runs.columns else ["model", "lr_source"]
+    for values, group in runs.groupby(keys, sort=False):
         val = group.groupby("freeze_mode", sort=False)["best_val_acc"].mean().to_dict()
         test = group.groupby("freeze_mode", sort=False)["test_acc"].mean().to_dict()
         if reference not in val:
             continue
         agree = inference.val_test_agreement(val, test, reference)
-        lines.append(agreement_line(f"{model} ({lr_source})", agree))
+        lines.append(agreement_line(f"{values[0]} ({', '.join(values[1:])})", agree))
     return lines
 
 

@@ -32,6 +32,8 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     runs = validate_runs(runs)
     if summary.empty:
         raise UserError("comparison summary is empty: nothing to plot")
+    if "condition" in summary.columns:  # one panel per model and condition
+        summary, runs = _with_condition(summary), _with_condition(runs)
     models = list(pd.unique(summary["model"]))
     sources = list(pd.unique(summary["lr_source"]))
     widths = [
@@ -46,6 +48,10 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     axes[0].legend(loc="best", frameon=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def _with_condition(table: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(model=table["model"] + " (" + table["condition"] + ")")
 
 
 def _draw_panel(ax: Axes, runs: pd.DataFrame, summary: pd.DataFrame, sources: list[str]) -> None:

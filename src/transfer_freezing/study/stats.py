@@ -16,6 +16,7 @@ from .inference import holm, sign_flip_test
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
 GROUP_KEYS = ("model", "lr_source")
+CONDITION = "condition"  # optional column: a training condition (e.g. plain / augmented), its own group
 DEFAULT_LR_SOURCE = "fixed"
 
 SUMMARY_COLUMNS = (
@@ -75,16 +76,24 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     for col in ("test_acc", "best_val_acc", "trainable_share", "frozen_blocks"):
         if col in out.columns:
             out[col] = _numeric(out[col], col)
-    keys = ["model", "lr_source", "freeze_mode", "seed"] + (["fold"] if "fold" in out.columns else [])
+    if CONDITION in out.columns:
+        out[CONDITION] = out[CONDITION].fillna("").astype(str)
+    keys = group_keys(out) + ["freeze_mode", "seed"] + (["fold"] if "fold" in out.columns else [])
     dup = out.duplicated(keys, keep=False)
     if dup.any():
         row = out[dup].iloc[0]
+        condition = f", condition {row[CONDITION]}" if CONDITION in keys else ""
         raise UserError(
-            f"duplicate run: model {row['model']}, lr_source {row['lr_source']}, "
+            f"duplicate run: model {row['model']}{condition}, lr_source {row['lr_source']}, "
             f"freeze_mode {row['freeze_mode']}, seed {row['seed']}"
             + (f", fold {row['fold']}" if "fold" in keys else "")
         )
     return out
+
+
+def group_keys(runs: pd.DataFrame) -> list[str]:
+    """The columns whose values form one comparison group: model (and condition) and lr source."""
+    return ["model", CONDITION, "lr_source"] if CONDITION in runs.columns else list(GROUP_KEYS)
 
 
 def _numeric(col: pd.Series, name: str) -> pd.Series:
@@ -101,18 +110,24 @@ def summarize(
     """One row per (model, lr_source, freeze_mode): mean/std/CI and paired tests vs the reference.
 
     Modes keep their order of first appearance in ``runs``; Holm adjusts the p-values across the
-    non-reference modes within one (model, lr_source) group.
+    non-reference modes within one (model, lr_source) group. With a ``condition`` column each
+    condition is a group of its own too, and the summary gains that column after ``model``.
     """
     if not 0.0 < confidence < 1.0:
         raise UserError(f"confidence must lie in (0, 1), got {confidence}")
     runs = validate_runs(runs)
     mode_order = list(pd.unique(runs["freeze_mode"]))
+    keys = group_keys(runs)
     rows: list[dict] = []
-    for (model, lr_source), group in runs.groupby(list(GROUP_KEYS), sort=False):
-        rows.extend(
-            _summarize_group(group, model, lr_source, mode_order, reference_mode, confidence)
-        )
-    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for values, group in runs.groupby(keys, sort=False):
+        labels = dict(zip(keys, values, strict=True))
+        for row in _summarize_group(group, labels["model"], labels["lr_source"], mode_order,
+                                    reference_mode, confidence, labels.get(CONDITION)):
+            rows.append({**row, **labels})
+    columns = list(SUMMARY_COLUMNS)
+    if CONDITION in keys:
+        columns.insert(1, CONDITION)
+    summary = pd.DataFrame(rows, columns=columns)
     summary["frozen_blocks"] = summary["frozen_blocks"].astype("Int64")
     summary.attrs["confidence"] = confidence
     return summary
@@ -125,12 +140,14 @@ def _summarize_group(
     mode_order: list[str],
     reference_mode: str,
     confidence: float,
+    condition: str | None = None,
 ) -> list[dict]:
     modes = [m for m in mode_order if m in set(group["freeze_mode"])]
     if reference_mode not in modes:
+        where = f"condition {condition}, " if condition is not None else ""
         raise UserError(
             f"reference mode {reference_mode} has no runs for model {model} "
-            f"(lr_source {lr_source}); modes present: {', '.join(modes)}"
+            f"({where}lr_source {lr_source}); modes present: {', '.join(modes)}"
         )
     ref = _by_run(group, reference_mode)
     rows = []
@@ -223,6 +240,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
     table = pd.DataFrame(
         {
             "model": summary["model"],
+            **({CONDITION: summary[CONDITION]} if CONDITION in summary.columns else {}),
             "lr": summary["lr_source"],
             "freeze mode": summary["freeze_mode"],
             "frozen blocks": summary["frozen_blocks"].map(lambda v: _fmt(v, "{:d}")),
@@ -253,11 +271,12 @@ def to_markdown(summary: pd.DataFrame) -> str:
 
 def _footnote(summary: pd.DataFrame) -> str:
     refs = ", ".join(f"`{r}`" for r in pd.unique(summary.get("reference_mode", pd.Series([]))))
+    group = "model, condition and lr source" if CONDITION in summary.columns else "model and lr source"
     return (
-        f"Δ and p: paired by seed against {refs or 'the reference mode'} within each model "
-        "and lr source; two-sided paired t-test (scipy.stats.ttest_rel) and exact sign-flip "
+        f"Δ and p: paired by seed against {refs or 'the reference mode'} within each {group}"
+        "; two-sided paired t-test (scipy.stats.ttest_rel) and exact sign-flip "
         "permutation test of the mean paired difference, p-values Holm-adjusted across the "
-        "non-reference modes of each model and lr source. sd: sample standard deviation "
+        f"non-reference modes of each {group}. sd: sample standard deviation "
         "(ddof=1); CI: t-interval of the mean; d_z: mean paired difference / its sd."
     )
 
@@ -294,3 +313,54 @@ def _p(p: float) -> str:
     if pd.isna(p):
         return "–"
     return "<0.001" if p < 0.0005 else f"{p:.3f}"
+
+
+def condition_contrast(runs: pd.DataFrame, mode: str = "freeze_none",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """One mode's test accuracy under each condition against the first condition, per model and lr source.
+
+    The conditions were run with their own seeds (the original's augmented runs are not its plain
+    seeds), so the comparison is unpaired: Welch's t-test (scipy.stats.ttest_ind, equal_var=False)
+    and its interval for the difference of means. One row per (model, lr_source, condition) after
+    the first condition in ``runs``' order; empty without a ``condition`` column.
+    """
+    runs = validate_runs(runs)
+    columns = ["model", "lr_source", "mode", "condition", "baseline", "n", "n_baseline", "mean",
+               "mean_baseline", "diff", "ci_low", "ci_high", "welch_p"]
+    if CONDITION not in runs.columns:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (model, lr_source), group in runs.groupby(list(GROUP_KEYS), sort=False):
+        group = group[group["freeze_mode"] == mode]
+        conditions = list(pd.unique(group[CONDITION]))
+        base = group.loc[group[CONDITION] == conditions[0], "test_acc"].dropna().to_numpy(float) \
+            if conditions else np.array([])
+        for other in conditions[1:]:
+            x = group.loc[group[CONDITION] == other, "test_acc"].dropna().to_numpy(float)
+            row = {"model": model, "lr_source": lr_source, "mode": mode, "condition": other,
+                   "baseline": conditions[0], "n": len(x), "n_baseline": len(base),
+                   "mean": float(x.mean()), "mean_baseline": float(base.mean()),
+                   "diff": float(x.mean() - base.mean()), "ci_low": math.nan, "ci_high": math.nan,
+                   "welch_p": math.nan}
+            if len(x) >= 2 and len(base) >= 2 and (x.std() > 0 or base.std() > 0):
+                test = stats.ttest_ind(x, base, equal_var=False)
+                interval = test.confidence_interval(confidence)
+                row.update(ci_low=float(interval.low), ci_high=float(interval.high),
+                           welch_p=float(test.pvalue))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def contrast_lines(contrast: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """``condition_contrast``'s rows as sentences."""
+    lines = []
+    for r in contrast.to_dict("records"):
+        source = f", {r['lr_source']} lr" if r["lr_source"] != DEFAULT_LR_SOURCE else ""
+        interval = ("" if pd.isna(r["ci_low"]) else
+                    f", {confidence:.0%} CI [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
+        lines.append(
+            f"{r['model']}{source}, {r['mode']}: {r['condition']} {r['mean']:.1f} % (n={r['n']}) vs "
+            f"{r['baseline']} {r['mean_baseline']:.1f} % (n={r['n_baseline']}): {r['diff']:+.1f} pp"
+            f"{interval}, Welch p {_p(r['welch_p'])} (unpaired: other seeds)"
+        )
+    return lines

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -37,6 +38,7 @@ from ..errors import Terminated
 from ..model import activation_cache as prefix_cache
 from ..model import attention, freezing, readout
 from ..model import registry as models
+from . import augment as augmentation
 from . import checkpoint
 
 try:
@@ -68,6 +70,13 @@ class RunConfig:
     activation_cache: bool = True
     compile: bool = False
     fold: int = 0  # the training cell of a fold scheme (repeat * folds + fold); 0 for one split
+    optimizer: str = "sgd"  # sgd (with momentum) | adamw
+    schedule: str = "none"  # none | cosine (per step, to 0 at the end of the last epoch)
+    warmup_epochs: int = 0  # linear warm-up of the lr over this many epochs (per step)
+    augment: bool = False  # the original's training-time augmentation (``augment``)
+    augment_time_shift: int = 10
+    augment_freq_mask: int = 20
+    augment_time_mask: int = 30
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -125,8 +134,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("none", "cosine")
+
+
 def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, int, int]:
-    """Seeded model with the freeze mode applied, and SGD over what stays trainable."""
+    """Seeded model with the freeze mode applied, and the optimiser over what stays trainable.
+
+    ``sgd``: SGD with ``momentum`` and ``weight_decay`` (coupled, L2). ``adamw``: AdamW with torch's
+    default betas and eps and ``weight_decay`` (decoupled; note torch's own default would be 0.01,
+    here it is the configured value, 0 unless set); ``momentum`` does not apply.
+    """
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, cfg.num_classes, cfg.image_size, cfg.weights, cfg.weights_path)
     plan = freezing.plan(cfg.model, cfg.freeze)
@@ -135,9 +153,56 @@ def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel per step on the GPU; the CPU keeps torch's default implementation.
     fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          **fused)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              **fused)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    else:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     return model, opt, trainable, total
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """The multiplier of the base lr at optimiser step ``step`` (0-based; one step per batch).
+
+    Warm-up: ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps (the first step
+    uses lr / warmup_steps, the last warm-up step the full lr). Then ``none`` keeps 1 and ``cosine``
+    follows ``0.5 * (1 + cos(pi * (step - warmup_steps) / (total_steps - warmup_steps)))``: 1 at
+    the end of the warm-up, 0 at ``total_steps`` (just after the last step of the last epoch).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "none":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, train_clips: int
+              ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step lr schedule of ``cfg`` (``lr_factor``), None for a constant lr (the default)."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.schedule == "none" and cfg.warmup_epochs == 0:
+        return None
+    steps = math.ceil(train_clips / cfg.batch_size)  # run_epoch's batches per epoch
+    factor = partial(lr_factor, warmup_steps=cfg.warmup_epochs * steps, total_steps=cfg.epochs * steps,
+                     schedule=cfg.schedule)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _augment_config(cfg: RunConfig) -> augmentation.AugmentConfig | None:
+    spec = augmentation.AugmentConfig(cfg.augment_time_shift, cfg.augment_freq_mask, cfg.augment_time_mask)
+    return spec if cfg.augment and spec.active else None
+
+
+def augmenter(cfg: RunConfig) -> augmentation.Augment | None:
+    """The run's training-time augmentation (seeded by the run seed), None when off."""
+    spec = _augment_config(cfg)
+    return augmentation.Augment(spec, cfg.seed) if spec else None
 
 
 class Plain(nn.Module):
@@ -177,7 +242,10 @@ def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
     for rewrite in FAST_FORWARD.get(family, ()):
         rewrite(model)
     net: nn.Module = Plain(model)
-    if cfg.activation_cache:
+    if cfg.activation_cache and _augment_config(cfg):
+        print("activation cache: off, train.augment changes the input images every epoch "
+              "(no frozen stage sees constant inputs)")
+    elif cfg.activation_cache:
         folder = cache_dir if cfg.weights != "none" else None
         context = {"model": cfg.model, "device": device.type, "precision": _precision(device),
                    "layout": str(layout)}
@@ -192,11 +260,15 @@ def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
 
 def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.device,
               opt: torch.optim.Optimizer | None = None, order: torch.Tensor | None = None,
-              desc: str = "") -> tuple[float, float, torch.Tensor]:
+              desc: str = "", schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+              augment: Callable[..., torch.Tensor] | None = None
+              ) -> tuple[float, float, torch.Tensor]:
     """One pass over ``split``: trains when ``opt`` is given. Returns (loss, acc %, predictions).
 
     ``net`` maps a batch of ``split.images`` to logits. Sums stay on the device (float64 loss,
     the same arithmetic as Python floats), so a GPU epoch syncs with the host once, at its end.
+    When training, ``schedule`` steps after every optimiser step and ``augment(images, step=batch
+    index)`` rewrites each batch before the forward pass.
     """
     training = opt is not None
     net.train(training)
@@ -210,6 +282,8 @@ def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.devic
         idx = order[start:start + batch_size]
         x = split.images[idx].to(device, non_blocking=True)
         y = split.labels[idx].to(device, non_blocking=True)
+        if training and augment is not None:
+            x = augment(x, step=start // batch_size)
         with torch.set_grad_enabled(training), autocast(device):
             logits = net(x)
             loss = nn.functional.cross_entropy(logits, y)
@@ -217,6 +291,8 @@ def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.devic
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
         pred = logits.argmax(1)
         preds[idx] = pred.to(home)
         loss_sum += loss.detach().double() * len(idx)
@@ -297,6 +373,8 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     changed = checkpoint.changed_keys(model) if lean else set(model.state_dict())
     frozen = checkpoint.frozen_hash(model, changed)
     net, data = prepare(cfg, model, data, device, cache_dir)
+    sched = scheduler(cfg, opt, len(data.train))
+    augment = augmenter(cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state = _resume(workdir, cfg, frozen=frozen) if lean else None
     start, best = 0, {"acc": -1.0, "epoch": -1}
@@ -305,6 +383,8 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     if state:
         checkpoint.apply(model, state["model"])
         opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, best, history = state["epoch"] + 1, state["best"], state["history"]
@@ -316,10 +396,13 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
         for epoch in range(start, cfg.epochs):
             _fail_for_tests(epoch)
             order = torch.randperm(len(data.train), generator=shuffle)
+            lr = opt.param_groups[0]["lr"]  # the lr of the epoch's first step
             tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
-                                           desc=f"epoch {epoch + 1}/{cfg.epochs} train")
+                                           desc=f"epoch {epoch + 1}/{cfg.epochs} train", schedule=sched,
+                                           augment=partial(augment, epoch=epoch) if augment else None)
             va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
-            row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
+            row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
+                   "lr": lr}
             history.append(row)
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
                   f"val loss {va_loss:.4f} acc {va_acc:.1f}")
@@ -332,8 +415,9 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
                 on_epoch(epoch, row)
             due = checkpoint_seconds <= 0 or time.monotonic() - last_write >= checkpoint_seconds
             if due or stop.requested:
-                _save_last(workdir, cfg, model, opt, shuffle, epoch, best, best_weights if lean else {},
-                           history, time.perf_counter() - t0, resume_extra, changed, frozen, io)
+                _save_last(workdir, cfg, model, opt, sched, shuffle, epoch, best,
+                           best_weights if lean else {}, history, time.perf_counter() - t0,
+                           resume_extra, changed, frozen, io)
                 last_write = time.monotonic()
             if stop.requested and epoch + 1 < cfg.epochs:
                 raise Terminated(f"SIGTERM: stopped after epoch {epoch + 1}, resumable state written")
@@ -378,11 +462,13 @@ def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> list[list[i
 
 
 def _save_last(workdir: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
-               shuffle: torch.Generator, epoch: int, best: dict, best_weights: dict, history: list[dict],
+               sched: torch.optim.lr_scheduler.LRScheduler | None, shuffle: torch.Generator,
+               epoch: int, best: dict, best_weights: dict, history: list[dict],
                elapsed: float, extra: dict | None, changed: set[str], frozen: str,
                io: checkpoint.IO) -> None:
     state = {"format": checkpoint.FORMAT, "key": cfg.key(), "config": asdict(cfg), "epoch": epoch,
              "model": checkpoint.lean_state(model, changed), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict() if sched is not None else None,
              "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "best": best,
              "best_model": best_weights, "frozen_sha256": frozen, "history": history,
              "elapsed": elapsed, "extra": extra or {}}

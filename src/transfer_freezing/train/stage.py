@@ -25,7 +25,9 @@ from . import tracking
 # cannot change its numbers, so changing them never conflicts with a resumed run's params.
 STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.batch_size", "train.lr",
                 "train.momentum", "train.weight_decay", "train.frozen_bn", "train.activation_cache",
-                "train.device", "train.compile", "tracking")
+                "train.device", "train.compile", "train.optimizer", "train.schedule",
+                "train.warmup_epochs", "train.augment", "train.augment_time_shift",
+                "train.augment_freq_mask", "train.augment_time_mask", "tracking")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_cla
         weight_decay=t["weight_decay"], frozen_bn=t["frozen_bn"], weights=t["weights"],
         weights_path=t["weights_path"], image_size=p["features"]["image_size"],
         num_classes=num_classes, device=t["device"], activation_cache=t["activation_cache"],
-        compile=t["compile"], fold=fold,
+        compile=t["compile"], fold=fold, optimizer=t["optimizer"], schedule=t["schedule"],
+        warmup_epochs=t["warmup_epochs"], augment=t["augment"], augment_time_shift=t["augment_time_shift"],
+        augment_freq_mask=t["augment_freq_mask"], augment_time_mask=t["augment_time_mask"],
     )
 
 
