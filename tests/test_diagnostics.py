@@ -6,6 +6,7 @@ import json
 import math
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from transfer_freezing import config
 from transfer_freezing.data.inputs import Split
 from transfer_freezing.model import freezing
 from transfer_freezing.model import registry as models
+from transfer_freezing.study import compare
 from transfer_freezing.train import core, diagnostics
 from transfer_freezing.train import stage as train_stage
 
@@ -206,3 +208,43 @@ def test_a_demo_run_writes_diagnostics_json_and_mlflow_metrics(tiny):
     assert run.data.metrics["cka.block_00"] == pytest.approx(1.0, abs=1e-6)
     assert {a.path for a in client.list_artifacts(run_id, "diagnostics")} == {
         "diagnostics/diagnostics.json", "diagnostics/diagnostics.png"}
+
+
+# --------------------------------------------------------------------------- the compare summary
+
+def _compared_runs() -> pd.DataFrame:
+    rows = []
+    for mode, moved in (("freeze_none", 0.02), ("freeze_patch_0_0", 0.01)):
+        for seed in (1, 2):
+            row = {"model": "vit_demo", "lr_source": "fixed", "freeze_mode": mode, "seed": seed,
+                   "test_acc": 50.0, "trainable_share": 0.5}
+            row |= {"weight_change.stem": 0.0 if mode != "freeze_none" else moved * seed,
+                    "weight_change.block_00": 0.0 if mode != "freeze_none" else moved * seed,
+                    "weight_change.block_01": moved * seed, "weight_change.head": 1.0,
+                    "cka.block_00": 1.0 if mode != "freeze_none" else 0.9, "cka.block_01": 0.8 + 0.1 * seed}
+            rows.append(row)
+    rows.append({"model": "vit_demo", "lr_source": "fixed", "freeze_mode": "freeze_none", "seed": 3,
+                 "test_acc": 50.0, "trainable_share": 0.5})  # an older run: no diagnostics
+    return pd.DataFrame(rows)
+
+
+def test_compare_summarises_diagnostics_per_mode_and_part_in_forward_order():
+    table = compare.diagnostics_summary(_compared_runs())
+    none = table[table["freeze_mode"] == "freeze_none"].set_index("part")
+    assert list(none.index) == ["stem", "block_00", "block_01", "head"]
+    assert none.loc["block_01", "weight_change"] == pytest.approx(0.03)  # mean of 0.02 and 0.04
+    assert none.loc["block_01", "cka"] == pytest.approx(0.95) and set(none["n_runs"]) == {2}
+    assert pd.isna(none.loc["head", "cka"])
+    frozen = table[table["freeze_mode"] == "freeze_patch_0_0"].set_index("part")
+    assert frozen.loc["block_00", "weight_change"] == 0.0 and frozen.loc["block_00", "cka"] == 1.0
+
+
+def test_compare_writes_the_diagnostics_section_and_says_when_there_are_none(tmp_path):
+    section = compare._write_diagnostics(_compared_runs(), tmp_path)
+    assert "vit_demo: relative weight change" in section and "1 run(s) logged no diagnostics" in section
+    assert len(pd.read_csv(tmp_path / compare.NAMES["diagnostics"])) == 8
+    assert (tmp_path / compare.NAMES["diagnostics_png"]).stat().st_size > 10_000
+    old = _compared_runs().filter(regex=r"^(?!weight_change\.|cka\.)")
+    assert "No diagnostics" in compare._write_diagnostics(old, tmp_path)
+    assert pd.read_csv(tmp_path / compare.NAMES["diagnostics"]).empty
+    assert (tmp_path / compare.NAMES["diagnostics_png"]).is_file()
