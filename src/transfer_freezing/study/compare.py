@@ -13,8 +13,8 @@ from .. import atomic
 from ..config import Params
 from ..data import features
 from ..errors import UserError
+from ..train import diagnostics, tracking
 from ..train import stage as train_stage
-from ..train import tracking
 from . import baseline, evaluation, figures, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
@@ -196,15 +196,9 @@ def diagnostics_summary(runs: pd.DataFrame) -> pd.DataFrame:
     out["n_runs"] = out["n_runs"].fillna(0).astype(int)
     order = {m: i for i, m in enumerate(pd.unique(runs["freeze_mode"]))}
     out["_mode"] = out["freeze_mode"].map(order)
-    out["_part"] = out["part"].map(_part_order)
+    out["_part"] = out["part"].map(diagnostics.part_order)
     out = out.sort_values(["model", "lr_source", "_mode", "_part"], kind="stable")
     return out.drop(columns=["_mode", "_part"])[columns].reset_index(drop=True)
-
-
-def _part_order(part: str) -> tuple[int, int]:
-    if part.startswith("block_"):
-        return (1, int(part.removeprefix("block_")))
-    return ({"stem": 0, "tail": 2, "head": 3}.get(part, 4), 0)
 
 
 def _write_diagnostics(runs: pd.DataFrame, out: Path) -> str:
@@ -225,7 +219,7 @@ def _write_diagnostics(runs: pd.DataFrame, out: Path) -> str:
             wide = group.pivot_table(index="freeze_mode", columns="part", values=kind, sort=False)
             if wide.empty:
                 continue
-            wide = wide.reindex(columns=sorted(wide.columns, key=_part_order))
+            wide = wide.reindex(columns=sorted(wide.columns, key=diagnostics.part_order))
             runs_per_mode = group.groupby("freeze_mode", sort=False)["n_runs"].max()
             wide.insert(0, "runs", runs_per_mode.reindex(wide.index).astype(int).astype(str))
             shown = wide.map(lambda v, f=fmt: v if isinstance(v, str) else "–" if pd.isna(v) else f.format(v))

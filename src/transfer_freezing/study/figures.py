@@ -253,6 +253,7 @@ def _reference_label(effects: pd.DataFrame) -> str:
 DEPTH_COLUMNS = ("model", "freeze_mode", "trainable_share", "test_acc")
 DEPTH_JITTER_DEX = 0.012  # multiplicative x jitter of the per-run points, in decades
 LABEL_STACK_DEX = 0.15  # mode labels of means closer than this on x (decades) are stacked
+LABEL_LEVELS = 4  # ... at most this many high, then from the bottom again (a 14-depth curve stays inside)
 
 
 DEPTH_CONFIDENCE = 0.95  # the band around each depth curve: t interval of the mean over runs
@@ -351,7 +352,7 @@ def _label_means(
     level, previous = 0, -math.inf
     for _, row in means.iterrows():
         x = float(np.log10(row["share_pct"]))
-        level = level + 1 if x - previous < LABEL_STACK_DEX else 0
+        level = (level + 1) % LABEL_LEVELS if x - previous < LABEL_STACK_DEX else 0
         previous = x
         dy = -(11 + 9 * level) if below else 6 + 9 * level
         right = row["share_pct"] >= right_from

@@ -135,6 +135,13 @@ def parts(model_name: str) -> tuple[Part, ...]:
     return tuple(out)
 
 
+def part_order(name: str) -> tuple[int, int]:
+    """Sort key of a part name in forward order: stem, block_00, block_01, ..., tail, head."""
+    if name.startswith("block_"):
+        return (1, int(name.removeprefix("block_")))
+    return ({"stem": 0, "tail": 2, "head": 3}.get(name, 4), 0)
+
+
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights: its state dict without BatchNorm running statistics."""
     return {k: v.detach() for k, v in model.state_dict().items()

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from .. import atomic  # noqa: E402
 from . import tracking
+from .diagnostics import part_order
 
 
 def per_class_accuracy(confusion: list[list[int]], classes: list[str]) -> dict[str, float]:
@@ -56,7 +57,7 @@ def log_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> 
 def plot_diagnostics(diagnostics: dict, path: Path) -> None:
     """Two panels by part: relative weight change (log scale; frozen parts at 0 are marked on the
     axis) and CKA between the initial and the fine-tuned representation per block."""
-    names = list(diagnostics["parts"])
+    names = sorted(diagnostics["parts"], key=part_order)
     change = np.array([_finite(diagnostics["parts"][n].get("weight_change")) for n in names])
     blocks = [n for n in names if "cka" in diagnostics["parts"][n]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names)), 6.0))
