@@ -85,6 +85,23 @@ def test_relative_change_equals_a_planted_perturbation():
     assert diagnostics.relative_change(before, before) == 0.0
 
 
+def test_weight_change_of_a_part_equals_a_planted_perturbation_of_that_part_only():
+    torch.manual_seed(0)
+    initial = models.build("vit_demo", 10, 32)
+    tuned = copy.deepcopy(initial)
+    block = tuned.get_submodule("encoder.layers.encoder_layer_3")
+    with torch.no_grad():
+        params = list(block.parameters())
+        norm = math.sqrt(sum(float(p.double().square().sum()) for p in params))
+        noise = [torch.randn(p.shape, generator=_gen(9), dtype=torch.float64) for p in params]
+        scale = 0.05 * norm / math.sqrt(sum(float(n.square().sum()) for n in noise))
+        for p, n in zip(params, noise, strict=True):
+            p.add_((scale * n).float())
+    change = diagnostics.weight_changes("vit_demo", initial, tuned)
+    assert change.pop("block_03") == pytest.approx(0.05, rel=1e-4)
+    assert set(change.values()) == {0.0}
+
+
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_parts_cover_every_weight_once_in_forward_order(name):
     with torch.device("meta"):
