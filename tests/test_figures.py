@@ -257,7 +257,7 @@ def test_depth_figure_draws_runs_means_and_mode_labels() -> None:
         order = sorted(MODES, key=SHARES.get)  # the line runs from the smallest share up
         np.testing.assert_allclose(line.get_xdata(), [SHARES[m] * 100 for m in order])
         np.testing.assert_allclose(line.get_ydata(), expected[order].to_numpy())
-    scatters = ax.collections
+    scatters = [c for c in ax.collections if c.get_gid() != "depth_band"]
     assert [len(c.get_offsets()) for c in scatters] == [16, 16]  # every run is a point
     for c in scatters:
         x = c.get_offsets()[:, 0]
@@ -268,6 +268,33 @@ def test_depth_figure_draws_runs_means_and_mode_labels() -> None:
     near = {(t.get_color(), t.xyann) for t in labels if t.get_text() in {"freeze_none", "freeze_patch"}}
     assert len(near) == 4
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vit", "cnn"]
+
+
+def test_depth_band_is_the_t_interval_of_each_mean() -> None:
+    runs = _runs(("vit",))
+    (band,) = [c for c in depth_figure(runs).axes[0].collections if c.get_gid() == "depth_band"]
+    y = band.get_paths()[0].vertices[:, 1]
+    acc = runs.groupby("freeze_mode")["test_acc"]
+    half = 3.182446305284263 * acc.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4 runs)
+    assert y.max() == pytest.approx((acc.mean() + half).max())
+    assert y.min() == pytest.approx((acc.mean() - half).min())
+
+
+def test_depth_draws_both_architectures_and_keeps_other_strategies_off_the_curve() -> None:
+    rows = []
+    shares = {"vit_demo": {"freeze_none": 1.0, "freeze_patch_0_5": 0.5, "bitfit": 0.01},
+              "resnet_demo": {"freeze_none": 1.0, "freeze_0_1": 0.9, "freeze_0_1_2_3_4": 0.001}}
+    for model, modes in shares.items():
+        for mode, share in modes.items():
+            rows += [{"model": model, "freeze_mode": mode, "seed": s, "trainable_share": share,
+                      "test_acc": 50.0 + s} for s in range(3)]
+    ax = depth_figure(pd.DataFrame(rows)).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"vit_demo", "resnet_demo"}
+    np.testing.assert_allclose(lines["vit_demo"].get_xdata(), [50.0, 100.0])  # bitfit is not a depth
+    np.testing.assert_allclose(lines["resnet_demo"].get_xdata(), [0.1, 90.0, 100.0])
+    assert len([c for c in ax.collections if c.get_gid() == "depth_band"]) == 2
+    assert "bitfit" in [t.get_text() for t in ax.texts if t.get_gid() == "mode_label"]
 
 
 def test_depth_splits_series_by_lr_source_when_several() -> None:

@@ -57,10 +57,17 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     floor = pd.read_csv(repro / "reports/baseline.csv")
     assert list(floor["cell"]) == [0] and floor["test_acc"].iloc[0] > 20  # chance is 10 %
     assert "**Floor to beat:**" in markdown
+    diag = pd.read_csv(repro / "reports/freezing_diagnostics.csv")
+    probe = diag[diag["freeze_mode"] == "freeze_patch_0_11"].set_index("part")
+    assert (probe.drop("head")["weight_change"] == 0).all() and probe.loc["head", "weight_change"] > 0
+    assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
+    assert "### Why: weight change and representation change per block" in markdown
+    assert (repro / "reports/freezing_diagnostics.png").stat().st_size > 10_000
     for freeze in ("freeze_none", "freeze_patch_0_11"):
         for seed in (1, 2):
             run = repro / f"models/vit_demo/{freeze}/seed{seed}/fold0"
-            assert {"model.pt", "metrics.json", "run.json", "history.csv", "predictions.csv"} <= {
+            assert {"model.pt", "metrics.json", "run.json", "history.csv", "predictions.csv",
+                    "diagnostics.json"} <= {
                 p.name for p in run.iterdir()}
             preds = pd.read_csv(run / "predictions.csv")
             assert preds.groupby("split").size().to_dict() == {"test": 20, "val": 20}
@@ -119,6 +126,8 @@ def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path):
     assert table.loc["freeze_patch_0_11", "test_mean"] == pytest.approx(63.1, abs=0.05)
     assert table.loc["freeze_patch_0_5", "t_p"] == pytest.approx(0.253, abs=0.002)
     assert (tmp_path / "out/freezing_comparison.png").is_file()
+    assert "No diagnostics" in (tmp_path / "out/freezing_comparison.md").read_text()
+    assert (tmp_path / "out/freezing_diagnostics.png").is_file()
 
 
 def test_compare_from_the_original_csv_prints_its_val_test_disagreement_and_a_plan(tmp_path):

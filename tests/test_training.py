@@ -63,6 +63,11 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     got, want = _metrics(tiny), json.loads(clean_metrics.read_text())
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch"):
         assert got[key] == want[key]
+    # diagnostics measure from the run's true start (rebuilt from seed), not the resume point
+    resumed_diag, clean_diag = (json.loads((root / "diagnostics.json").read_text())["parts"]
+                                for root in (tiny / RUN, clean_metrics.parent))
+    for part, entry in clean_diag.items():
+        assert resumed_diag[part] == pytest.approx(entry, rel=1e-6)
     run_id = json.loads((tiny / RUN / "run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
     history = mlflow.MlflowClient().get_metric_history(run_id, "val_acc")

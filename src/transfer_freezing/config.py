@@ -128,6 +128,7 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.device": ("auto", choice("auto", "cpu", "cuda")),
     "train.compile": (False, boolean()),
     "train.checkpoint_seconds": (60.0, non_negative_float()),
+    "train.diagnostics_clips": (256, non_negative_int()),
     "train.out": ("models", text()),
     "train.cpus_per_run": (1.0, positive_float()),
     "train.gpus_per_run": (1.0, fraction()),

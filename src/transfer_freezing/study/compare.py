@@ -13,8 +13,8 @@ from .. import atomic
 from ..config import Params
 from ..data import features
 from ..errors import UserError
+from ..train import diagnostics, tracking
 from ..train import stage as train_stage
-from ..train import tracking
 from . import baseline, evaluation, figures, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
@@ -23,7 +23,9 @@ CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.w
 NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
          "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json",
          "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv",
-         "conditions": "condition_contrast.csv"}
+         "conditions": "condition_contrast.csv", "diagnostics": "freezing_diagnostics.csv",
+         "diagnostics_png": "freezing_diagnostics.png"}
+DIAGNOSTICS = ("weight_change", "cka")  # the per-part MLflow metric families of train/diagnostics.py
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def _row(c: CompareConfig, cell: tuple[str, str, int, int], run_id: str, run) ->
             "test_acc": m["test_acc"], "best_val_acc": m["best_val_acc"],
             "trainable_share": m["trainable_share"], "frozen_blocks": int(m["frozen_blocks"]),
             "lr": float(run.data.params["run.lr"]),
-            "lr_source": run.data.tags.get("lr_source", "fixed")}
+            "lr_source": run.data.tags.get("lr_source", "fixed"),
+            **{k: v for k, v in sorted(m.items()) if k.split(".", 1)[0] in DIAGNOSTICS}}
 
 
 def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
@@ -160,6 +163,7 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
         checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
         markdown += _baseline_markdown(summary, floor)
+    markdown += _write_diagnostics(runs, out)
     atomic.write_text(out / NAMES["md"], markdown + "\n")
     atomic.write_text(out / NAMES["csv"], summary.to_csv(index=False))
     atomic.write_text(out / NAMES["runs"], runs.to_csv(index=False))
@@ -168,6 +172,71 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
     if runs["trainable_share"].notna().all() if "trainable_share" in runs else False:
         figures.plot_depth(runs, out / NAMES["depth"])
     return summary
+
+
+def diagnostics_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean weight change and mean CKA per (model, lr_source, freeze_mode, part) over the runs that
+    logged them (``weight_change.<part>`` / ``cka.<block>`` columns of ``collect``), parts in forward
+    order; ``n_runs`` counts the runs behind each mean. Empty when no run has diagnostics."""
+    columns = ["model", "lr_source", "freeze_mode", "part", "weight_change", "cka", "n_runs"]
+    metric_cols = [c for c in runs.columns if c.split(".", 1)[0] in DIAGNOSTICS]
+    if not metric_cols:
+        return pd.DataFrame(columns=columns)
+    keys = ["model", "lr_source", "freeze_mode"]
+    table = runs.copy()
+    table["lr_source"] = table["lr_source"].fillna("fixed") if "lr_source" in table else "fixed"
+    long = table.melt(id_vars=keys, value_vars=metric_cols, var_name="metric").dropna(subset=["value"])
+    if long.empty:
+        return pd.DataFrame(columns=columns)
+    long[["kind", "part"]] = long["metric"].str.split(".", n=1, expand=True)
+    # the runs behind a part: those with its weight change (every diagnosed run logs one)
+    index = keys + ["part"]
+    counts = long[long["kind"] == "weight_change"].groupby(index, sort=False).size().rename("n_runs")
+    means = long.pivot_table(index=index, columns="kind", values="value", aggfunc="mean", sort=False)
+    out = means.reindex(columns=list(DIAGNOSTICS)).join(counts).reset_index()
+    out["n_runs"] = out["n_runs"].fillna(0).astype(int)
+    order = {m: i for i, m in enumerate(pd.unique(runs["freeze_mode"]))}
+    out["_mode"] = out["freeze_mode"].map(order)
+    out["_part"] = out["part"].map(diagnostics.part_order)
+    out = out.sort_values(["model", "lr_source", "_mode", "_part"], kind="stable")
+    return out.drop(columns=["_mode", "_part"])[columns].reset_index(drop=True)
+
+
+def _write_diagnostics(runs: pd.DataFrame, out: Path) -> str:
+    """The per-mode diagnostics CSV and figure under ``out``; returns the Markdown section."""
+    table = diagnostics_summary(runs)
+    atomic.write_text(out / NAMES["diagnostics"], table.to_csv(index=False))
+    title = "\n### Why: weight change and representation change per block\n\n"
+    if table.empty:
+        figures.plot_message("no diagnostics: these runs logged no weight change or CKA "
+                             "(trained before train/diagnostics.py)", out / NAMES["diagnostics_png"])
+        return title + "No diagnostics: the compared runs logged no weight change or CKA.\n"
+    figures.plot_diagnostics(table, out / NAMES["diagnostics_png"])
+    lines = [title.rstrip("\n"), ""]
+    for (model, source), group in table.groupby(["model", "lr_source"], sort=False):
+        label = model if set(table["lr_source"]) == {"fixed"} else f"{model} ({source} lr)"
+        for kind, what, fmt in (("weight_change", "relative weight change ‖θ − θ₀‖ / ‖θ₀‖", "{:.3g}"),
+                                ("cka", "CKA (initial, fine-tuned)", "{:.3f}")):
+            wide = group.pivot_table(index="freeze_mode", columns="part", values=kind, sort=False)
+            if wide.empty:
+                continue
+            wide = wide.reindex(columns=sorted(wide.columns, key=diagnostics.part_order))
+            runs_per_mode = group.groupby("freeze_mode", sort=False)["n_runs"].max()
+            wide.insert(0, "runs", runs_per_mode.reindex(wide.index).astype(int).astype(str))
+            shown = wide.map(lambda v, f=fmt: v if isinstance(v, str) else "–" if pd.isna(v) else f.format(v))
+            lines += [f"**{label}: {what}**, mean over runs", "",
+                      shown.reset_index().rename(columns={"freeze_mode": "freeze mode"}).to_markdown(
+                          index=False, disable_numparse=True), ""]
+    missing = runs.loc[runs.filter(like="weight_change.").isna().all(axis=1)] if any(
+        c.startswith("weight_change.") for c in runs.columns) else runs
+    if len(missing):
+        lines.append(f"{len(missing)} run(s) logged no diagnostics (trained before train/diagnostics.py); "
+                     "the means are over the others.")
+    lines.append("Weight change: over each part's weights (stem, every block, tail, head); 0 = frozen. "
+                 "CKA: unbiased linear CKA between the initial and the fine-tuned model's block outputs on "
+                 "a fixed sample of test clips (ViT: class token; ResNet: pooled stage output); see "
+                 "train/diagnostics.py.")
+    return "\n".join(lines) + "\n"
 
 
 def _decisive_markdown(summary: pd.DataFrame, checks: dict, margin: float, confidence: float) -> str:

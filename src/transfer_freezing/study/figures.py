@@ -1,5 +1,6 @@
 """Study figures: the comparison (test accuracy per freeze mode, mean ± std band with per-seed points),
-the forest plot of differences to the reference mode, and accuracy against trainable share."""
+the forest plot of differences to the reference mode, accuracy against trainable share (every
+architecture on one axis), and the per-block diagnostics (weight change and CKA per mode)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
+from scipy import stats as sps
 
 from ..atomic import atomic_path
 from ..errors import UserError, require_table
+from ..model import freezing
 from .stats import validate_runs
 
 JITTER_SEED = 0
@@ -256,13 +259,20 @@ def _reference_label(effects: pd.DataFrame) -> str:
 DEPTH_COLUMNS = ("model", "freeze_mode", "trainable_share", "test_acc")
 DEPTH_JITTER_DEX = 0.012  # multiplicative x jitter of the per-run points, in decades
 LABEL_STACK_DEX = 0.15  # mode labels of means closer than this on x (decades) are stacked
+LABEL_LEVELS = 4  # ... at most this many high, then from the bottom again (a 14-depth curve stays inside)
+
+
+DEPTH_CONFIDENCE = 0.95  # the band around each depth curve: t interval of the mean over runs
 
 
 def plot_depth(runs: pd.DataFrame, path: str | Path) -> None:
     """Test accuracy against trainable share (log x, in %), all models on one axis, saved atomically.
 
-    Every run is a (slightly jittered) point; per model (and lr source, when ``runs`` has several)
-    a line joins the per-mode means, each labelled with its freeze mode.
+    Every run is a (slightly jittered) point. Per model (and lr source, when ``runs`` has several)
+    one line joins the per-mode means of the prefix family (the depth curve: ``freeze_none``,
+    ``freeze_patch``, ``freeze_patch_0_<k>``; ResNet's ``freeze_0_..``) with a band of the 95 % t
+    interval of each mean over runs; modes of other families (surgical, BitFit, LayerNorm, frozen
+    class token) are means without a line. Every mean is labelled with its freeze mode.
     """
     fig = depth_figure(runs)
     _save(fig, path)
@@ -291,9 +301,19 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
             zorder=2,
         )
         mean = means[means["series"] == series]
+        curve = mean[mean["on_curve"]]
+        ax.fill_between(
+            curve["share_pct"],
+            curve["ci_low"],
+            curve["ci_high"],
+            color=colour,
+            alpha=0.18,
+            linewidth=0,
+            gid="depth_band",
+        )
         ax.plot(
-            mean["share_pct"],
-            mean["test_mean"],
+            curve["share_pct"],
+            curve["test_mean"],
             color=colour,
             marker="o",
             markersize=7,
@@ -301,6 +321,19 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
             label=series,
             zorder=3,
         )
+        other = mean[~mean["on_curve"]]
+        if not other.empty:
+            ax.errorbar(
+                other["share_pct"],
+                other["test_mean"],
+                yerr=[other["test_mean"] - other["ci_low"], other["ci_high"] - other["test_mean"]],
+                fmt="D",
+                color=colour,
+                markersize=6,
+                linestyle="none",
+                zorder=3,
+                gid="other_family",
+            )
         _label_means(ax, mean, colour, below=i % 2 == 1, right_from=right_from)
     ax.set_xscale("log")
     ax.set_xlim(
@@ -309,6 +342,8 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
     ax.set_xlabel("Trainable parameters (% of model, log scale)")
     ax.set_ylabel("Test accuracy (%)")
+    ax.set_title(f"lines: prefix depths, band {DEPTH_CONFIDENCE:.0%} CI of the mean over runs; "
+                 "diamonds: other strategies", fontsize="small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", frameon=True)
     return fig
@@ -323,7 +358,7 @@ def _label_means(
     level, previous = 0, -math.inf
     for _, row in means.iterrows():
         x = float(np.log10(row["share_pct"]))
-        level = level + 1 if x - previous < LABEL_STACK_DEX else 0
+        level = (level + 1) % LABEL_LEVELS if x - previous < LABEL_STACK_DEX else 0
         previous = x
         dy = -(11 + 9 * level) if below else 6 + 9 * level
         right = row["share_pct"] >= right_from
@@ -340,16 +375,34 @@ def _label_means(
 
 
 def _depth_means(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (series, freeze_mode): ``share_pct`` (median trainable share in %) and ``test_mean``,
-    sorted by share within each series; ``runs`` is the output of the depth validation."""
+    """Per (series, freeze_mode): ``share_pct`` (median trainable share in %), ``test_mean``, the
+    t interval ``ci_low``/``ci_high`` of the mean (NaN below two runs) and ``on_curve`` (a prefix-family
+    mode), sorted by share within each series; ``runs`` is the output of the depth validation."""
     grouped = runs.groupby(["series", "freeze_mode"], sort=False)
     means = grouped.agg(
+        model=("model", "first"),
         share_pct=("trainable_share", lambda s: float(s.median()) * 100),
         test_mean=("test_acc", "mean"),
+        test_sd=("test_acc", lambda s: float(s.std(ddof=1)) if len(s) > 1 else math.nan),
+        n=("test_acc", "size"),
     ).reset_index()
+    half = sps.t.ppf(0.5 + DEPTH_CONFIDENCE / 2, (means["n"] - 1).clip(lower=1)) * means["test_sd"] / np.sqrt(
+        means["n"])
+    means["ci_low"], means["ci_high"] = means["test_mean"] - half, means["test_mean"] + half
+    means["on_curve"] = [_on_depth_curve(m, f)
+                         for m, f in zip(means["model"], means["freeze_mode"], strict=True)]
     order = {s: i for i, s in enumerate(pd.unique(runs["series"]))}
     means["_order"] = means["series"].map(order)
-    return means.sort_values(["_order", "share_pct"], kind="stable").drop(columns="_order")
+    means = means.sort_values(["_order", "share_pct"], kind="stable")
+    return means.drop(columns=["_order", "test_sd", "model"])
+
+
+def _on_depth_curve(model: str, mode: str) -> bool:
+    """Whether ``mode`` is a prefix depth of ``model`` (models outside the registry: every mode)."""
+    try:
+        return freezing.family_of(model, mode) == "prefix"
+    except UserError:
+        return True
 
 
 def _validate_depth(runs: pd.DataFrame) -> pd.DataFrame:
@@ -399,3 +452,59 @@ def plot_message(message: str, path: str | Path) -> None:
     fig = Figure(figsize=(6, 1.5), layout="constrained")
     fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     _save(fig, path)
+
+
+# --- diagnostics: weight change and CKA per block, one line per freeze mode ------------------------
+
+DIAGNOSTICS_COLUMNS = ("model", "lr_source", "freeze_mode", "part", "weight_change", "cka")
+ZERO_MARK_SHARE = 0.25  # a frozen part (weight change 0) is drawn at this fraction of the smallest change
+
+
+def plot_diagnostics(table: pd.DataFrame, path: str | Path) -> None:
+    """Per model (and lr source) a row of two panels, saved atomically: the mean CKA between the
+    initial and the fine-tuned representation by block, and the mean relative weight change by part
+    (log scale; 0, a frozen part, is drawn as an x below the smallest change), one line per mode.
+
+    ``table`` is ``compare.diagnostics_summary``: one row per (model, lr_source, freeze_mode, part)
+    with parts in forward order.
+    """
+    fig = diagnostics_figure(table)
+    _save(fig, path)
+
+
+def diagnostics_figure(table: pd.DataFrame) -> Figure:
+    """The figure ``plot_diagnostics`` saves."""
+    require_table(table, DIAGNOSTICS_COLUMNS, "diagnostics table", "no diagnostics to plot")
+    groups = list(table.groupby(["model", "lr_source"], sort=False))
+    several_sources = table["lr_source"].nunique() > 1
+    fig = Figure(figsize=(13.0, 4.2 * len(groups)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    for (ax_cka, ax_change), ((model, source), group) in zip(axes, groups, strict=True):
+        parts = list(pd.unique(group["part"]))
+        blocks = [p for p in parts if group.loc[group["part"] == p, "cka"].notna().any()]
+        changes = group["weight_change"].to_numpy(float)
+        positive = changes[np.isfinite(changes) & (changes > 0)]
+        zero_at = positive.min() * ZERO_MARK_SHARE if positive.size else 1e-6
+        for i, (mode, rows) in enumerate(group.groupby("freeze_mode", sort=False)):
+            colour = f"C{i % 10}"
+            cka = rows.set_index("part")["cka"].reindex(blocks).to_numpy(float)
+            ax_cka.plot(range(len(blocks)), cka, marker="o", markersize=4, color=colour, label=mode)
+            change = rows.set_index("part")["weight_change"].reindex(parts).to_numpy(float)
+            x = np.arange(len(parts))
+            shown = np.where(change > 0, change, np.nan)
+            ax_change.plot(x, shown, marker="o", markersize=4, color=colour, label=mode)
+            zero = change == 0
+            ax_change.scatter(x[zero], np.full(zero.sum(), zero_at), marker="x", color=colour, s=22)
+        name = f"{model} ({source} lr)" if several_sources else str(model)
+        ax_cka.set_xticks(range(len(blocks)), blocks, rotation=45, ha="right", fontsize="small")
+        ax_cka.set_ylabel("CKA (initial, fine-tuned)")
+        ax_cka.set_title(f"{name}: representation change by block (1 = unchanged)", fontweight="bold")
+        ax_cka.grid(alpha=0.3)
+        ax_cka.legend(loc="best", fontsize="x-small", frameon=True)
+        ax_change.set_xticks(range(len(parts)), parts, rotation=45, ha="right", fontsize="small")
+        ax_change.set_yscale("log")
+        ax_change.set_ylabel("‖θ − θ₀‖ / ‖θ₀‖  (x: 0, frozen)")
+        ax_change.set_title(f"{name}: relative weight change by part", fontweight="bold")
+        ax_change.grid(alpha=0.3, which="both")
+    return fig

@@ -100,12 +100,26 @@ def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
     initialisation) and checked against the stored hash, so a checkpoint is never applied to
     other base weights.
     """
-    from ..model import freezing
-    from ..model import registry as models
+    state = read_model(path)
+    model = base_model(state, path, weights_path)
+    apply(model, state["weights"])
+    return model
 
+
+def read_model(path: str | Path) -> dict:
+    """The stored dict of a ``model.pt``: ``weights`` (the changed part), ``config``, ``frozen_sha256``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != FORMAT:
         raise UserError(f"{path} is not a {FORMAT} checkpoint of this project")
+    return state
+
+
+def base_model(state: dict, path: str | Path, weights_path: str | None = None) -> nn.Module:
+    """The model a ``model.pt`` run started from: the seeded build with its weights and freeze mode,
+    checked against the stored frozen-weights hash (``load_model`` without the trained part)."""
+    from ..model import freezing
+    from ..model import registry as models
+
     cfg = state["config"]
     torch.manual_seed(cfg["seed"])
     model = models.build(cfg["model"], cfg["num_classes"], cfg["image_size"], cfg["weights"],
@@ -115,5 +129,4 @@ def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
     if frozen_hash(model, changed_keys(model)) != state["frozen_sha256"]:
         raise UserError(f"{path} was trained on other base weights than {cfg['model']} has here "
                         f"(weights: {cfg['weights']}); its frozen-weights hash does not match")
-    apply(model, state["weights"])
     return model

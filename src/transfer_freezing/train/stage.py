@@ -17,8 +17,8 @@ from ..errors import UserError
 from ..model import freezing
 from ..model import registry as models
 from . import core as training
+from . import diagnostics, tracking
 from . import run_reports as reports
-from . import tracking
 
 # The params the train stage lists in dvc.yaml (tests/test_training.py compares): a run logs
 # exactly these as MLflow params, plus its resolved ``run.*`` settings. Other keys of params.yaml
@@ -27,7 +27,7 @@ STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.ba
                 "train.momentum", "train.weight_decay", "train.frozen_bn", "train.activation_cache",
                 "train.device", "train.compile", "train.optimizer", "train.schedule",
                 "train.warmup_epochs", "train.augment", "train.augment_time_shift",
-                "train.augment_freq_mask", "train.augment_time_mask", "tracking")
+                "train.augment_freq_mask", "train.augment_time_mask", "train.diagnostics_clips", "tracking")
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,17 @@ def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0) -> dict:
     logged = {**stage_params(p), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
     return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
-                      checkpoint_seconds=p["train"]["checkpoint_seconds"])
+                      checkpoint_seconds=p["train"]["checkpoint_seconds"],
+                      diagnostics_clips=p["train"]["diagnostics_clips"])
 
 
 def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
-               full_params: dict | None = None, checkpoint_seconds: float = 60.0) -> dict:
-    """Run one cell, log it to MLflow, write model.pt, metrics.json and run.json atomically.
+               full_params: dict | None = None, checkpoint_seconds: float = 60.0,
+               diagnostics_clips: int = 0) -> dict:
+    """Run one cell, log it to MLflow, write model.pt, metrics.json, diagnostics.json and run.json.
+
+    ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
+    ``diagnostics_clips`` >= 4 the CKA of every block on that many test clips.
 
     A cell killed by SIGKILL resumes here from its ``last.pt`` into the same MLflow run; Ctrl-C
     or SIGTERM mark the run KILLED and keep the checkpoint; a run that can no longer be resumed
@@ -160,6 +165,10 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
         table = predictions_table(result, meta["classes"])
         atomic.write_text(out / PREDICTIONS, table.to_csv(index=False))
         tracking.log_artifact(out / PREDICTIONS, "evaluation")
+        diag = diagnostics.from_checkpoint(out / "model.pt", data.test, diagnostics_clips,
+                                           training.pick_device(cfg.device), cfg.batch_size)
+        diagnostics.write(diag, out / diagnostics.FILE)
+        reports.log_diagnostics(diag, diagnostics.metrics(diag), out / diagnostics.FILE)
         # The checkpoint itself is a DVC output (one copy on disk); MLflow records where it is.
         tracking.set_tags({"checkpoint_path": (out / "model.pt").as_posix(),
                            "checkpoint_sha256": _sha256(out / "model.pt"),
