@@ -129,8 +129,9 @@ def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
 
     from conftest import REPO
 
-    listed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"]
-    assert tuple(listed) == train_stage.STAGE_PARAMS
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS
+    assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS
 
 
 def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
