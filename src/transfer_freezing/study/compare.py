@@ -213,7 +213,8 @@ def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:
     best = summary.loc[summary["test_mean"].idxmax()]
     return (f"\n**Floor to beat:** logistic regression on per-mel-band statistics (study/baseline.py), "
             f"trained and scored on the same {len(floor)} cell(s) and clips: test acc {mean:.1f}{spread} %. "
-            f"Best deep mode: {best['model']} {best['freeze_mode']} {best['test_mean']:.1f} % "
+            f"Best deep mode: {best['model']} {best['freeze_mode']} ({best['lr_source']} lr) "
+            f"{best['test_mean']:.1f} % "
             f"({best['test_mean'] - mean:+.1f} pp against the floor).\n")
 
 
