@@ -127,6 +127,10 @@ def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
         folder = "${train.out}/${item.model}/${item.freeze}/" + source + "/seed${item.seed}/fold${item.fold}/"
         assert all(o.startswith(folder) for o in outs), name
     assert {"sweep.models", "sweep.freeze_modes"} <= set(stages["compare"]["params"])
+    # A sweep re-runs on its own settings, not when another mode joins the grid.
+    swept = {k for k in stages["sweep"]["params"] if k.startswith("sweep")}
+    grid = {"sweep.models", "sweep.freeze_modes"}
+    assert swept == {k for k in config.SCHEMA if k.startswith("sweep.")} - grid
 
 
 # --------------------------------------------------------------------------- the sweep's objective
