@@ -33,10 +33,10 @@ def test_two_training_processes_share_one_sqlite_store(tiny: Path) -> None:
     (exp,) = [e for e in client.search_experiments() if e.name == "tiny"]
     runs = client.search_runs([exp.experiment_id])
     names = sorted(r.info.run_name for r in runs)
-    assert names == [f"vit_demo/freeze_patch_0_11/seed{k}/fold0" for k in (1, 2)]
+    assert names == [f"vit_demo/freeze_patch_0_11/fixed/seed{k}/fold0" for k in (1, 2)]
     assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in runs)
     for seed in (1, 2):
-        run_dir = tiny / f"models/vit_demo/freeze_patch_0_11/seed{seed}/fold0"
+        run_dir = tiny / f"models/vit_demo/freeze_patch_0_11/fixed/seed{seed}/fold0"
         run_json = json.loads((run_dir / "run.json").read_text())
         assert run_json["run_id"] in {r.info.run_id for r in runs}
 
@@ -63,7 +63,7 @@ def test_train_jobs_runs_the_seeds_side_by_side(tiny: Path) -> None:
     assert proc.stdout.count("test acc") == 2
     client = mlflow.MlflowClient(f"sqlite:///{tiny}/mlruns/mlflow.db")
     for seed in (1, 2):
-        run_dir = tiny / f"models/vit_demo/freeze_patch_0_11/seed{seed}/fold0"
+        run_dir = tiny / f"models/vit_demo/freeze_patch_0_11/fixed/seed{seed}/fold0"
         run_id = json.loads((run_dir / "run.json").read_text())
         assert client.get_run(run_id["run_id"]).info.status == "FINISHED"
 

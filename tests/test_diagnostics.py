@@ -208,7 +208,7 @@ def test_a_trained_class_token_changes_the_readout_of_frozen_blocks():
 def test_a_demo_run_writes_diagnostics_json_and_mlflow_metrics(tiny):
     p = config.load("params.yaml")
     train_stage.train(p, "vit_demo", "freeze_patch_0_5_cls", 1)
-    out = train_stage.run_dir(p["train"]["out"], "vit_demo", "freeze_patch_0_5_cls", 1)
+    out = train_stage.run_dir(p["train"]["out"], "vit_demo", "freeze_patch_0_5_cls", 1, 0, "fixed")
     diag = json.loads((out / diagnostics.FILE).read_text())
     blocks = [f"block_{i:02d}" for i in range(12)]
     assert set(diag["parts"]) == {"stem", *blocks, "tail", "head"}

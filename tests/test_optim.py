@@ -121,6 +121,6 @@ def test_sweep_trials_take_the_optimiser_and_schedule_and_start_their_own_study(
     names = set()
     for extra in ([], ["train.optimizer=adamw"], ["train.schedule=cosine"], ["train.augment=true"]):
         p = config.load(tmp_path / "params.yaml", extra)
-        cfg = train_stage.run_config(p, "vit_demo", "freeze_none", s.seed, 0.01, 3, epochs=s.epochs)
+        cfg = train_stage.run_config(p, "vit_demo", "freeze_none", s.seeds[0], 0.01, 3, epochs=s.epochs)
         names.add(sweep.study_name(cfg, s, "data", "code"))
     assert len(names) == 4

@@ -25,14 +25,21 @@ def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+# Both lr sources in one workspace: the fixed-lr grid (train.freeze_modes) and the tuned-lr grid.
+BOTH = {"sweep.freeze_modes": ["freeze_none", "freeze_patch_0_11"]}
+CELLS = [(freeze, source, seed) for source in ("fixed", "tuned")
+         for freeze in ("freeze_none", "freeze_patch_0_11") for seed in (1, 2)]
+KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
+
+
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repository with tiny params, after one `dvc repro`."""
+    """A git + DVC copy of the repository with tiny params (both lr sources), after one `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):  # .gitignore: mlruns/ is not in git
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    write_params(root)
+    write_params(root, **BOTH)
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=root)
@@ -42,40 +49,58 @@ def repro(tmp_path_factory) -> Path:
 
 
 def test_repro_writes_table_figure_and_per_run_outputs(repro):
+    # One `dvc repro`, both lr sources: one table, each source judged against its own reference.
     table = pd.read_csv(repro / "reports/freezing_comparison.csv")
-    assert list(table["freeze_mode"]) == ["freeze_none", "freeze_patch_0_11"]
-    assert list(table["n"]) == [2, 2]
+    assert list(zip(table["lr_source"], table["freeze_mode"], strict=True)) == [
+        ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"),
+        ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
+    assert list(table["n"]) == [2, 2, 2, 2]
     assert (repro / "reports/freezing_comparison.png").stat().st_size > 10_000
     markdown = (repro / "reports/freezing_comparison.md").read_text()
     assert "freeze_patch_0_11" in markdown and "Decisive comparison: per-clip predictions" in markdown
-    judged = table.set_index("freeze_mode").loc["freeze_patch_0_11"]
-    assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
-    assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
-    assert judged["n_runs"] == 2 and judged["n_clips"] == 20
+    assert "| vit_demo | fixed" in markdown and "| vit_demo | tuned" in markdown
+    for source in ("fixed", "tuned"):
+        judged = table.set_index(["lr_source", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
+        assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+        assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
+        assert judged["n_runs"] == 2 and judged["n_clips"] == 20
+    stats = json.loads((repro / "reports/freezing_stats.json").read_text())
+    assert {"vit_demo/freeze_patch_0_11", "vit_demo/freeze_patch_0_11/tuned"} <= set(stats)
+    runs = pd.read_csv(repro / "reports/freezing_runs.csv")
+    for freeze in ("freeze_none", "freeze_patch_0_11"):
+        sweep = json.loads((repro / f"reports/sweep/vit_demo-{freeze}.json").read_text())
+        assert sweep["seeds"] == [101, 102] and sweep["folds"] == [0]
+        for trial in sweep["trials"]:  # a trial's value: the mean over its (seed, fold) runs
+            assert [(r["seed"], r["fold"]) for r in trial["runs"]] == [(101, 0), (102, 0)]
+            if trial["state"] == "complete":
+                assert trial["value"] == pytest.approx(np.mean([r["best_val_acc"] for r in trial["runs"]]))
+        tuned = runs[(runs["lr_source"] == "tuned") & (runs["freeze_mode"] == freeze)]
+        assert len(tuned) == 2 and (tuned["lr"] == sweep["best_lr"]).all()
+    assert (runs.loc[runs["lr_source"] == "fixed", "lr"] == 0.01).all()
     assert (repro / "reports/freezing_forest.png").stat().st_size > 10_000
     assert (repro / "reports/freezing_depth.png").stat().st_size > 10_000
     floor = pd.read_csv(repro / "reports/baseline.csv")
     assert list(floor["cell"]) == [0] and floor["test_acc"].iloc[0] > 20  # chance is 10 %
     assert "**Floor to beat:**" in markdown
     diag = pd.read_csv(repro / "reports/freezing_diagnostics.csv")
-    probe = diag[diag["freeze_mode"] == "freeze_patch_0_11"].set_index("part")
+    probe = diag[(diag["freeze_mode"] == "freeze_patch_0_11") & (diag["lr_source"] == "fixed")]
+    probe = probe.set_index("part")
     assert (probe.drop("head")["weight_change"] == 0).all() and probe.loc["head", "weight_change"] > 0
     assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
     assert "### Why: weight change and representation change per block" in markdown
     assert (repro / "reports/freezing_diagnostics.png").stat().st_size > 10_000
-    for freeze in ("freeze_none", "freeze_patch_0_11"):
-        for seed in (1, 2):
-            run = repro / f"models/vit_demo/{freeze}/seed{seed}/fold0"
-            assert {"model.pt", "metrics.json", "run.json", "history.csv", "predictions.csv",
-                    "diagnostics.json"} <= {
-                p.name for p in run.iterdir()}
-            preds = pd.read_csv(run / "predictions.csv")
-            assert preds.groupby("split").size().to_dict() == {"test": 20, "val": 20}
-            probs = preds.filter(regex="^p_")
-            assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-            metrics = json.loads((run / "metrics.json").read_text())
-            test = preds[preds["split"] == "test"]
-            assert metrics["test_acc"] == pytest.approx(100 * test["correct"].mean())
+    for freeze, source, seed in CELLS:
+        run = repro / f"models/vit_demo/{freeze}/{source}/seed{seed}/fold0"
+        assert {"model.pt", "metrics.json", "run.json", "history.csv", "predictions.csv",
+                "diagnostics.json"} <= {
+            p.name for p in run.iterdir()}
+        preds = pd.read_csv(run / "predictions.csv")
+        assert preds.groupby("split").size().to_dict() == {"test": 20, "val": 20}
+        probs = preds.filter(regex="^p_")
+        assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        metrics = json.loads((run / "metrics.json").read_text())
+        test = preds[preds["split"] == "test"]
+        assert metrics["test_acc"] == pytest.approx(100 * test["correct"].mean())
     split = pd.read_csv(repro / "data/split.csv")
     assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
     assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()
@@ -96,8 +121,30 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
         assert "train@vit_demo-freeze_none-1-0" in changed and "features:" not in changed
+        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
     finally:
         params.write_text(original)
+
+
+def test_each_lr_source_reruns_on_its_own_lr_only(repro):
+    # train.lr is the fixed cells' lr, not the tuned ones'; a sweep result is the tuned cells' only.
+    params = repro / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("lr: 0.01", "lr: 0.02"))
+    try:
+        changed = sh("dvc", "status", cwd=repro).stdout
+        assert "train@vit_demo-freeze_none-1-0" in changed and "train_tuned@" not in changed
+    finally:
+        params.write_text(original)
+    result = repro / "reports/sweep/vit_demo-freeze_none.json"
+    written = result.read_text()
+    result.write_text(written.replace('"best_lr": ', '"best_lr": 1e-4, "was": '))
+    try:
+        changed = sh("dvc", "status", cwd=repro).stdout
+        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
+        assert "train_tuned@vit_demo-freeze_patch_0_11-1-0" not in changed and "train@" not in changed
+    finally:
+        result.write_text(written)
 
 
 def test_metrics_show_lists_every_run(repro):
@@ -145,9 +192,9 @@ def test_dvc_yaml_lists_every_stage_as_a_tfreeze_subcommand():
     import yaml
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"data", "features", "train", "compare", "sweep"}
+    assert set(stages) == {"data", "features", "train", "train_tuned", "compare", "sweep"}
     for name, stage in stages.items():
-        assert stage["cmd"].startswith(f"tfreeze {name}")
+        assert stage["cmd"].startswith(f"tfreeze {name.removesuffix('_tuned')}")
 
 
 def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(repro, tmp_path):
@@ -155,13 +202,16 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     shutil.copytree(repro, work, symlinks=True)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=work)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock", cwd=work)
-    ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", cwd=work).stdout
+    # sweep.models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops its rows.
+    ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "sweep.models=[]",
+             cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran and "Running stage 'features'" not in ran
+    assert "Running stage 'train_tuned@" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
     assert "one-epoch" in shown
     metrics = pd.read_csv(work / "reports/freezing_runs.csv")
-    assert len(metrics) == 4
-    assert (work / "models/vit_demo/freeze_none/seed1/fold0/history.csv").read_text().count("\n") == 2
+    assert len(metrics) == 4 and set(metrics["lr_source"]) == {"fixed"}
+    assert (work / "models/vit_demo/freeze_none/fixed/seed1/fold0/history.csv").read_text().count("\n") == 2
 
 
 def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path):
@@ -169,7 +219,7 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     `dvc commit` itself; `dvc repro` then runs only the rest."""
     work = tmp_path / "jobs"
     shutil.copytree(repro, work, symlinks=True)
-    write_params(work, **{"train.epochs": 1})
+    write_params(work, **BOTH, **{"train.epochs": 1, "sweep.models": []})  # fixed cells only
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     out = tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--jobs", "2", cwd=work, env=env)
     assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
@@ -178,7 +228,7 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     ran = sh("dvc", "repro", cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_patch_0_11-1-0'" in ran
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
-    assert (work / "models/vit_demo/freeze_none/seed2/fold0/history.csv").read_text().count("\n") == 2
+    assert (work / "models/vit_demo/freeze_none/fixed/seed2/fold0/history.csv").read_text().count("\n") == 2
 
 
 def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
@@ -197,7 +247,7 @@ def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
 def _copy(repro: Path, dest: Path, **params) -> Path:
     shutil.copytree(repro, dest, symlinks=True)
     if params:
-        write_params(dest, **params)
+        write_params(dest, **BOTH, **params)
     return dest
 
 
@@ -220,21 +270,21 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TFREEZE_KILL_AFTER_EPOCH": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     killed = subprocess.run(["dvc", "repro", "-s", stage], cwd=work, env=env, capture_output=True, text=True)
-    assert killed.returncode != 0 and (work / "models/vit_demo/freeze_none/seed1/fold0/last.pt").is_file()
+    assert killed.returncode != 0 and (work / KILLED / "last.pt").is_file()
     (orphan,) = [r for r in _stage_runs(work, stage) if r.info.status == "RUNNING"]
 
     resumed = sh("dvc", "repro", "-s", stage, cwd=work).stdout
     assert "resuming vit_demo/freeze_none/seed1/fold0 after epoch 2" in resumed and "ignoring" not in resumed
 
-    run_id = json.loads((work / "models/vit_demo/freeze_none/seed1/fold0/run.json").read_text())["run_id"]
+    run_id = json.loads((work / KILLED / "run.json").read_text())["run_id"]
     assert run_id == orphan.info.run_id
     statuses = {r.info.run_id: r.info.status for r in _stage_runs(work, stage)}
     assert statuses[run_id] == "FINISHED" and "RUNNING" not in statuses.values()
     clean = tmp_path / "clean"
     tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--seed", "1",
             "--set", f"train.out={clean}", cwd=work)
-    got = json.loads((work / "models/vit_demo/freeze_none/seed1/fold0/metrics.json").read_text())
-    want = json.loads((clean / "vit_demo/freeze_none/seed1/fold0/metrics.json").read_text())
+    got = json.loads((work / "models/vit_demo/freeze_none/fixed/seed1/fold0/metrics.json").read_text())
+    want = json.loads((clean / "vit_demo/freeze_none/fixed/seed1/fold0/metrics.json").read_text())
     assert {k: got[k] for k in ("test_acc", "test_loss", "best_val_acc", "best_epoch")} == {
         k: want[k] for k in ("test_acc", "test_loss", "best_val_acc", "best_epoch")}
 
@@ -242,14 +292,14 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
 def test_settings_that_cannot_change_a_feature_byte_retrain_nothing(repro, tmp_path):
     work = _copy(repro, tmp_path / "knobs", **{"features.workers": 2, "data.path": "/elsewhere/audio"})
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'features'" not in ran and "Running stage 'train@" not in ran
+    assert "Running stage 'features'" not in ran and "Running stage 'train" not in ran
     assert "Running stage 'sweep@" not in ran and "Running stage 'compare'" not in ran
 
 
 def test_output_paths_flow_from_params_into_the_pipeline(repro, tmp_path):
     work = _copy(repro, tmp_path / "paths", **{"compare.out": "tables"})
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'compare'" in ran and "Running stage 'train@" not in ran
+    assert "Running stage 'compare'" in ran and "Running stage 'train" not in ran
     assert (work / "tables/freezing_comparison.csv").is_file()
 
 
@@ -260,6 +310,7 @@ def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_re
     out.unlink()
     ran = sh("dvc", "repro", cwd=work).stdout
     assert "Running stage 'sweep@" not in ran and out.read_text() == written
+    assert "Running stage 'train_tuned@" not in ran  # the restored result is the same bytes
 
     sh("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=work)
     sh("dvc", "push", "--run-cache", cwd=work)
@@ -281,7 +332,7 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
 
     work = _copy(repro, tmp_path / "exps")
     _commit(work, "lock")
-    one = ["-S", "train.epochs=1", "-S", "train.seeds=[1]"]  # two cells per experiment: enough
+    one = ["-S", "train.epochs=1", "-S", "train.seeds=[1]", "-S", "sweep.models=[]"]  # two fixed-lr cells
     sh("dvc", "exp", "run", "--temp", "-n", "temp-exp", *one, cwd=work)
     sh("dvc", "exp", "run", "--queue", "-n", "queued-exp", *one, "-S", "train.momentum=0.8", cwd=work)
     sh("dvc", "queue", "start", "-j", "1", cwd=work)

@@ -29,7 +29,7 @@ from conftest import TFREEZE, tfreeze, write_params
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-CELLS = ["vit_demo/freeze_patch_0_11/seed1/fold0", "vit_demo/freeze_patch_0_11/seed2/fold0"]
+CELLS = ["vit_demo/freeze_patch_0_11/fixed/seed1/fold0", "vit_demo/freeze_patch_0_11/fixed/seed2/fold0"]
 SAME = ("predictions.csv", "history.csv", "model.pt")
 
 
@@ -64,7 +64,7 @@ def test_a_grid_across_two_nodes_survives_a_lost_worker(tiny: Path, tmp_path: Pa
     assert sum("(resumed from its checkpoint)" in line for line in lines) == 1, grid.stdout
     assert sum("outputs copied back" in line for line in lines) == 1, grid.stdout
     assert len(list((tmp_path / "scratch").glob("*/.inputs"))) == 1  # features unpacked there once
-    assert not list((tmp_path / "scratch").glob("*/models/vit_demo/freeze_patch_0_11/*/*/*"))
+    assert not list((tmp_path / "scratch").glob("*/models/vit_demo/freeze_patch_0_11/*/*/*/*"))
 
     # The same cells one at a time with plain `tfreeze train`: identical outputs and metrics.
     tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", cwd=clean)
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_the_grid_and_its_runs_end_killed(tiny: Path) -> None:
                               text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 150
-        while len(list((tiny / "models").glob("*/*/*/*/last.pt"))) < 2:  # both runs are training
+        while len(list((tiny / "models").glob("*/*/*/*/*/last.pt"))) < 2:  # both runs are training
             assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
             time.sleep(0.5)
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

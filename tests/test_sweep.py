@@ -73,11 +73,17 @@ def check_mlflow(proj: Path, ts, extra_failed: int = 0) -> None:
     assert all(c.info.status == "FINISHED" for c in done)
     failed = [c for c in children if c.data.tags.get("state") == "failed"]
     assert len(failed) == extra_failed and all(c.info.status == "FAILED" for c in failed)
-    for c in done:
-        assert "lr" in c.data.params and "val_acc" in c.data.metrics
-        history = mlflow.MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db").get_metric_history(
-            c.info.run_id, "val_acc")
-        assert [m.step for m in history] == list(range(len(history))) and 1 <= len(history) <= 2
+    for c in done:  # per run of the trial its own curve; the first run always finishes
+        assert "lr" in c.data.params and c.data.params["seeds"] == "[101, 102]"
+        first = mlflow.MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db").get_metric_history(
+            c.info.run_id, "seed101/fold0/val_acc")
+        assert [m.step for m in first] == [0, 1]
+        reported = mlflow.MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db").get_metric_history(
+            c.info.run_id, "mean_best_val_acc")
+        assert [m.step for m in reported] == list(range(len(reported))) and 1 <= len(reported) <= 2
+        if c.data.tags["state"] == "complete":
+            per_run = [c.data.metrics[f"best_val_acc/seed{k}/fold0"] for k in (101, 102)]
+            assert c.data.metrics["best_val_acc"] == pytest.approx(np.mean(per_run))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["sweep_finalised_trials"] == str(N)
     assert {"best_lr", "best_val_acc"} <= set(parent.data.metrics)
@@ -105,9 +111,10 @@ def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -
     assert all(p["sweep"]["lr_low"] <= r["lr"] <= p["sweep"]["lr_high"] for r in written["trials"])
     assert written["storage"] == p["sweep"]["storage"] and written["study"].startswith(f"{MODEL}-{FREEZE}-")
     check_mlflow(proj, ts)
-    # train.lr: sweep reads it
-    tuned = train_stage.resolve_lr(params(**{"train.lr": "sweep"}), MODEL, FREEZE)
-    assert tuned == (best.params["lr"], "sweep")
+    # a tuned-lr cell reads it
+    tuned = train_stage.resolve_lr(p, MODEL, FREEZE, "tuned", 1)
+    assert tuned == (best.params["lr"], {"lr_study": written["study"]})
+    assert written["seeds"] == [101, 102] and all(len(r["runs"]) == 2 for r in written["trials"])
 
     # Rerun: nothing trains, nothing is rewritten, MLflow is unchanged.
     mtime = out.stat().st_mtime_ns

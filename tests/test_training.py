@@ -13,7 +13,7 @@ from transfer_freezing.train import stage as train_stage
 from conftest import tfreeze
 
 CELL = ["--model", "vit_demo", "--freeze", "freeze_patch_0_5", "--seed", "1"]
-RUN = Path("models/vit_demo/freeze_patch_0_5/seed1/fold0")
+RUN = Path("models/vit_demo/freeze_patch_0_5/fixed/seed1/fold0")
 
 
 def _metrics(root: Path) -> dict:
@@ -27,7 +27,8 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
     run = client.get_run(run_info["run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "vit_demo/freeze_patch_0_5/seed1/fold0"
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "vit_demo/freeze_patch_0_5/fixed/seed1/fold0"
     assert run.data.params["train.epochs"] == "2" and run.data.params["run.freeze"] == "freeze_patch_0_5"
     assert run.data.metrics["test_acc"] == metrics["test_acc"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1]
@@ -134,8 +135,9 @@ def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
 
     from conftest import REPO
 
-    listed = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["params"]
-    assert tuple(listed) == train_stage.STAGE_PARAMS
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS
+    assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS
 
 
 def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
@@ -144,7 +146,7 @@ def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
     (orphan,) = _runs(tiny, STAGE)
     assert orphan.info.status == "RUNNING"
     again = tfreeze("train", *CELL, "--set", "train.lr=0.02", cwd=tiny)
-    assert "ignoring models/vit_demo/freeze_patch_0_5/seed1/fold0/last.pt" in again.stdout
+    assert "ignoring models/vit_demo/freeze_patch_0_5/fixed/seed1/fold0/last.pt" in again.stdout
     assert "other settings (lr 0.01 -> 0.02)" in again.stdout
     assert again.stdout.count("ignoring") == 1
     by_id = {r.info.run_id: r for r in _runs(tiny, STAGE)}
@@ -194,8 +196,10 @@ def test_status_lists_done_resumable_failed_and_missing_cells(tiny):
     states = {line.split()[0]: line.split()[1] for line in shown.splitlines()[:-1]}
     assert states == {"train@vit_demo-freeze_none-1-0": "done", "train@vit_demo-freeze_none-2-0": "resumable",
                       "train@vit_demo-freeze_patch_0_11-1-0": "failed",
-                      "train@vit_demo-freeze_patch_0_11-2-0": "missing"}
-    assert shown.splitlines()[-1] == "1 done, 1 resumable, 1 failed, 1 missing"
+                      "train@vit_demo-freeze_patch_0_11-2-0": "missing",
+                      "train_tuned@vit_demo-freeze_none-1-0": "missing",
+                      "train_tuned@vit_demo-freeze_none-2-0": "missing"}
+    assert shown.splitlines()[-1] == "1 done, 1 resumable, 1 failed, 3 missing"
 
 
 def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(tiny):
@@ -206,7 +210,7 @@ def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(t
 
     p = config.load("params.yaml")
     metrics = train_stage.train(p, "vit_demo", "freeze_patch_0_11", 1)
-    path = tiny / "models/vit_demo/freeze_patch_0_11/seed1/fold0/model.pt"
+    path = tiny / "models/vit_demo/freeze_patch_0_11/fixed/seed1/fold0/model.pt"
     assert path.stat().st_size < 32_000  # the head (1,930 weights), not the 5.5 M frozen ones
     assert metrics["checkpoint_bytes"] >= path.stat().st_size
     model = checkpoint.load_model(path).eval()

@@ -26,16 +26,28 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
     print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
 
 
-def _grid(p: config.Params, section: str, args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
-    models = [args.model] if args.model else p[section]["models"]
-    modes = [args.freeze] if args.freeze else p[section]["freeze_modes"]
-    seeds = [args.seed] if args.seed is not None else p[section].get("seeds", [p[section].get("seed")])
-    folds = [args.fold] if getattr(args, "fold", None) is not None else p[section].get("folds", [0])
-    return [(m, f, s, k) for m in models for f in modes for s in seeds for k in folds]
+def _train_cells(p: config.Params, args: argparse.Namespace) -> list[tuple[str, str, int, int, str]]:
+    """The train cells the arguments select: each axis as given, else the params grid's.
+
+    The lr source: --lr-source; else, when --model or --freeze picks cells, fixed (a tuned cell is
+    asked for by name); else both grids, fixed-lr cells first.
+    """
+    from .train import stage as train_stage
+
+    t = p["train"]
+    axes = {"fixed": (t["models"], t["freeze_modes"]),
+            "tuned": (p["sweep"]["models"], p["sweep"]["freeze_modes"])}
+    sources = ([args.lr_source] if args.lr_source else
+               ["fixed"] if args.model or args.freeze else list(train_stage.LR_SOURCES))
+    return [(m, f, seed, fold, source) for source in sources
+            for m in ([args.model] if args.model else axes[source][0])
+            for f in ([args.freeze] if args.freeze else axes[source][1])
+            for seed in ([args.seed] if args.seed is not None else t["seeds"])
+            for fold in ([args.fold] if args.fold is not None else t["folds"])]
 
 
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
-    cells = _grid(p, "train", args)
+    cells = _train_cells(p, args)
     if args.address or ((args.jobs or 1) > 1 and len(cells) > 1):
         from .train import executor
 
@@ -43,22 +55,26 @@ def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
         return
     from .train import stage as train_stage
 
-    for model, freeze, seed, fold in cells:
-        train_stage.train(p, model, freeze, seed, fold)
+    for model, freeze, seed, fold, lr_source in cells:
+        train_stage.train(p, model, freeze, seed, fold, lr_source)
 
 
 def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
-    studies = [(model, freeze) for model, freeze, _, _ in _grid(p, "sweep", args)]
+    if args.seed is not None:
+        raise UserError(f"tfreeze sweep --seed {args.seed}: a trial trains every seed of sweep.seeds; "
+                        f"set them with --set 'sweep.seeds=[{args.seed}, ...]'")
+    models = [args.model] if args.model else p["sweep"]["models"]
+    modes = [args.freeze] if args.freeze else p["sweep"]["freeze_modes"]
+    studies = [(model, freeze) for model in models for freeze in modes]
     if args.address or args.workers > 1:
         from .train import executor
 
-        executor.sweep_workers(p, studies, args.seed, args.params, args.overrides, args.workers,
-                               _ray_address(args))
+        executor.sweep_workers(p, studies, args.params, args.overrides, args.workers, _ray_address(args))
         return
     from .train import sweep
 
     for model, freeze in studies:
-        sweep.run_study(p, model, freeze, seed=args.seed)
+        sweep.run_study(p, model, freeze)
 
 
 def _ray_address(args: argparse.Namespace) -> str | None:
@@ -111,7 +127,7 @@ def _cell(sub: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "data": (cmd_data, "materialise raw audio under data/raw/ (synthetic, gtzan or folder)"),
     "features": (cmd_features, "split the corpus and compute log-mel spectrogram arrays"),
-    "train": (cmd_train, "train (model, freeze mode, seed) cells, tracked in MLflow"),
+    "train": (cmd_train, "train (model, freeze mode, seed, fold, lr source) cells, tracked in MLflow"),
     "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode)"),
     "compare": (cmd_compare, "freezing comparison table, statistics and figure from MLflow"),
     "status": (cmd_status, "every train cell: done, resumable, failed, running or missing"),
@@ -133,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
         if name in ("train", "sweep"):
             _cell(sub)
     subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: train.folds)")
+    subs.choices["train"].add_argument(
+        "--lr-source", choices=("fixed", "tuned"),
+        help="fixed-lr cells (train.lr) or tuned-lr ones (the sweep's best lr); default: both grids, "
+             "or fixed when --model/--freeze pick cells")
     subs.choices["train"].add_argument(
         "--jobs", type=int, metavar="N",
         help="run N cells at once as Ray tasks (embedded Ray on this machine unless --address; "

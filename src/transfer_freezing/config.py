@@ -72,8 +72,22 @@ def non_empty_list(item: Rule) -> Rule:
     )
 
 
-def lr_rule() -> Rule:
-    return Rule("a number > 0 or the word 'sweep'", lambda x: x == "sweep" or (_num(x) and x > 0))
+def any_list(item: Rule) -> Rule:
+    return Rule(
+        f"a list (may be empty), each item {item.allowed}",
+        lambda x: isinstance(x, list) and all(item.check(i) for i in x),
+    )
+
+
+# Keys (value None: any value) and values that once meant something else: the one line that says
+# what to write instead.
+RETIRED: dict[tuple[str, str | None], str] = {
+    ("train.lr", "sweep"): "train.lr = 'sweep' is retired: tuned-lr cells are their own stage "
+                           "(train_tuned, over sweep.models x sweep.freeze_modes, reading each sweep's "
+                           "best lr) next to the fixed-lr ones; give train.lr a number (the fixed lr)",
+    ("sweep.seed", None): "sweep.seed is now sweep.seeds: a list of training seeds for the trials, "
+                          "disjoint from train.seeds (e.g. sweep.seeds: [101, 102])",
+}
 
 
 # Every key params.yaml may hold, its default (the offline demo profile) and what it allows.
@@ -105,15 +119,16 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "features.dtype": ("float16", choice("float16", "uint8")),
     "features.workers": (0, non_negative_int()),
     "features.out": ("data/features", text()),
-    "train.models": (["vit_b_16"], non_empty_list(text())),
-    "train.freeze_modes": (["freeze_none"], non_empty_list(text())),
+    # The fixed-lr grid: an empty list turns it off (the tuned-lr grid is sweep.models x freeze_modes).
+    "train.models": (["vit_b_16"], any_list(text())),
+    "train.freeze_modes": (["freeze_none"], any_list(text())),
     "train.seeds": ([1], non_empty_list(non_negative_int())),
     "train.folds": ([0], non_empty_list(non_negative_int())),
     "train.weights": ("none", choice("none", "imagenet")),
     "train.weights_path": (None, optional_text()),
     "train.epochs": (20, positive_int()),
     "train.batch_size": (32, positive_int()),
-    "train.lr": (1e-3, lr_rule()),
+    "train.lr": (1e-3, positive_float()),
     "train.momentum": (0.9, non_negative_float()),
     "train.weight_decay": (0.0, non_negative_float()),
     "train.frozen_bn": ("eval", choice("eval", "train")),
@@ -132,13 +147,15 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.out": ("models", text()),
     "train.cpus_per_run": (1.0, positive_float()),
     "train.gpus_per_run": (1.0, fraction()),
-    "sweep.models": (["vit_b_16"], non_empty_list(text())),
-    "sweep.freeze_modes": (["freeze_none"], non_empty_list(text())),
+    # The swept (and tuned-lr trained) grid: an empty list turns the sweep and train_tuned off.
+    "sweep.models": (["vit_b_16"], any_list(text())),
+    "sweep.freeze_modes": (["freeze_none"], any_list(text())),
     "sweep.n_trials": (20, positive_int()),
     "sweep.lr_low": (1e-5, positive_float()),
     "sweep.lr_high": (1e-1, positive_float()),
     "sweep.epochs": (20, positive_int()),
-    "sweep.seed": (1, non_negative_int()),
+    "sweep.seeds": ([101, 102], non_empty_list(non_negative_int())),
+    "sweep.folds": ([0], non_empty_list(non_negative_int())),
     "sweep.sampler_seed": (0, non_negative_int()),
     "sweep.pruner_warmup_epochs": (1, non_negative_int()),
     "sweep.pruner_startup_trials": (3, non_negative_int()),
@@ -187,6 +204,9 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
     """Check every key and value of a flat ``{dotted.key: value}`` map; return the nested tree."""
     tree = defaults()
     for key, value in flat.items():
+        retired = RETIRED.get((key, value if isinstance(value, str) else None)) or RETIRED.get((key, None))
+        if retired:
+            raise UserError(f"{source}: {retired}")
         if key not in SCHEMA:
             raise UserError(f"{source}: unknown key {key!r}{_did_you_mean(key)}")
         rule = SCHEMA[key][1]
@@ -234,11 +254,14 @@ def _check_relations(p: Params, source: str) -> None:
             f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
         )
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
-    outside = [f for f in p["train"]["folds"] if f >= cells]
-    if outside:
-        allowed = (f"0 .. {cells - 1} (split.folds x split.repeats)" if cells > 1
-                   else f"[0] (split.scheme = {p['split']['scheme']!r} is one split)")
-        raise UserError(f"{source}: train.folds = {p['train']['folds']} has {outside}; allowed: {allowed}")
+    for section in ("train", "sweep"):
+        outside = [f for f in p[section]["folds"] if f >= cells]
+        if outside:
+            allowed = (f"0 .. {cells - 1} (split.folds x split.repeats)" if cells > 1
+                       else f"[0] (split.scheme = {p['split']['scheme']!r} is one split)")
+            raise UserError(f"{source}: {section}.folds = {p[section]['folds']} has {outside}; "
+                            f"allowed: {allowed}")
+    _check_lr_study(p, source)
     if p["split"]["scheme"] == "filtered" and p["data"]["source"] != "gtzan":
         raise UserError(
             f"{source}: split.scheme = 'filtered' needs data.source = 'gtzan' "
@@ -246,6 +269,21 @@ def _check_relations(p: Params, source: str) -> None:
         )
     if p["data"]["source"] in ("gtzan", "folder") and not p["data"]["path"] and not p["data"]["download"]:
         raise UserError(f"{source}: data.source = {p['data']['source']!r} needs data.path (the audio tree)")
+
+
+def _check_lr_study(p: Params, source: str) -> None:
+    """The two lr sources: something to train, and sweep trials that never replay a training run."""
+    t, s = p["train"], p["sweep"]
+    if not (t["models"] and t["freeze_modes"]) and not (s["models"] and s["freeze_modes"]):
+        raise UserError(f"{source}: nothing to train: the fixed-lr grid (train.models x train.freeze_modes) "
+                        "and the tuned-lr grid (sweep.models x sweep.freeze_modes) are both empty")
+    shared = sorted(set(s["seeds"]) & set(t["seeds"]))
+    if shared:
+        raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with train.seeds = "
+                        f"{t['seeds']}; a sweep trial must not replay a training run: use other seeds")
+    if len(set(s["seeds"])) * len(set(s["folds"])) < 2:
+        raise UserError(f"{source}: sweep.seeds = {s['seeds']} x sweep.folds = {s['folds']} is one run per "
+                        "trial; a trial averages at least two (add a seed or a fold)")
 
 
 def _check_imagenet(p: Params, source: str) -> None:

@@ -32,7 +32,7 @@ DIAGNOSTICS = ("weight_change", "cka")  # the per-part MLflow metric families of
 class CompareConfig:
     """The compare stage's inputs, resolved once: the grid's cells, where their runs are, the test."""
 
-    cells: tuple[tuple[str, str, int, int], ...]  # model, freeze mode, seed, fold cell
+    cells: tuple[train_stage.Cell, ...]  # model, freeze mode, seed, fold cell, lr source
     models_out: Path
     tracking: tracking.Tracking
     reference: str
@@ -47,8 +47,7 @@ class CompareConfig:
     @classmethod
     def from_params(cls, p: Params) -> CompareConfig:
         t = p["train"]
-        cells = tuple((m, f, s, k) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]
-                      for k in t["folds"])
+        cells = tuple(train_stage.grid(p))  # fixed-lr and tuned-lr cells: one table, lr source a column
         expected = {k: str(t[k.split(".", 1)[1]]) for k in CHECKED_PARAMS}
         expected["run.image_size"] = str(p["features"]["image_size"])
         folds = p["split"]["folds"] if p["split"]["scheme"] == "kfold" else None
@@ -61,12 +60,12 @@ class CompareConfig:
         return divmod(cell, self.folds) if self.folds else (0, cell)
 
 
-def _run_ids(c: CompareConfig) -> dict[tuple[str, str, int, int], str]:
+def _run_ids(c: CompareConfig) -> dict[train_stage.Cell, str]:
     ids = {}
     for cell in c.cells:
         path = train_stage.run_dir(c.models_out, *cell) / "run.json"
         if not path.is_file():
-            raise UserError(f"{path} not found; run: dvc repro {train_stage.stage_name(*cell)}")
+            raise UserError(f"{path} not found; run: dvc repro {train_stage.dvc_stage(*cell)}")
         ids[cell] = json.loads(path.read_text())["run_id"]
     return ids
 
@@ -78,8 +77,8 @@ def collect(c: CompareConfig) -> pd.DataFrame:
     return pd.DataFrame([_row(c, cell, run_id, fetched[run_id]) for cell, run_id in ids.items()])
 
 
-def _row(c: CompareConfig, cell: tuple[str, str, int, int], run_id: str, run) -> dict:
-    stage = f"dvc repro -f {train_stage.stage_name(*cell)}"
+def _row(c: CompareConfig, cell: train_stage.Cell, run_id: str, run) -> dict:
+    stage = f"dvc repro -f {train_stage.dvc_stage(*cell)}"
     uri = tracking.mask(c.tracking.uri)
     if run is None or run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is not in {uri}; "
@@ -102,8 +101,7 @@ def _row(c: CompareConfig, cell: tuple[str, str, int, int], run_id: str, run) ->
             "cell": cell[3], "run_id": run_id,
             "test_acc": m["test_acc"], "best_val_acc": m["best_val_acc"],
             "trainable_share": m["trainable_share"], "frozen_blocks": int(m["frozen_blocks"]),
-            "lr": float(run.data.params["run.lr"]),
-            "lr_source": run.data.tags.get("lr_source", "fixed"),
+            "lr": float(run.data.params["run.lr"]), "lr_source": cell[4],
             **{k: v for k, v in sorted(m.items()) if k.split(".", 1)[0] in DIAGNOSTICS}}
 
 
@@ -111,10 +109,10 @@ def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFram
     """Every run's per-clip predictions (its DVC output), keyed as ``evaluation.clip_table`` wants."""
     found = {}
     for row in runs.to_dict("records"):
-        path = train_stage.run_dir(c.models_out, row["model"], row["freeze_mode"], row["seed"],
-                                   row["cell"]) / train_stage.PREDICTIONS
+        cell = (row["model"], row["freeze_mode"], row["seed"], row["cell"], row["lr_source"])
+        path = train_stage.run_dir(c.models_out, *cell) / train_stage.PREDICTIONS
         if not path.is_file():
-            stage = train_stage.stage_name(row["model"], row["freeze_mode"], row["seed"], row["cell"])
+            stage = train_stage.dvc_stage(*cell)
             raise UserError(f"{path} not found; re-run: dvc repro -f {stage}")
         key = (row["model"], row["lr_source"], row["freeze_mode"], row["seed"], row["fold"], row["repeat"])
         found[key] = pd.read_csv(path)
@@ -285,7 +283,8 @@ def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:
     best = summary.loc[summary["test_mean"].idxmax()]
     return (f"\n**Floor to beat:** logistic regression on per-mel-band statistics (study/baseline.py), "
             f"trained and scored on the same {len(floor)} cell(s) and clips: test acc {mean:.1f}{spread} %. "
-            f"Best deep mode: {best['model']} {best['freeze_mode']} {best['test_mean']:.1f} % "
+            f"Best deep mode: {best['model']} {best['freeze_mode']} ({best['lr_source']} lr) "
+            f"{best['test_mean']:.1f} % "
             f"({best['test_mean'] - mean:+.1f} pp against the floor).\n")
 
 
@@ -347,14 +346,13 @@ def plan(p: Params, effect: float, csvs: list[str] | None = None) -> list[str]:
 def collect_local(c: CompareConfig) -> pd.DataFrame:
     """The grid's runs as far as their run folders tell (no MLflow needed): for planning."""
     rows = []
-    for model, freeze, seed, cell in c.cells:
-        folder = train_stage.run_dir(c.models_out, model, freeze, seed, cell)
+    for model, freeze, seed, cell, lr_source in c.cells:
+        folder = train_stage.run_dir(c.models_out, model, freeze, seed, cell, lr_source)
         if not (folder / train_stage.PREDICTIONS).is_file():
             continue
-        info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
         repeat, fold = c.repeat_fold(cell)
         rows.append({"model": model, "freeze_mode": freeze, "seed": seed, "fold": fold, "repeat": repeat,
-                     "cell": cell, "lr_source": info.get("lr_source", "fixed")})
+                     "cell": cell, "lr_source": lr_source})
     if not rows:
         raise UserError(f"no run of the grid has {train_stage.PREDICTIONS} under {c.models_out}; run the "
                         "study first, or pass --from-csv to plan from a per-seed table")

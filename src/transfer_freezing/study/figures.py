@@ -30,7 +30,7 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     """One panel per model: mean line, ±sd band and jittered per-seed points, saved atomically.
 
     ``summary`` is ``stats.summarize(runs)``; its row order gives the order of modes on the x axis.
-    Each lr source (``fixed`` / ``sweep``) gets its own colour; a legend names them.
+    Each lr source (``fixed`` / ``tuned``) gets its own colour; a legend names them.
     """
     runs = validate_runs(runs)
     if summary.empty:
@@ -179,7 +179,7 @@ def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
 
     Comparisons with a NaN estimate or interval are dropped. With several models each model's block
     is preceded by a header row (its name as label, NaN verdict). ``lr_source`` joins the label
-    (``mode (sweep lr)``) when not every drawn row is ``fixed``.
+    (``mode (tuned lr)``) when not every drawn row is ``fixed``.
     """
     effects = _validate_effects(effects)
     keep = effects[["estimate", "low", "high"]].notna().all(axis=1)

@@ -102,36 +102,39 @@ class Outcome:
 # --------------------------------------------------------------------------- driver
 
 
-def train_cells(p: Params, cells: list[tuple[str, str, int, int]], params: str, overrides: list[str],
-                jobs: int | None, address: str | None) -> None:
-    """``tfreeze train`` for each cell as a Ray task, ``jobs`` at a time (None: as many as fit)."""
-    grid = {(m, f, s, k) for m in p["train"]["models"] for f in p["train"]["freeze_modes"]
-            for s in p["train"]["seeds"] for k in p["train"]["folds"]}
+def train_cells(p: Params, cells: list[tuple[str, str, int, int, str]], params: str,
+                overrides: list[str], jobs: int | None, address: str | None) -> None:
+    """``tfreeze train`` for each (model, freeze, seed, fold, lr source) cell as a Ray task, ``jobs``
+    at a time (None: as many as fit)."""
+    from . import stage as train_stage
+
+    grid = set(train_stage.grid(p))
     out = _layout(p, "train.out")
     todo = []
-    for model, freeze, seed, fold in cells:
-        rel = f"{model}/{freeze}/seed{seed}/fold{fold}"
+    for cell in cells:
+        model, freeze, seed, fold, lr_source = cell
+        rel = train_stage.cell_name(*cell)
         todo.append(Job(
-            name=f"{model}/{freeze}/seed{seed}/fold{fold}",
-            command=("train", "--model", model, "--freeze", freeze, "--seed", str(seed), "--fold", str(fold)),
+            name=rel,
+            command=("train", "--model", model, "--freeze", freeze, "--seed", str(seed), "--fold", str(fold),
+                     "--lr-source", lr_source),
             outputs=((f"{out[0]}/{rel}", f"{out[1]}/{rel}"),),
-            # dvc.yaml's matrix names its stages like this (train.stage.stage_name)
-            stage=f"train@{model}-{freeze}-{seed}-{fold}" if (model, freeze, seed, fold) in grid else None,
+            stage=train_stage.dvc_stage(*cell) if cell in grid else None,
             run_dir=f"{out[1]}/{rel}"))
-    ship = [("features.out", None)] + ([("sweep.out", "*.json")] if p["train"]["lr"] == "sweep" else [])
+    tuned = any(cell[4] == "tuned" for cell in cells)
+    ship = [("features.out", None)] + ([("sweep.out", "*.json")] if tuned else [])
     run(p, todo, params, overrides, jobs, address, ship, what="runs")
 
 
-def sweep_workers(p: Params, studies: list[tuple[str, str]], seed: int | None, params: str,
-                  overrides: list[str], workers: int, address: str | None) -> None:
+def sweep_workers(p: Params, studies: list[tuple[str, str]], params: str, overrides: list[str],
+                  workers: int, address: str | None) -> None:
     """``workers`` ``tfreeze sweep`` processes per (model, freeze) study, as Ray tasks."""
     out = _layout(p, "sweep.out")
     grid = {(m, f) for m in p["sweep"]["models"] for f in p["sweep"]["freeze_modes"]}
-    extra = () if seed is None else ("--seed", str(seed))
     todo = [Job(name=f"sweep {model}/{freeze} worker {i + 1}",
-                command=("sweep", "--model", model, "--freeze", freeze, *extra),
+                command=("sweep", "--model", model, "--freeze", freeze),
                 outputs=((f"{out[0]}/{model}-{freeze}.json", f"{out[1]}/{model}-{freeze}.json"),),
-                stage=f"sweep@{model}-{freeze}" if (model, freeze) in grid and seed is None else None)
+                stage=f"sweep@{model}-{freeze}" if (model, freeze) in grid else None)
             for model, freeze in studies for i in range(workers)]
     env = {"OPTUNA_STORAGE": resolve_url(os.environ.get("OPTUNA_STORAGE") or p["sweep"]["storage"])}
     run(p, todo, params, overrides, workers, address, [("features.out", None)],

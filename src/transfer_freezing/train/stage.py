@@ -1,4 +1,13 @@
-"""The train stage: one grid cell (model, freeze mode, seed, fold) = features + training core + MLflow run."""
+"""The train stages: one grid cell (model, freeze mode, seed, fold, lr source) = features + training
+core + MLflow run.
+
+Two lr sources, two DVC stages over one layout: ``train@<model>-<freeze>-<seed>-<fold>`` trains with
+the fixed ``train.lr`` (grid: train.models x train.freeze_modes), ``train_tuned@…`` with the best lr
+of the sweep's ``<sweep.out>/<model>-<freeze>.json`` (grid: sweep.models x sweep.freeze_modes), both
+over train.seeds x train.folds, into ``<train.out>/<model>/<freeze>/<fixed|tuned>/seed<k>/fold<c>/``.
+A fixed cell depends on ``train.lr`` and never on a sweep; a tuned cell on its sweep JSON and never
+on ``train.lr``. An empty list turns a grid off.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +37,23 @@ STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.ba
                 "train.device", "train.compile", "train.optimizer", "train.schedule",
                 "train.warmup_epochs", "train.augment", "train.augment_time_shift",
                 "train.augment_freq_mask", "train.augment_time_mask", "train.diagnostics_clips", "tracking")
+# The train_tuned stage: the same, less train.lr (its lr is the sweep JSON, a dependency of its own).
+TUNED_STAGE_PARAMS = tuple(k for k in STAGE_PARAMS if k != "train.lr")
+
+LR_SOURCES = ("fixed", "tuned")
+# lr source -> its DVC stage (dvc.yaml's matrices name their cells <stage>@<model>-<freeze>-<seed>-<fold>)
+STAGES = {"fixed": "train", "tuned": "train_tuned"}
+
+Cell = tuple[str, str, int, int, str]  # model, freeze mode, seed, fold cell, lr source
+
+
+def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
+    """Every train cell of params, fixed-lr ones first: what dvc.yaml's two train stages hold."""
+    t, s = p["train"], p["sweep"]
+    axes = {"fixed": (t["models"], t["freeze_modes"]), "tuned": (s["models"], s["freeze_modes"])}
+    return [(m, f, seed, fold, source) for source, (models_, modes) in axes.items()
+            if lr_source in (None, source)
+            for m in models_ for f in modes for seed in t["seeds"] for fold in t["folds"]]
 
 
 @dataclass(frozen=True)
@@ -44,8 +70,8 @@ class Workspace:
         return cls(features.Store.from_params(p), Path(p["train"]["out"]), Path(p["sweep"]["out"]),
                    tracking.Tracking.from_params(p))
 
-    def run_dir(self, model: str, freeze: str, seed: int, fold: int = 0) -> Path:
-        return run_dir(self.models_out, model, freeze, seed, fold)
+    def run_dir(self, model: str, freeze: str, seed: int, fold: int, lr_source: str) -> Path:
+        return run_dir(self.models_out, model, freeze, seed, fold, lr_source)
 
     @property
     def cache_dir(self) -> Path:
@@ -61,23 +87,51 @@ class Workspace:
         return data, meta
 
 
-def run_dir(models_out: Path, model: str, freeze: str, seed: int, fold: int = 0) -> Path:
-    return Path(models_out) / model / freeze / f"seed{seed}" / f"fold{fold}"
+def run_dir(models_out: Path, model: str, freeze: str, seed: int, fold: int, lr_source: str) -> Path:
+    return Path(models_out) / model / freeze / lr_source / f"seed{seed}" / f"fold{fold}"
 
 
-def stage_name(model: str, freeze: str, seed: int, fold: int = 0) -> str:
-    """The DVC stage this cell is (dvc.yaml's matrix names it this way)."""
-    return os.environ.get("DVC_STAGE") or f"train@{model}-{freeze}-{seed}-{fold}"
+def cell_name(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
+    """The cell's MLflow run name (and its folder under train.out)."""
+    return f"{model}/{freeze}/{lr_source}/seed{seed}/fold{fold}"
 
 
-def resolve_lr(p: Params, model: str, freeze: str) -> tuple[float, str]:
-    """(learning rate, 'fixed' | 'sweep'): ``train.lr: sweep`` reads the sweep stage's best lr."""
-    if p["train"]["lr"] != "sweep":
-        return float(p["train"]["lr"]), "fixed"
-    path = Path(p["sweep"]["out"]) / f"{model}-{freeze}.json"
+def dvc_stage(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
+    """The DVC stage of a cell, as dvc.yaml's matrices name it."""
+    return f"{STAGES[lr_source]}@{model}-{freeze}-{seed}-{fold}"
+
+
+def stage_name(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
+    """The DVC stage this process runs (``DVC_STAGE`` inside ``dvc repro``), else the cell's."""
+    return os.environ.get("DVC_STAGE") or dvc_stage(model, freeze, seed, fold, lr_source)
+
+
+def sweep_json(p: Params, model: str, freeze: str) -> Path:
+    """The sweep stage's result for (model, freeze): a train_tuned cell's lr."""
+    return Path(p["sweep"]["out"]) / f"{model}-{freeze}.json"
+
+
+def resolve_lr(p: Params, model: str, freeze: str, lr_source: str, seed: int) -> tuple[float, dict]:
+    """(learning rate, provenance tags): ``train.lr``, or the best lr of the cell's sweep JSON.
+
+    A tuned cell refuses a sweep whose trials trained with its own seed: it would replay a trial.
+    """
+    if lr_source not in LR_SOURCES:
+        raise UserError(f"lr source {lr_source!r} is not allowed; expected one of {', '.join(LR_SOURCES)}")
+    if lr_source == "fixed":
+        return float(p["train"]["lr"]), {}
+    path = sweep_json(p, model, freeze)
     if not path.is_file():
-        raise UserError(f"train.lr = sweep but {path} does not exist; run: dvc repro sweep")
-    return float(json.loads(path.read_text())["best_lr"]), "sweep"
+        raise UserError(f"tuned-lr cell {model}/{freeze} needs {path}, which does not exist; "
+                        f"run: dvc repro sweep@{model}-{freeze}")
+    result = json.loads(path.read_text())
+    seeds = result.get("seeds")
+    if seeds is None or seed in seeds:
+        why = ("lacks its trial seeds (an older sweep)" if seeds is None
+               else f"trained its trials with seed {seed}")
+        raise UserError(f"{path} {why}; a tuned cell with seed {seed} must not replay a trial: "
+                        f"re-run the sweep (dvc repro -f sweep@{model}-{freeze})")
+    return float(result["best_lr"]), {"lr_study": str(result.get("study", ""))}
 
 
 def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_classes: int,
@@ -95,30 +149,31 @@ def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_cla
     )
 
 
-def stage_params(p: Params) -> dict[str, object]:
-    """The ``STAGE_PARAMS`` keys of ``p``, flattened (a section name stands for all its keys)."""
+def stage_params(p: Params, lr_source: str = "fixed") -> dict[str, object]:
+    """The stage's params keys of ``p``, flattened (a section name stands for all its keys)."""
+    keys = STAGE_PARAMS if lr_source == "fixed" else TUNED_STAGE_PARAMS
     flat = config.flat(p)
     return {k: v for k, v in flat.items()
-            if any(k == key or k.startswith(key + ".") for key in STAGE_PARAMS)}
+            if any(k == key or k.startswith(key + ".") for key in keys)}
 
 
-def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0) -> dict:
-    """The train stage's entry point: resolve params once, then run the cell."""
+def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_source: str = "fixed") -> dict:
+    """The train stages' entry point: resolve params once, then run the cell."""
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
-    lr, lr_source = resolve_lr(p, model, freeze)
+    lr, provenance = resolve_lr(p, model, freeze, lr_source, seed)
     ws = Workspace.from_params(p)
     meta = ws.features.read_meta()
     cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
-    logged = {**stage_params(p), **{f"run.{k}": v for k, v in asdict(cfg).items()},
+    logged = {**stage_params(p, lr_source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
     return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
                       checkpoint_seconds=p["train"]["checkpoint_seconds"],
-                      diagnostics_clips=p["train"]["diagnostics_clips"])
+                      diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance)
 
 
 def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
                full_params: dict | None = None, checkpoint_seconds: float = 60.0,
-               diagnostics_clips: int = 0) -> dict:
+               diagnostics_clips: int = 0, extra_tags: dict[str, str] | None = None) -> dict:
     """Run one cell, log it to MLflow, write model.pt, metrics.json, diagnostics.json and run.json.
 
     ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
@@ -132,16 +187,16 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     if cfg.weights == "imagenet":
         models.weights_file(cfg.model, cfg.weights_path)  # missing offline -> one line, before any output
     exp_id = tracking.connect(ws.tracking)
-    out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold)
+    out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
     out.mkdir(parents=True, exist_ok=True)
-    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold)
+    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
     resumed_id = _resumable_run(out, cfg, exp_id, stage)
     feature_hash = ws.features.content_hash()
     tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "fold": str(cfg.fold),
-            "lr_source": lr_source,
+            "lr_source": lr_source, **(extra_tags or {}),
             "dvc_stage": stage, "feature_hash": feature_hash,
             "features_params_hash": meta["params_hash"], **tracking.git_tags()}
-    name = f"{cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold}"
+    name = cell_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
     gpu = training.pick_device(cfg.device).type == "cuda"
     with training.sigterm_as_interrupt(), \
             tracking.run(name, run_id=resumed_id, tags=tags, system_metrics=gpu) as active:

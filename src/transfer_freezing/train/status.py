@@ -1,4 +1,5 @@
-"""``tfreeze status``: every cell of the train grid, done / resumable / failed / running / missing.
+"""``tfreeze status``: every cell of both train grids (fixed and tuned lr), done / resumable / failed /
+running / missing.
 
 Read from the records that decide it, never from guesses: DVC's own status of each train stage
 (are its outputs those of its current deps and params?), the cell's resumable checkpoint
@@ -60,15 +61,14 @@ def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
 
 
 def cells(p: Params) -> list[CellStatus]:
-    t = p["train"]
-    grid = [(m, f, s, k) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]
-            for k in t["folds"]]
-    names = [f"train@{m}-{f}-{s}-{k}" for m, f, s, k in grid]
+    """Every cell of both train grids (fixed-lr ``train@…``, then tuned-lr ``train_tuned@…``)."""
+    grid = train_stage.grid(p)
+    names = [train_stage.dvc_stage(*cell) for cell in grid]
     changed = dvc_changed(names)
     runs = mlflow_runs(tracking.Tracking.from_params(p), names)
     out = []
-    for (model, freeze, seed, fold), stage in zip(grid, names, strict=True):
-        folder = train_stage.run_dir(Path(t["out"]), model, freeze, seed, fold)
+    for cell, stage in zip(grid, names, strict=True):
+        folder = train_stage.run_dir(Path(p["train"]["out"]), *cell)
         out.append(_classify(stage, folder, changed, runs.get(stage, [])))
     return out
 

@@ -1,5 +1,19 @@
 """Optuna learning-rate sweep per (model, freeze mode), every trial an MLflow child run.
 
+A trial's value is the mean, over its runs, of the best validation accuracy (never test): one run
+per (seed, fold) of ``sweep.seeds`` x ``sweep.folds``, at least two, so the chosen rate is not one
+run's luck. The seeds are disjoint from ``train.seeds`` (config checks it), so no tuned-lr training
+run replays a trial. With ``split.scheme: kfold``, ``sweep.folds`` names fold cells: a trial then
+also trains on several cells and averages their validation folds (cell c validates on fold c+1).
+Caveat: with k-fold every validation fold is another cell's test fold, so the chosen lr has seen
+those clips' validation labels; more folds dilute this, only a per-cell (nested) sweep removes it.
+
+Runs train one after another. The pruner sees the objective's own quantity: at epoch e the trial
+reports the mean over its runs of each run's best validation accuracy up to epoch e, which at the
+last epoch is the objective. That mean exists only once every run has reached epoch e, so it is
+reported (and the pruner can act) only while the trial's last run trains; the earlier runs always
+finish.
+
 One study per (model, freeze mode, data, objective settings), stored at a URL (sqlite file by
 default, PostgreSQL for several machines). ``sweep.n_trials`` is the study's total across all
 workers and reruns: every worker counts the finished (complete + pruned) trials in storage and only
@@ -76,7 +90,8 @@ class SweepConfig:
     lr_low: float
     lr_high: float
     epochs: int
-    seed: int
+    seeds: tuple[int, ...]
+    folds: tuple[int, ...]
     sampler_seed: int
     pruner_warmup_epochs: int
     pruner_startup_trials: int
@@ -88,9 +103,14 @@ class SweepConfig:
     def from_params(cls, p: Params) -> SweepConfig:
         s = p["sweep"]
         storage = resolve_url(os.environ.get("OPTUNA_STORAGE") or s["storage"])
-        return cls(s["n_trials"], s["lr_low"], s["lr_high"], s["epochs"], s["seed"], s["sampler_seed"],
-                   s["pruner_warmup_epochs"], s["pruner_startup_trials"], storage,
-                   s["heartbeat_seconds"], Path(s["out"]))
+        return cls(s["n_trials"], s["lr_low"], s["lr_high"], s["epochs"], tuple(s["seeds"]),
+                   tuple(s["folds"]), s["sampler_seed"], s["pruner_warmup_epochs"],
+                   s["pruner_startup_trials"], storage, s["heartbeat_seconds"], Path(s["out"]))
+
+    @property
+    def runs(self) -> list[tuple[int, int]]:
+        """A trial's (seed, fold) runs, in the order they train."""
+        return [(seed, fold) for seed in self.seeds for fold in self.folds]
 
     def output_path(self, model: str, freeze: str) -> Path:
         return self.out / f"{model}-{freeze}.json"
@@ -98,31 +118,33 @@ class SweepConfig:
 
 # --------------------------------------------------------------------------- public entry point
 
-def run_study(p: Params, model: str, freeze: str, seed: int | None = None) -> dict:
+def run_study(p: Params, model: str, freeze: str) -> dict:
     """The sweep stage's entry point: resolve params once, then run the (model, freeze) study."""
     s = SweepConfig.from_params(p)
     _check_space(s)
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
     ws = train_stage.Workspace.from_params(p)
-    train_seed = s.seed if seed is None else seed
     meta = ws.features.read_meta()
 
-    def trial_config(lr: float) -> training.RunConfig:
-        return train_stage.run_config(p, model, freeze, train_seed, lr, len(meta["classes"]), epochs=s.epochs)
+    def trial_config(lr: float, seed: int, fold: int) -> training.RunConfig:
+        return train_stage.run_config(p, model, freeze, seed, lr, len(meta["classes"]), epochs=s.epochs,
+                                      fold=fold)
 
     with training.sigterm_as_interrupt():
         return sweep(s, ws, model, freeze, trial_config)
 
 
 def sweep(s: SweepConfig, ws: train_stage.Workspace, model: str, freeze: str,
-          trial_config: Callable[[float], training.RunConfig]) -> dict:
+          trial_config: Callable[[float, int, int], training.RunConfig]) -> dict:
     """Run what is missing of the (model, freeze) study; return the summary written to JSON.
 
     Order: validate (search space, features, storage, tracking) before any training; then run or
     wait for the missing trials; then write the JSON and complete the parent run.
     """
-    probe = trial_config(s.lr_low)
-    data, meta = ws.load_data(probe.batch_size)  # checks features, batch size
+    probe = trial_config(s.lr_low, *s.runs[0])
+    data: dict[int, training.Data] = {}
+    for fold in s.folds:  # checks features and batch size of every fold a trial trains on
+        data[fold], meta = ws.load_data(probe.batch_size, fold)
     name = study_name(probe, s, ws.features.content_hash(), code_hash())
     storage = open_storage(s.storage, s.heartbeat_seconds)
     exp_id = tracking.connect(ws.tracking)
@@ -135,7 +157,8 @@ def sweep(s: SweepConfig, ws: train_stage.Workspace, model: str, freeze: str,
         _check_budget(trial, s.n_trials)
         ran.add(trial.number)
         lr = trial.suggest_float("lr", s.lr_low, s.lr_high, log=True)
-        return _run_trial(trial, trial_config(lr), data, parent_id, name, meta["params_hash"], ws.cache_dir)
+        configs = [trial_config(lr, seed, fold) for seed, fold in s.runs]
+        return _run_trial(trial, configs, data, parent_id, name, meta["params_hash"], ws.cache_dir)
 
     done, _, _ = _tally(study)
     print(f"study {name} in {tracking.mask(s.storage)}: {done}/{s.n_trials} trials finished"
@@ -148,12 +171,13 @@ def study_name(cfg: training.RunConfig, s: SweepConfig, data_hash: str, code: st
     """``<model>-<freeze>-<identity hash>``.
 
     The identity covers everything a trial's value depends on: the feature bytes (``data_hash``),
-    the code (``code``: this package's source), and every setting of the objective (epochs,
-    training seed, lr range, batch size, ...). Changing any of them starts a fresh study instead of
-    finding an old, complete one and returning its now meaningless best learning rate.
+    the code (``code``: this package's source), and every setting of the objective (epochs, the
+    trial's seeds and folds, lr range, batch size, ...). Changing any of them starts a fresh study
+    instead of finding an old, complete one and returning its now meaningless best learning rate.
     """
-    run = {k: v for k, v in asdict(cfg).items() if k not in ("lr", "device", "compile")}
-    identity = {"run": run, "lr_low": s.lr_low, "lr_high": s.lr_high, "data": data_hash, "code": code,
+    run = {k: v for k, v in asdict(cfg).items() if k not in ("lr", "device", "compile", "seed", "fold")}
+    identity = {"run": run, "seeds": list(s.seeds), "folds": list(s.folds),
+                "lr_low": s.lr_low, "lr_high": s.lr_high, "data": data_hash, "code": code,
                 "sampler_seed": s.sampler_seed, "pruner": [s.pruner_warmup_epochs, s.pruner_startup_trials]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.model}-{cfg.freeze}-{digest}"
@@ -349,34 +373,62 @@ class _StaleTrial:
 
 # --------------------------------------------------------------------------- one trial
 
-def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: str, name: str,
-               data_hash: str, cache_dir: Path | None = None) -> float:
+def run_key(cfg: training.RunConfig) -> str:
+    """A trial run's prefix for its MLflow metrics: ``seed<k>/fold<c>``."""
+    return f"seed{cfg.seed}/fold{cfg.fold}"
+
+
+def _run_trial(trial, configs: list[training.RunConfig], data: dict[int, training.Data], parent_id: str,
+               name: str, data_hash: str, cache_dir: Path | None = None) -> float:
+    """Train the trial's runs one after another; return the mean of their best validation accuracies.
+
+    Per run the child run logs every epoch's row as ``seed<k>/fold<c>/<metric>`` and its best as
+    ``best_val_acc/seed<k>/fold<c>``; at epoch e of the last run it reports (to Optuna, and as
+    ``mean_best_val_acc``) the mean over runs of the best validation accuracy up to epoch e.
+    """
+    first = configs[0]
     retry_of = trial.user_attrs.get("retry_of")
     tags = {"optuna_study": name, "optuna_trial": str(trial.number),
-            "sweep_role": "trial", "model": cfg.model, "freeze_mode": cfg.freeze,
+            "sweep_role": "trial", "model": first.model, "freeze_mode": first.freeze,
             "features_params_hash": data_hash}
     if retry_of is not None:
         tags["retry_of"] = str(retry_of)
     pruned: optuna.TrialPruned | None = None
+    curves: list[list[float]] = []  # per run: validation accuracy per epoch
     with tracking.run(f"{name}/trial-{trial.number}", tags=tags, parent_run_id=parent_id) as active:
         trial.set_user_attr(RUN_ATTR, active.info.run_id)
-        tracking.log_params({"lr": cfg.lr, "trial_number": trial.number, "model": cfg.model,
-                             "freeze": cfg.freeze, "epochs": cfg.epochs, "seed": cfg.seed,
-                             "batch_size": cfg.batch_size, "momentum": cfg.momentum,
-                             "weight_decay": cfg.weight_decay, "study": name})
-
-        def on_epoch(epoch: int, row: dict) -> None:
-            tracking.log_metrics(row, step=epoch)
-            trial.report(row["val_acc"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val acc {row['val_acc']:.1f} % at epoch {epoch + 1} "
-                                         "is below the median of earlier trials")
-
+        tracking.log_params({"lr": first.lr, "trial_number": trial.number, "model": first.model,
+                             "freeze": first.freeze, "epochs": first.epochs,
+                             "seeds": sorted({c.seed for c in configs}),
+                             "folds": sorted({c.fold for c in configs}),
+                             "batch_size": first.batch_size, "momentum": first.momentum,
+                             "weight_decay": first.weight_decay, "study": name})
         try:
-            with tempfile.TemporaryDirectory(prefix="tfreeze-trial-") as workdir:
-                # A trial is never resumed (a killed one is retried), so no resumable state.
-                result = training.fit(cfg, data, Path(workdir), on_epoch=on_epoch, cache_dir=cache_dir,
-                                      checkpoint_seconds=float("inf"))
+            for i, cfg in enumerate(configs):
+                curve: list[float] = []
+                curves.append(curve)
+                last = i == len(configs) - 1
+
+                def on_epoch(epoch: int, row: dict, cfg=cfg, curve=curve, last=last) -> None:
+                    curve.append(row["val_acc"])
+                    tracking.log_metrics({f"{run_key(cfg)}/{k}": v for k, v in row.items()}, step=epoch)
+                    if not last:
+                        return
+                    value = mean_best_so_far(curves, epoch)
+                    tracking.log_metrics({"mean_best_val_acc": value}, step=epoch)
+                    trial.report(value, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"mean best val acc {value:.1f} % at epoch {epoch + 1} "
+                                                 "is below the median of earlier trials")
+
+                with tempfile.TemporaryDirectory(prefix="tfreeze-trial-") as workdir:
+                    # A trial is never resumed (a killed one is retried), so no resumable state.
+                    # The objective is validation accuracy; fit's test score is never read here.
+                    training.fit(cfg, data[cfg.fold], Path(workdir), on_epoch=on_epoch, cache_dir=cache_dir,
+                                 checkpoint_seconds=float("inf"))
+                best = max(curve)
+                tracking.log_metrics({f"best_val_acc/{run_key(cfg)}": best,
+                                      f"best_epoch/{run_key(cfg)}": curve.index(best) + 1})
         except optuna.TrialPruned as err:
             pruned = err
             mlflow.set_tag("state", "pruned")
@@ -384,13 +436,19 @@ def _run_trial(trial, cfg: training.RunConfig, data: training.Data, parent_id: s
             mlflow.set_tag("state", "failed")
             raise
         else:
-            # The objective is validation accuracy; the test split is never looked at here.
-            tracking.log_metrics({"best_val_acc": result.best_val_acc,
-                                  "best_epoch": result.best_epoch + 1})
+            value = mean_best_so_far(curves, max(len(c) for c in curves) - 1)
+            tracking.log_metrics({"best_val_acc": value})
             mlflow.set_tag("state", "complete")
+        trial.set_user_attr("runs", [{"seed": c.seed, "fold": c.fold, "best_val_acc": max(v)}
+                                     for c, v in zip(configs, curves, strict=False) if v])
     if pruned is not None:
         raise pruned
-    return result.best_val_acc
+    return value
+
+
+def mean_best_so_far(curves: list[list[float]], epoch: int) -> float:
+    """Mean over runs of each run's best validation accuracy in epochs 0 .. ``epoch``."""
+    return float(np.mean([max(curve[: epoch + 1]) for curve in curves]))
 
 
 # --------------------------------------------------------------------------- MLflow parent run
@@ -420,7 +478,8 @@ def _parent_run(study, created: bool, exp_id: str, name: str, s: SweepConfig,
     tags = {"optuna_study": name, "sweep_role": "parent", "model": cfg.model, "freeze_mode": cfg.freeze,
             "optuna_storage": tracking.mask(s.storage), "code_hash": code_hash(), **tracking.git_tags()}
     run = tracking.retry_locked(client.create_run)(exp_id, run_name=f"sweep/{name}", tags=tags)
-    params = {"study": name, "model": cfg.model, "freeze": cfg.freeze, "seed": cfg.seed,
+    params = {"study": name, "model": cfg.model, "freeze": cfg.freeze, "seeds": list(s.seeds),
+              "folds": list(s.folds),
               "storage": tracking.mask(s.storage), "lr_low": s.lr_low,
               "lr_high": s.lr_high, "epochs": s.epochs, "sampler_seed": s.sampler_seed,
               "pruner_warmup_epochs": s.pruner_warmup_epochs,
@@ -457,11 +516,13 @@ def summary(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         table.append({"number": t.number, "lr": t.params.get("lr"), "value": t.value,
                       "state": t.state.name.lower(), "epochs": len(t.intermediate_values),
-                      "last_val_acc": last, "retry_of": t.user_attrs.get("retry_of")})
+                      "last_val_acc": last, "retry_of": t.user_attrs.get("retry_of"),
+                      "runs": t.user_attrs.get("runs", [])})
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     return {
         "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(s.storage),
-        "objective": "best validation accuracy (%)", "direction": "maximize",
+        "objective": "mean over (seed, fold) runs of the best validation accuracy (%)",
+        "direction": "maximize", "seeds": list(s.seeds), "folds": list(s.folds),
         "best_lr": best.params["lr"], "best_value": best.value, "best_trial": best.number,
         "n_trials": s.n_trials, "n_finished": done,
         "n_complete": len(complete), "n_pruned": done - len(complete),

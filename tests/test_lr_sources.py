@@ -1,0 +1,230 @@
+"""Fixed and tuned learning rates side by side: the two train grids, their DVC stages, and a sweep
+whose trials average several (seed, fold) runs with seeds no training run uses. Unit-level: the
+training is planted, nothing trains; the end-to-end `dvc repro` with both is test_pipeline's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+
+from transfer_freezing import cli, config
+from transfer_freezing.errors import UserError
+from transfer_freezing.study import compare
+from transfer_freezing.train import core as training
+from transfer_freezing.train import stage as train_stage
+from transfer_freezing.train import sweep
+
+from conftest import REPO
+
+
+def _params(**flat) -> dict:
+    return config.validate({"train.models": ["vit_demo"], "sweep.models": ["vit_demo"], **flat})
+
+
+# --------------------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize(("flat", "message"), [
+    ({"train.seeds": [1, 2], "sweep.seeds": [2, 3]},
+     "sweep.seeds = [2, 3] shares [2] with train.seeds = [1, 2]; a sweep trial must not replay a "
+     "training run"),
+    ({"sweep.seeds": [101], "sweep.folds": [0]},
+     "sweep.seeds = [101] x sweep.folds = [0] is one run per trial; a trial averages at least two"),
+    ({"train.lr": "sweep"}, "train.lr = 'sweep' is retired: tuned-lr cells are their own stage (train_tuned"),
+    ({"sweep.seed": 1}, "sweep.seed is now sweep.seeds"),
+    ({"train.freeze_modes": [], "sweep.freeze_modes": []}, "nothing to train"),
+    ({"sweep.folds": [0, 1]}, "sweep.folds = [0, 1] has [1]; allowed: [0]"),
+])
+def test_bad_lr_study_params_are_one_line(flat, message):
+    with pytest.raises(UserError, match="^params: ") as err:
+        _params(**flat)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_either_grid_can_be_turned_off():
+    both = _params(**{"sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    assert train_stage.grid(both) == [("vit_demo", "freeze_none", 1, 0, "fixed"),
+                                      ("vit_demo", "freeze_none", 1, 0, "tuned")]
+    tuned_only = _params(**{"train.freeze_modes": [], "train.seeds": [1]})
+    assert {c[4] for c in train_stage.grid(tuned_only)} == {"tuned"}
+    fixed_only = _params(**{"sweep.models": [], "train.seeds": [1]})
+    assert {c[4] for c in train_stage.grid(fixed_only)} == {"fixed"}
+
+
+def test_every_profile_keeps_sweep_and_training_seeds_apart():
+    for path in sorted((REPO / "profiles").glob("*.yaml")):
+        p = config.load(path)
+        assert not set(p["sweep"]["seeds"]) & set(p["train"]["seeds"]), path.name
+
+
+# --------------------------------------------------------------------------- cells: names and folders
+
+
+def test_each_lr_source_has_its_own_stage_run_name_and_folder(monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    cells = [("vit_demo", "freeze_none", 1, 2, source) for source in ("fixed", "tuned")]
+    assert [train_stage.stage_name(*c) for c in cells] == ["train@vit_demo-freeze_none-1-2",
+                                                            "train_tuned@vit_demo-freeze_none-1-2"]
+    assert [train_stage.cell_name(*c) for c in cells] == ["vit_demo/freeze_none/fixed/seed1/fold2",
+                                                           "vit_demo/freeze_none/tuned/seed1/fold2"]
+    assert [train_stage.run_dir(Path("models"), *c) for c in cells] == [
+        Path("models/vit_demo/freeze_none/fixed/seed1/fold2"),
+        Path("models/vit_demo/freeze_none/tuned/seed1/fold2")]
+
+
+def test_cli_picks_both_grids_or_the_source_asked_for():
+    p = _params(**{"train.freeze_modes": ["freeze_none", "freeze_patch"],
+                   "sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    args = cli.parser().parse_args(["train"])
+    assert [(c[1], c[4]) for c in cli._train_cells(p, args)] == [
+        ("freeze_none", "fixed"), ("freeze_patch", "fixed"), ("freeze_none", "tuned")]
+    one = cli.parser().parse_args(["train", "--freeze", "freeze_none"])
+    assert [c[4] for c in cli._train_cells(p, one)] == ["fixed"]
+    tuned = cli.parser().parse_args(["train", "--lr-source", "tuned"])
+    assert cli._train_cells(p, tuned) == [("vit_demo", "freeze_none", 1, 0, "tuned")]
+    assert compare.CompareConfig.from_params(p).cells == tuple(train_stage.grid(p))
+
+
+def test_a_tuned_cell_reads_its_sweep_and_refuses_one_that_used_its_seed(tmp_path):
+    p = _params(**{"sweep.out": str(tmp_path), "train.lr": 0.05})
+    assert train_stage.resolve_lr(p, "vit_demo", "freeze_none", "fixed", 1) == (0.05, {})
+    with pytest.raises(UserError, match="needs .*vit_demo-freeze_none.json, which does not exist; "
+                                        "run: dvc repro sweep@vit_demo-freeze_none"):
+        train_stage.resolve_lr(p, "vit_demo", "freeze_none", "tuned", 1)
+    result = {"best_lr": 0.003, "study": "vit_demo-freeze_none-abc", "seeds": [101, 102]}
+    (tmp_path / "vit_demo-freeze_none.json").write_text(json.dumps(result))
+    assert train_stage.resolve_lr(p, "vit_demo", "freeze_none", "tuned", 1) == (
+        0.003, {"lr_study": "vit_demo-freeze_none-abc"})
+    with pytest.raises(UserError, match="trained its trials with seed 101; .* must not replay a trial"):
+        train_stage.resolve_lr(p, "vit_demo", "freeze_none", "tuned", 101)
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+
+
+def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    fixed, tuned = stages["train"], stages["train_tuned"]
+    assert fixed["matrix"] == {"model": "${train.models}", "freeze": "${train.freeze_modes}",
+                               "seed": "${train.seeds}", "fold": "${train.folds}"}
+    assert tuned["matrix"] == {"model": "${sweep.models}", "freeze": "${sweep.freeze_modes}",
+                               "seed": "${train.seeds}", "fold": "${train.folds}"}
+    assert "--lr-source fixed" in fixed["cmd"] and "--lr-source tuned" in tuned["cmd"]
+    # A fixed cell never depends on a sweep; a tuned cell on its own sweep's JSON, not on train.lr.
+    assert not any("sweep" in d for d in fixed["deps"]) and "train.lr" in fixed["params"]
+    assert "${sweep.out}/${item.model}-${item.freeze}.json" in tuned["deps"]
+    assert "train.lr" not in tuned["params"] and not any(p.startswith("sweep") for p in tuned["params"])
+    assert [d for d in fixed["deps"] if "sweep" not in d] == [d for d in tuned["deps"] if "sweep" not in d]
+    for name, source in (("train", "fixed"), ("train_tuned", "tuned")):
+        outs = [next(iter(o)) if isinstance(o, dict) else o
+                for key in ("outs", "metrics", "plots") for o in stages[name][key]]
+        folder = "${train.out}/${item.model}/${item.freeze}/" + source + "/seed${item.seed}/fold${item.fold}/"
+        assert all(o.startswith(folder) for o in outs), name
+    assert {"sweep.models", "sweep.freeze_modes"} <= set(stages["compare"]["params"])
+    # A sweep re-runs on its own settings, not when another mode joins the grid.
+    swept = {k for k in stages["sweep"]["params"] if k.startswith("sweep")}
+    grid = {"sweep.models", "sweep.freeze_modes"}
+    assert swept == {k for k in config.SCHEMA if k.startswith("sweep.")} - grid
+
+
+# --------------------------------------------------------------------------- the sweep's objective
+
+
+CURVES = {(101, 0): [10.0, 30.0, 20.0], (102, 0): [40.0, 20.0, 50.0]}  # val acc per epoch
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    """``fit`` replaced by planted validation curves; MLflow calls recorded, not made."""
+    trained: list[tuple[int, int, int]] = []  # (seed, fold, epochs trained)
+    logged: dict[str, dict[int | None, float]] = {}
+    curves = dict(CURVES)
+
+    def fit(cfg, data, workdir, on_epoch=None, **kwargs):
+        done = 0
+        try:
+            for epoch, acc in enumerate(curves[(cfg.seed, cfg.fold)]):
+                done = epoch + 1
+                on_epoch(epoch, {"train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.0, "val_acc": acc})
+        finally:
+            trained.append((cfg.seed, cfg.fold, done))
+
+    def log_metrics(metrics, step=None):
+        for key, value in metrics.items():
+            logged.setdefault(key, {})[step] = value
+
+    @contextlib.contextmanager
+    def run(*args, **kwargs):
+        yield SimpleNamespace(info=SimpleNamespace(run_id="run-1"))
+
+    monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(sweep.tracking, "run", run)
+    monkeypatch.setattr(sweep.tracking, "log_params", lambda params: None)
+    monkeypatch.setattr(sweep.tracking, "log_metrics", log_metrics)
+    monkeypatch.setattr(sweep.mlflow, "set_tag", lambda key, value: None)
+    return SimpleNamespace(trained=trained, logged=logged, curves=curves)
+
+
+def _configs(lr: float = 0.01) -> list[training.RunConfig]:
+    p = _params()
+    return [train_stage.run_config(p, "vit_demo", "freeze_none", seed, lr, 10, epochs=3, fold=fold)
+            for seed, fold in CURVES]
+
+
+def _objective(trial: optuna.Trial) -> float:
+    return sweep._run_trial(trial, _configs(trial.suggest_float("lr", 1e-3, 1e-1, log=True)), {0: None},
+                            "parent", "study", "hash")
+
+
+def test_a_trials_value_is_the_mean_best_val_acc_over_its_runs_and_the_pruner_sees_the_same(planted):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(_objective, n_trials=1)
+    (trial,) = study.trials
+    # best per run: 30 (seed 101) and 50 (seed 102) -> 40; best-so-far means per epoch: 25, 35, 40
+    assert trial.value == pytest.approx(40.0)
+    assert trial.intermediate_values == pytest.approx({0: 25.0, 1: 35.0, 2: 40.0})
+    assert trial.user_attrs["runs"] == [{"seed": 101, "fold": 0, "best_val_acc": 30.0},
+                                        {"seed": 102, "fold": 0, "best_val_acc": 50.0}]
+    # The child run logs each run's curve and best under its own key, and the mean as the value.
+    assert planted.logged["seed101/fold0/val_acc"] == {0: 10.0, 1: 30.0, 2: 20.0}
+    assert planted.logged["seed102/fold0/val_acc"] == {0: 40.0, 1: 20.0, 2: 50.0}
+    assert planted.logged["best_val_acc/seed101/fold0"] == {None: 30.0}
+    assert planted.logged["best_val_acc/seed102/fold0"] == {None: 50.0}
+    assert planted.logged["mean_best_val_acc"] == {0: 25.0, 1: 35.0, 2: 40.0}
+    assert planted.logged["best_val_acc"] == {None: 40.0}
+    assert planted.trained == [(101, 0, 3), (102, 0, 3)]
+
+
+def test_the_pruner_acts_only_while_the_last_run_trains(planted):
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study.optimize(_objective, n_trials=1)
+    planted.curves[(101, 0)] = [1.0, 2.0, 3.0]  # far below the first trial at every epoch
+    planted.curves[(102, 0)] = [1.0, 2.0, 3.0]
+    study.optimize(_objective, n_trials=1)
+    second = study.trials[1]
+    assert second.state == optuna.trial.TrialState.PRUNED
+    assert second.intermediate_values == {0: 1.0}  # the mean over both runs at epoch 0 of the last
+    assert planted.trained[2:] == [(101, 0, 3), (102, 0, 1)]  # the first run always finishes
+
+
+def test_the_study_name_changes_with_the_trials_seeds_and_folds():
+    p = _params(**{"split.scheme": "kfold", "split.folds": 3})
+    s = sweep.SweepConfig.from_params(p)
+    probe = train_stage.run_config(p, "vit_demo", "freeze_none", 101, 0.01, 10, epochs=2)
+    name = sweep.study_name(probe, s, "data", "code")
+    other_probe = train_stage.run_config(p, "vit_demo", "freeze_none", 102, 0.02, 10, epochs=2, fold=1)
+    assert sweep.study_name(other_probe, s, "data", "code") == name  # the runs come from s, not the probe
+    seeds = sweep.SweepConfig.from_params(_params(**{"sweep.seeds": [101, 103]}))
+    folds = sweep.SweepConfig.from_params(
+        _params(**{"split.scheme": "kfold", "split.folds": 3, "sweep.folds": [0, 1]}))
+    names = {name, sweep.study_name(probe, seeds, "data", "code"),
+             sweep.study_name(probe, folds, "data", "code")}
+    assert len(names) == 3 and all(n.startswith("vit_demo-freeze_none-") for n in names)
+    assert s.runs == [(101, 0), (102, 0)] and folds.runs == [(101, 0), (101, 1), (102, 0), (102, 1)]
