@@ -75,6 +75,8 @@ def check_mlflow(proj: Path, ts, extra_failed: int = 0) -> None:
     assert len(failed) == extra_failed and all(c.info.status == "FAILED" for c in failed)
     for c in done:  # per run of the trial its own curve; the first run always finishes
         assert "lr" in c.data.params and c.data.params["seeds"] == "[101, 102]"
+        assert (c.data.params["optimizer"], c.data.params["schedule"], c.data.params["augment"]) == (
+            "sgd", "none", "False")
         first = mlflow.MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db").get_metric_history(
             c.info.run_id, "seed101/fold0/val_acc")
         assert [m.step for m in first] == [0, 1]

@@ -402,7 +402,9 @@ def _run_trial(trial, configs: list[training.RunConfig], data: dict[int, trainin
                              "seeds": sorted({c.seed for c in configs}),
                              "folds": sorted({c.fold for c in configs}),
                              "batch_size": first.batch_size, "momentum": first.momentum,
-                             "weight_decay": first.weight_decay, "study": name})
+                             "weight_decay": first.weight_decay, "optimizer": first.optimizer,
+                             "schedule": first.schedule, "warmup_epochs": first.warmup_epochs,
+                             "augment": first.augment, "study": name})
         try:
             for i, cfg in enumerate(configs):
                 curve: list[float] = []
