@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The flow, upstream first. Top-level modules (cli, config, errors, atomic) sit outside it.
 FLOW = ["data", "model", "train", "study"]
 STAGE_ENTRY = {"data": "data.corpus", "features": "data.features", "train": "train.stage",
-               "train_tuned": "train.stage",
+               "train_tuned": "train.stage", "train_cells": "train.stage",
                "sweep": "train.sweep", "compare": "study.compare"}
 PKG = imports.PACKAGE
 

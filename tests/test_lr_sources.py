@@ -57,6 +57,49 @@ def test_either_grid_can_be_turned_off():
     assert {c[4] for c in train_stage.grid(fixed_only)} == {"fixed"}
 
 
+@pytest.mark.parametrize(("cells", "message"), [
+    (["resnet_demo"], "train.cells has 'resnet_demo'; each item is '<model>/<freeze mode>'"),
+    (["resnet_demo/freeze_0", "resnet_demo/freeze_0"], "train.cells has 'resnet_demo/freeze_0' twice"),
+    (["vit_demo/freeze_none"], "train.cells has 'vit_demo/freeze_none', which train.models x "
+                               "train.freeze_modes already holds"),
+    (["resnet_demo/freeze_patch_0_5"], "train.cells has 'resnet_demo/freeze_patch_0_5': unknown freeze "
+                                       "mode 'freeze_patch_0_5' for resnet_demo"),
+    (["nope/freeze_none"], "train.cells has 'nope/freeze_none': unknown model"),
+])
+def test_bad_listed_cells_are_one_line(cells, message):
+    with pytest.raises(UserError, match="^params: ") as err:
+        _params(**{"train.cells": cells})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    p = _params(**{"train.freeze_modes": ["freeze_none"], "train.cells": ["resnet_demo/freeze_0"],
+                   "sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    assert train_stage.grid(p) == [("vit_demo", "freeze_none", 1, 0, "fixed"),
+                                   ("resnet_demo", "freeze_0", 1, 0, "fixed"),
+                                   ("vit_demo", "freeze_none", 1, 0, "tuned")]
+    assert list(train_stage.stages(p).values()) == ["train@vit_demo-freeze_none-1-0",
+                                                     "train_cells@resnet_demo/freeze_0-1-0",
+                                                     "train_tuned@vit_demo-freeze_none-1-0"]
+    listed = ("resnet_demo", "freeze_0", 1, 0, "fixed")
+    assert train_stage.run_dir(Path("models"), *listed) == Path(
+        "models/resnet_demo/freeze_0/fixed/seed1/fold0")
+    assert compare.CompareConfig.from_params(p).stage(listed) == "train_cells@resnet_demo/freeze_0-1-0"
+    # The CLI: --cell names one pair; --model narrows the product and the list alike.
+    one = cli.parser().parse_args(["train", "--cell", "resnet_demo/freeze_0"])
+    assert cli._train_cells(p, one) == [listed]
+    assert cli._train_cells(p, cli.parser().parse_args(["train", "--model", "resnet_demo"])) == [
+        ("resnet_demo", "freeze_none", 1, 0, "fixed"), listed]
+    assert cli._train_cells(p, cli.parser().parse_args(["train", "--lr-source", "fixed"]))[-1] == listed
+    with pytest.raises(UserError, match="expected <model>/<freeze mode>"):
+        cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "resnet_demo"]))
+    with pytest.raises(UserError, match="not both"):
+        cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "a/b", "--model", "a"]))
+    only = _params(**{"train.freeze_modes": [], "sweep.models": [], "train.cells": ["resnet_demo/freeze_0"]})
+    assert {c[:2] for c in train_stage.grid(only)} == {("resnet_demo", "freeze_0")}
+
+
 def test_every_profile_keeps_sweep_and_training_seeds_apart():
     for path in sorted((REPO / "profiles").glob("*.yaml")):
         p = config.load(path)
@@ -126,7 +169,16 @@ def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
                 for key in ("outs", "metrics", "plots") for o in stages[name][key]]
         folder = "${train.out}/${item.model}/${item.freeze}/" + source + "/seed${item.seed}/fold${item.fold}/"
         assert all(o.startswith(folder) for o in outs), name
-    assert {"sweep.models", "sweep.freeze_modes"} <= set(stages["compare"]["params"])
+    assert {"sweep.models", "sweep.freeze_modes", "train.cells"} <= set(stages["compare"]["params"])
+    # train.cells: the fixed-lr stage's code and params, one "<model>/<mode>" axis, the same layout.
+    listed = stages["train_cells"]
+    assert listed["matrix"] == {"cell": "${train.cells}", "seed": "${train.seeds}", "fold": "${train.folds}"}
+    assert "--lr-source fixed --cell ${item.cell}" in listed["cmd"]
+    assert listed["deps"] == fixed["deps"] and listed["params"] == fixed["params"]
+    def outs(stage: dict) -> list[str]:
+        return [next(iter(o)) if isinstance(o, dict) else o
+                for key in ("outs", "metrics", "plots") for o in stage[key]]
+    assert [o.replace("${item.cell}", "${item.model}/${item.freeze}") for o in outs(listed)] == outs(fixed)
     # A sweep re-runs on its own settings, not when another mode joins the grid.
     swept = {k for k in stages["sweep"]["params"] if k.startswith("sweep")}
     grid = {"sweep.models", "sweep.freeze_modes"}

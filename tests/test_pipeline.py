@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,10 @@ def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-# Both lr sources in one workspace: the fixed-lr grid (train.freeze_modes) and the tuned-lr grid.
-BOTH = {"sweep.freeze_modes": ["freeze_none", "freeze_patch_0_11"]}
+# Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
+# cell of train.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+BOTH = {"sweep.freeze_modes": ["freeze_none", "freeze_patch_0_11"], "train.freeze_modes": ["freeze_none"],
+        "train.cells": ["vit_demo/freeze_patch_0_11"]}
 CELLS = [(freeze, source, seed) for source in ("fixed", "tuned")
          for freeze in ("freeze_none", "freeze_patch_0_11") for seed in (1, 2)]
 KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
@@ -110,6 +113,10 @@ def test_second_repro_does_nothing_and_status_is_clean(repro):
     again = sh("dvc", "repro", cwd=repro)
     assert "Data and pipelines are up to date" in again.stdout
     assert "up to date" in sh("dvc", "status", cwd=repro).stdout
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    status = tfreeze("status", cwd=repro, env=env).stdout
+    assert status.splitlines()[-1] == "8 done"
+    assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-2-0 +done +MLflow run ", status, re.M)
 
 
 def test_changing_a_training_param_reruns_training_not_features(repro):
@@ -122,6 +129,7 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
         changed = sh("dvc", "status", cwd=repro).stdout
         assert "train@vit_demo-freeze_none-1-0" in changed and "features:" not in changed
         assert "train_tuned@vit_demo-freeze_none-1-0" in changed
+        assert "train_cells@vit_demo/freeze_patch_0_11-1-0" in changed
     finally:
         params.write_text(original)
 
@@ -134,6 +142,7 @@ def test_each_lr_source_reruns_on_its_own_lr_only(repro):
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
         assert "train@vit_demo-freeze_none-1-0" in changed and "train_tuned@" not in changed
+        assert "train_cells@vit_demo/freeze_patch_0_11-2-0" in changed
     finally:
         params.write_text(original)
     result = repro / "reports/sweep/vit_demo-freeze_none.json"
@@ -143,6 +152,7 @@ def test_each_lr_source_reruns_on_its_own_lr_only(repro):
         changed = sh("dvc", "status", cwd=repro).stdout
         assert "train_tuned@vit_demo-freeze_none-1-0" in changed
         assert "train_tuned@vit_demo-freeze_patch_0_11-1-0" not in changed and "train@" not in changed
+        assert "train_cells@" not in changed
     finally:
         result.write_text(written)
 
@@ -226,7 +236,7 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     cells = ["train@vit_demo-freeze_none-1-0", "train@vit_demo-freeze_none-2-0"]
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_patch_0_11-1-0'" in ran
+    assert "Running stage 'train_cells@vit_demo/freeze_patch_0_11-1-0'" in ran
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
     assert (work / "models/vit_demo/freeze_none/fixed/seed2/fold0/history.csv").read_text().count("\n") == 2
 

@@ -217,13 +217,14 @@ def test_cached_prefix_gives_the_full_models_logits_and_gradients(name, mode):
 
 # --------------------------------------------------------------------------- the depth curve
 
-def test_depth_profiles_cover_every_prefix_depth_of_both_architectures():
-    vit = config.load(REPO / "profiles" / "depth.yaml")["train"]
-    resnet = config.load(REPO / "profiles" / "depth_resnet50.yaml")["train"]
-    assert vit["models"] == ["vit_b_16"] and resnet["models"] == ["resnet50"]
-    assert vit["freeze_modes"] == list(VIT_B_16)[:14]  # k = -1 .. 11 and freeze_none
-    assert resnet["freeze_modes"] == list(RESNET50)[:6]
-    assert len(vit["seeds"]) == len(resnet["seeds"]) == 10
+def test_the_depth_profile_covers_every_prefix_depth_of_both_architectures_in_one_grid():
+    p = config.load(REPO / "profiles" / "depth.yaml")
+    vit, resnet = p["train"], p["train"]["cells"]
+    assert vit["models"] == ["vit_b_16"] and vit["freeze_modes"] == list(VIT_B_16)[:14]  # k = -1 .. 11
+    assert resnet == [f"resnet50/{mode}" for mode in list(RESNET50)[:6]]
+    grid = train_stage.grid(p)
+    assert len(grid) == (14 + 6) * 10 and {c[4] for c in grid} == {"fixed"}
+    assert {c[0] for c in grid} == {"vit_b_16", "resnet50"}
 
 
 def test_a_new_family_trains_end_to_end_without_the_cache(tiny, capsys):

@@ -137,6 +137,7 @@ def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS
+    assert tuple(stages["train_cells"]["params"]) == train_stage.STAGE_PARAMS
     assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS
 
 

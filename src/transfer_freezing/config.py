@@ -122,6 +122,8 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     # The fixed-lr grid: an empty list turns it off (the tuned-lr grid is sweep.models x freeze_modes).
     "train.models": (["vit_b_16"], any_list(text())),
     "train.freeze_modes": (["freeze_none"], any_list(text())),
+    # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
+    "train.cells": ([], any_list(text())),
     "train.seeds": ([1], non_empty_list(non_negative_int())),
     "train.folds": ([0], non_empty_list(non_negative_int())),
     "train.weights": ("none", choice("none", "imagenet")),
@@ -238,6 +240,7 @@ def _check_relations(p: Params, source: str) -> None:
             models.spec(name)
             for mode in p[section]["freeze_modes"]:
                 freezing.prefixes(name, mode)
+    _check_listed_cells(p, source)
     if p["train"]["weights"] == "imagenet":
         _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
@@ -271,12 +274,39 @@ def _check_relations(p: Params, source: str) -> None:
         raise UserError(f"{source}: data.source = {p['data']['source']!r} needs data.path (the audio tree)")
 
 
+def _check_listed_cells(p: Params, source: str) -> None:
+    """``train.cells``: each ``<model>/<mode>`` of a known model and mode, once, outside the product."""
+    from .model import freezing
+    from .model import registry as models
+
+    t = p["train"]
+    product = {(m, f) for m in t["models"] for f in t["freeze_modes"]}
+    seen: set[str] = set()
+    for cell in t["cells"]:
+        model, sep, mode = cell.partition("/")
+        where = f"{source}: train.cells has {cell!r}"
+        if not (sep and model and mode) or "/" in mode:
+            raise UserError(f"{where}; each item is '<model>/<freeze mode>', e.g. 'resnet50/freeze_0_1'")
+        if cell in seen:
+            raise UserError(f"{where} twice; list each cell once")
+        if (model, mode) in product:
+            raise UserError(f"{where}, which train.models x train.freeze_modes already holds; "
+                            "list only cells outside that product")
+        seen.add(cell)
+        try:
+            models.spec(model)
+            freezing.prefixes(model, mode)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+
+
 def _check_lr_study(p: Params, source: str) -> None:
     """The two lr sources: something to train, and sweep trials that never replay a training run."""
     t, s = p["train"], p["sweep"]
-    if not (t["models"] and t["freeze_modes"]) and not (s["models"] and s["freeze_modes"]):
-        raise UserError(f"{source}: nothing to train: the fixed-lr grid (train.models x train.freeze_modes) "
-                        "and the tuned-lr grid (sweep.models x sweep.freeze_modes) are both empty")
+    if not (t["models"] and t["freeze_modes"]) and not t["cells"] and not (s["models"] and s["freeze_modes"]):
+        raise UserError(f"{source}: nothing to train: the fixed-lr grid (train.models x "
+                        "train.freeze_modes, train.cells) and the tuned-lr grid (sweep.models x "
+                        "sweep.freeze_modes) are all empty")
     shared = sorted(set(s["seeds"]) & set(t["seeds"]))
     if shared:
         raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with train.seeds = "
@@ -289,7 +319,8 @@ def _check_lr_study(p: Params, source: str) -> None:
 def _check_imagenet(p: Params, source: str) -> None:
     from .model import registry as models
 
-    for name in dict.fromkeys(p["train"]["models"] + p["sweep"]["models"]):
+    listed = [cell.partition("/")[0] for cell in p["train"]["cells"]]
+    for name in dict.fromkeys(p["train"]["models"] + listed + p["sweep"]["models"]):
         if models.spec(name).weights is None:
             with_weights = [m for m, s in models.REGISTRY.items() if s.weights is not None]
             raise UserError(

@@ -43,6 +43,7 @@ class CompareConfig:
     margin: float = 1.0
     folds: int | None = None  # K of a fold scheme (cell = repeat * K + fold), None for one split
     features: features.Store | None = None
+    stages: dict[train_stage.Cell, str] = field(default_factory=dict)  # a cell's DVC stage, if not train@
 
     @classmethod
     def from_params(cls, p: Params) -> CompareConfig:
@@ -54,7 +55,11 @@ class CompareConfig:
         return cls(cells, Path(t["out"]), tracking.Tracking.from_params(p), p["compare"]["reference_mode"],
                    p["compare"]["confidence"], Path(p["compare"]["out"]), expected,
                    features.params_hash(p), p["compare"]["equivalence_margin"], folds,
-                   features.Store.from_params(p))
+                   features.Store.from_params(p), train_stage.stages(p))
+
+    def stage(self, cell: train_stage.Cell) -> str:
+        """The DVC stage that (re)makes ``cell``."""
+        return self.stages.get(cell) or train_stage.dvc_stage(*cell)
 
     def repeat_fold(self, cell: int) -> tuple[int, int]:
         return divmod(cell, self.folds) if self.folds else (0, cell)
@@ -65,7 +70,7 @@ def _run_ids(c: CompareConfig) -> dict[train_stage.Cell, str]:
     for cell in c.cells:
         path = train_stage.run_dir(c.models_out, *cell) / "run.json"
         if not path.is_file():
-            raise UserError(f"{path} not found; run: dvc repro {train_stage.dvc_stage(*cell)}")
+            raise UserError(f"{path} not found; run: dvc repro {c.stage(cell)}")
         ids[cell] = json.loads(path.read_text())["run_id"]
     return ids
 
@@ -78,7 +83,7 @@ def collect(c: CompareConfig) -> pd.DataFrame:
 
 
 def _row(c: CompareConfig, cell: train_stage.Cell, run_id: str, run) -> dict:
-    stage = f"dvc repro -f {train_stage.dvc_stage(*cell)}"
+    stage = f"dvc repro -f {c.stage(cell)}"
     uri = tracking.mask(c.tracking.uri)
     if run is None or run.info.lifecycle_stage == "deleted":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is not in {uri}; "
@@ -112,7 +117,7 @@ def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFram
         cell = (row["model"], row["freeze_mode"], row["seed"], row["cell"], row["lr_source"])
         path = train_stage.run_dir(c.models_out, *cell) / train_stage.PREDICTIONS
         if not path.is_file():
-            stage = train_stage.dvc_stage(*cell)
+            stage = c.stage(cell)
             raise UserError(f"{path} not found; re-run: dvc repro -f {stage}")
         key = (row["model"], row["lr_source"], row["freeze_mode"], row["seed"], row["fold"], row["repeat"])
         found[key] = pd.read_csv(path)

@@ -108,7 +108,7 @@ def train_cells(p: Params, cells: list[tuple[str, str, int, int, str]], params: 
     at a time (None: as many as fit)."""
     from . import stage as train_stage
 
-    grid = set(train_stage.grid(p))
+    stages = train_stage.stages(p)
     out = _layout(p, "train.out")
     todo = []
     for cell in cells:
@@ -119,7 +119,7 @@ def train_cells(p: Params, cells: list[tuple[str, str, int, int, str]], params: 
             command=("train", "--model", model, "--freeze", freeze, "--seed", str(seed), "--fold", str(fold),
                      "--lr-source", lr_source),
             outputs=((f"{out[0]}/{rel}", f"{out[1]}/{rel}"),),
-            stage=train_stage.dvc_stage(*cell) if cell in grid else None,
+            stage=stages.get(cell),
             run_dir=f"{out[1]}/{rel}"))
     tuned = any(cell[4] == "tuned" for cell in cells)
     ship = [("features.out", None)] + ([("sweep.out", "*.json")] if tuned else [])

@@ -6,7 +6,9 @@ the fixed ``train.lr`` (grid: train.models x train.freeze_modes), ``train_tuned@
 of the sweep's ``<sweep.out>/<model>-<freeze>.json`` (grid: sweep.models x sweep.freeze_modes), both
 over train.seeds x train.folds, into ``<train.out>/<model>/<freeze>/<fixed|tuned>/seed<k>/fold<c>/``.
 A fixed cell depends on ``train.lr`` and never on a sweep; a tuned cell on its sweep JSON and never
-on ``train.lr``. An empty list turns a grid off.
+on ``train.lr``. An empty list turns a grid off. ``train.cells`` adds fixed-lr cells outside the
+product, each ``<model>/<mode>`` (``train_cells@<model>/<freeze>-<seed>-<fold>``, the same layout):
+one profile can give each architecture its own modes (ViT's 14 prefix depths, ResNet's 6 stages).
 """
 
 from __future__ import annotations
@@ -43,17 +45,36 @@ TUNED_STAGE_PARAMS = tuple(k for k in STAGE_PARAMS if k != "train.lr")
 LR_SOURCES = ("fixed", "tuned")
 # lr source -> its DVC stage (dvc.yaml's matrices name their cells <stage>@<model>-<freeze>-<seed>-<fold>)
 STAGES = {"fixed": "train", "tuned": "train_tuned"}
+# The fixed-lr cells of train.cells: dvc.yaml's matrix names them <stage>@<model>/<freeze>-<seed>-<fold>.
+LISTED_STAGE = "train_cells"
 
 Cell = tuple[str, str, int, int, str]  # model, freeze mode, seed, fold cell, lr source
 
 
-def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
-    """Every train cell of params, fixed-lr ones first: what dvc.yaml's two train stages hold."""
+def listed_pairs(p: Params) -> list[tuple[str, str]]:
+    """The (model, freeze mode) pairs of ``train.cells`` (``config`` checked their form)."""
+    return [tuple(cell.split("/", 1)) for cell in p["train"]["cells"]]  # type: ignore[misc]
+
+
+def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
+    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``train.cells``."""
     t, s = p["train"], p["sweep"]
-    axes = {"fixed": (t["models"], t["freeze_modes"]), "tuned": (s["models"], s["freeze_modes"])}
-    return [(m, f, seed, fold, source) for source, (models_, modes) in axes.items()
-            if lr_source in (None, source)
-            for m in models_ for f in modes for seed in t["seeds"] for fold in t["folds"]]
+    if lr_source == "tuned":
+        return [(m, f) for m in s["models"] for f in s["freeze_modes"]]
+    return [(m, f) for m in t["models"] for f in t["freeze_modes"]] + listed_pairs(p)
+
+
+def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
+    """Every train cell of params, fixed-lr ones first: what dvc.yaml's three train stages hold."""
+    t = p["train"]
+    return [(m, f, seed, fold, source) for source in LR_SOURCES if lr_source in (None, source)
+            for m, f in pairs(p, source) for seed in t["seeds"] for fold in t["folds"]]
+
+
+def stages(p: Params) -> dict[Cell, str]:
+    """Every train cell of params and its DVC stage name."""
+    extra = set(listed_pairs(p))
+    return {cell: dvc_stage(*cell, listed=cell[4] == "fixed" and cell[:2] in extra) for cell in grid(p)}
 
 
 @dataclass(frozen=True)
@@ -96,14 +117,16 @@ def cell_name(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> 
     return f"{model}/{freeze}/{lr_source}/seed{seed}/fold{fold}"
 
 
-def dvc_stage(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
-    """The DVC stage of a cell, as dvc.yaml's matrices name it."""
+def dvc_stage(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:
+    """The DVC stage of a cell, as dvc.yaml's matrices name it (``listed``: a cell of train.cells)."""
+    if listed:
+        return f"{LISTED_STAGE}@{model}/{freeze}-{seed}-{fold}"
     return f"{STAGES[lr_source]}@{model}-{freeze}-{seed}-{fold}"
 
 
-def stage_name(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
+def stage_name(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:
     """The DVC stage this process runs (``DVC_STAGE`` inside ``dvc repro``), else the cell's."""
-    return os.environ.get("DVC_STAGE") or dvc_stage(model, freeze, seed, fold, lr_source)
+    return os.environ.get("DVC_STAGE") or dvc_stage(model, freeze, seed, fold, lr_source, listed)
 
 
 def sweep_json(p: Params, model: str, freeze: str) -> Path:
@@ -166,14 +189,17 @@ def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_sourc
     cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
     logged = {**stage_params(p, lr_source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
+    is_listed = lr_source == "fixed" and (model, freeze) in listed_pairs(p)
     return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
                       checkpoint_seconds=p["train"]["checkpoint_seconds"],
-                      diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance)
+                      diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance,
+                      listed=is_listed)
 
 
 def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
                full_params: dict | None = None, checkpoint_seconds: float = 60.0,
-               diagnostics_clips: int = 0, extra_tags: dict[str, str] | None = None) -> dict:
+               diagnostics_clips: int = 0, extra_tags: dict[str, str] | None = None,
+               listed: bool = False) -> dict:
     """Run one cell, log it to MLflow, write model.pt, metrics.json, diagnostics.json and run.json.
 
     ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
@@ -189,7 +215,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     exp_id = tracking.connect(ws.tracking)
     out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
     out.mkdir(parents=True, exist_ok=True)
-    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
+    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source, listed)
     resumed_id = _resumable_run(out, cfg, exp_id, stage)
     feature_hash = ws.features.content_hash()
     tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "fold": str(cfg.fold),

@@ -61,9 +61,9 @@ def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
 
 
 def cells(p: Params) -> list[CellStatus]:
-    """Every cell of both train grids (fixed-lr ``train@…``, then tuned-lr ``train_tuned@…``)."""
-    grid = train_stage.grid(p)
-    names = [train_stage.dvc_stage(*cell) for cell in grid]
+    """Every train cell (fixed-lr ``train@…`` and ``train_cells@…``, then tuned-lr ``train_tuned@…``)."""
+    stages = train_stage.stages(p)
+    grid, names = list(stages), list(stages.values())
     changed = dvc_changed(names)
     runs = mlflow_runs(tracking.Tracking.from_params(p), names)
     out = []
