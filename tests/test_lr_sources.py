@@ -40,6 +40,13 @@ def _params(**flat) -> dict:
     ({"sweep.seed": 1}, "sweep.seed is now sweep.seeds"),
     ({"train.freeze_modes": [], "sweep.freeze_modes": []}, "nothing to train"),
     ({"sweep.folds": [0, 1]}, "sweep.folds = [0, 1] has [1]; allowed: [0]"),
+    # compare judges every model's modes against the reference: each grid must train it.
+    ({"sweep.freeze_modes": ["freeze_patch"]}, "compare.reference_mode = 'freeze_none', but the tuned-lr "
+     "grid has no vit_demo/freeze_none cells to judge vit_demo's modes against; add it to "
+     "sweep.freeze_modes"),
+    ({"train.freeze_modes": ["freeze_patch"]}, "add it to train.freeze_modes"),
+    ({"train.cells": ["resnet_demo/freeze_0"]}, "no resnet_demo/freeze_none cells to judge resnet_demo's "
+                                                "modes against; add it to train.cells"),
 ])
 def test_bad_lr_study_params_are_one_line(flat, message):
     with pytest.raises(UserError, match="^params: ") as err:
@@ -74,12 +81,15 @@ def test_bad_listed_cells_are_one_line(cells, message):
 
 def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    p = _params(**{"train.freeze_modes": ["freeze_none"], "train.cells": ["resnet_demo/freeze_0"],
-                   "sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    p = _params(**{"train.freeze_modes": ["freeze_none"], "sweep.freeze_modes": ["freeze_none"],
+                   "train.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"],
+                   "train.seeds": [1], "train.folds": [0]})
     assert train_stage.grid(p) == [("vit_demo", "freeze_none", 1, 0, "fixed"),
+                                   ("resnet_demo", "freeze_none", 1, 0, "fixed"),
                                    ("resnet_demo", "freeze_0", 1, 0, "fixed"),
                                    ("vit_demo", "freeze_none", 1, 0, "tuned")]
     assert list(train_stage.stages(p).values()) == ["train@vit_demo-freeze_none-1-0",
+                                                     "train_cells@resnet_demo/freeze_none-1-0",
                                                      "train_cells@resnet_demo/freeze_0-1-0",
                                                      "train_tuned@vit_demo-freeze_none-1-0"]
     listed = ("resnet_demo", "freeze_0", 1, 0, "fixed")
@@ -96,8 +106,10 @@ def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
         cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "resnet_demo"]))
     with pytest.raises(UserError, match="not both"):
         cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "a/b", "--model", "a"]))
-    only = _params(**{"train.freeze_modes": [], "sweep.models": [], "train.cells": ["resnet_demo/freeze_0"]})
-    assert {c[:2] for c in train_stage.grid(only)} == {("resnet_demo", "freeze_0")}
+    only = _params(**{"train.freeze_modes": [], "sweep.models": [],
+                      "train.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"]})
+    assert {c[:2] for c in train_stage.grid(only)} == {("resnet_demo", "freeze_none"),
+                                                       ("resnet_demo", "freeze_0")}
 
 
 def test_every_profile_keeps_sweep_and_training_seeds_apart():

@@ -115,9 +115,9 @@ def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) 
     import optuna
 
     n = 3
-    write_params(tiny, **{"sweep.n_trials": n, "sweep.epochs": 1,
-                          "sweep.freeze_modes": ["freeze_patch_0_11"]})
-    proc = tfreeze("sweep", "--workers", "2", cwd=tiny, env={"OMP_NUM_THREADS": "1"})
+    write_params(tiny, **{"sweep.n_trials": n, "sweep.epochs": 1})
+    proc = tfreeze("sweep", "--freeze", "freeze_patch_0_11", "--workers", "2", cwd=tiny,
+                   env={"OMP_NUM_THREADS": "1"})
     assert proc.stdout.count("best lr") == 2, proc.stdout
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tiny}/optuna.db")
     trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials

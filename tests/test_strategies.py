@@ -148,8 +148,9 @@ def test_modes_that_do_not_apply_fail_in_one_line_listing_the_valid_ones(name, m
 
 
 def test_config_checks_modes_against_each_model():
-    p = config.validate({"train.models": ["vit_demo"], "train.freeze_modes": ["bitfit", "tune_0_2"]})
-    assert p["train"]["freeze_modes"] == ["bitfit", "tune_0_2"]
+    modes = ["freeze_none", "bitfit", "tune_0_2"]
+    p = config.validate({"train.models": ["vit_demo"], "train.freeze_modes": modes})
+    assert p["train"]["freeze_modes"] == modes
     with pytest.raises(UserError, match="'layernorm' does not apply to resnet_demo"):
         config.validate({"train.models": ["resnet_demo"], "train.freeze_modes": ["layernorm"]})
 

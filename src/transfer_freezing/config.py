@@ -241,6 +241,7 @@ def _check_relations(p: Params, source: str) -> None:
             for mode in p[section]["freeze_modes"]:
                 freezing.prefixes(name, mode)
     _check_listed_cells(p, source)
+    _check_reference(p, source)
     if p["train"]["weights"] == "imagenet":
         _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
@@ -298,6 +299,22 @@ def _check_listed_cells(p: Params, source: str) -> None:
             freezing.prefixes(model, mode)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
+
+
+def _check_reference(p: Params, source: str) -> None:
+    """compare judges each model's modes against compare.reference_mode: every grid must train it."""
+    t, s, reference = p["train"], p["sweep"], p["compare"]["reference_mode"]
+    grids = {"the fixed-lr grid": [(m, f) for m in t["models"] for f in t["freeze_modes"]]
+             + [tuple(c.split("/", 1)) for c in t["cells"]],
+             "the tuned-lr grid": [(m, f) for m in s["models"] for f in s["freeze_modes"]]}
+    for name, pairs in grids.items():
+        for model in dict.fromkeys(m for m, _ in pairs):
+            if (model, reference) not in pairs:
+                fix = ("sweep.freeze_modes" if name == "the tuned-lr grid" else
+                       "train.freeze_modes" if model in t["models"] else "train.cells")
+                raise UserError(f"{source}: compare.reference_mode = {reference!r}, but {name} has no "
+                                f"{model}/{reference} cells to judge {model}'s modes against; "
+                                f"add it to {fix}")
 
 
 def _check_lr_study(p: Params, source: str) -> None:
