@@ -280,6 +280,18 @@ def test_depth_band_is_the_t_interval_of_each_mean() -> None:
     assert y.min() == pytest.approx((acc.mean() - half).min())
 
 
+def test_depth_y_axis_shows_the_runs_inside_0_to_100_not_a_two_run_band() -> None:
+    # Two runs 30 points apart: t(0.975, 1) * sd / sqrt(2) puts the band near -170 .. +230 %.
+    rows = [{"model": "vit", "freeze_mode": mode, "seed": s, "trainable_share": share,
+             "test_acc": acc + 30 * s} for s in range(2)
+            for mode, share, acc in (("freeze_none", 1.0, 40.0), ("freeze_patch_0_11", 0.001, 20.0))]
+    ax = depth_figure(pd.DataFrame(rows)).axes[0]
+    (band,) = [c for c in ax.collections if c.get_gid() == "depth_band"]
+    assert band.get_paths()[0].vertices[:, 1].min() < -100  # the band itself is the true interval
+    assert ax.get_ylim() == pytest.approx((12.0, 78.0))  # 20 .. 70 % with an 8-point margin
+    assert "cut at the axes" in ax.get_title()
+
+
 def test_depth_draws_both_architectures_and_keeps_other_strategies_off_the_curve() -> None:
     rows = []
     shares = {"vit_demo": {"freeze_none": 1.0, "freeze_patch_0_5": 0.5, "bitfit": 0.01},

@@ -258,6 +258,7 @@ def _reference_label(effects: pd.DataFrame) -> str:
 
 DEPTH_COLUMNS = ("model", "freeze_mode", "trainable_share", "test_acc")
 DEPTH_JITTER_DEX = 0.012  # multiplicative x jitter of the per-run points, in decades
+DEPTH_Y_MARGIN = 8.0  # accuracy points shown beyond the lowest and highest run or mean
 LABEL_STACK_DEX = 0.15  # mode labels of means closer than this on x (decades) are stacked
 LABEL_LEVELS = 4  # ... at most this many high, then from the bottom again (a 14-depth curve stays inside)
 
@@ -339,11 +340,15 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
     ax.set_xlim(
         10 ** math.floor(np.log10(means["share_pct"].min() * 0.9)), means["share_pct"].max() * 1.25
     )
+    # y: the runs and means with a margin, inside 0-100 %: with two or three runs a t band can span
+    # hundreds of points and would flatten every curve; it is cut at the axes (the title says so).
+    seen = pd.concat([runs["test_acc"], means["test_mean"]])
+    ax.set_ylim(max(0.0, seen.min() - DEPTH_Y_MARGIN), min(100.0, seen.max() + DEPTH_Y_MARGIN))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
     ax.set_xlabel("Trainable parameters (% of model, log scale)")
     ax.set_ylabel("Test accuracy (%)")
-    ax.set_title(f"lines: prefix depths, band {DEPTH_CONFIDENCE:.0%} CI of the mean over runs; "
-                 "diamonds: other strategies", fontsize="small")
+    ax.set_title(f"lines: prefix depths, band {DEPTH_CONFIDENCE:.0%} CI of the mean over runs (cut at the "
+                 "axes); diamonds: other strategies", fontsize="small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", frameon=True)
     return fig
