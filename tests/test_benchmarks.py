@@ -1,6 +1,7 @@
 """The training-throughput benchmark runs end to end and counts the FLOPs it divides by."""
 
 import json
+import os
 import sys
 
 import torch
@@ -49,3 +50,35 @@ def test_gpu_grid_scratch_params_are_valid_paper_profiles():
     paper = gpu_grid.scratch_params("paper", gpu_grid.PAPER_SEEDS, "cuda", 0)
     assert paper["features"]["image_size"] == 224 and paper["train"]["epochs"] == 20
     assert len(gpu_grid.cells(paper)) == 50
+
+
+def test_disk_footprint_counts_a_hard_linked_file_once_and_a_copy_twice(tmp_path):
+    import disk_footprint
+
+    cache, work = tmp_path / "cache", tmp_path / "models"
+    cache.mkdir()
+    work.mkdir()
+    (cache / "a").write_bytes(b"x" * 1000)
+    os.link(cache / "a", work / "a")  # DVC's hardlink cache: one inode, two names
+    (work / "b").write_bytes(b"y" * 300)
+    (work / "c").symlink_to(work / "b")  # a symlink is not a file of its own
+    assert disk_footprint.footprint([work, cache]) == {"apparent_bytes": 2300, "unique_bytes": 1300,
+                                                       "files": 2}
+    (work / "a").unlink()
+    (work / "a").write_bytes(b"x" * 1000)  # DVC's copy: two inodes
+    assert disk_footprint.footprint([work, cache])["unique_bytes"] == 2300
+    assert disk_footprint.footprint([tmp_path / "absent"]) == {"apparent_bytes": 0, "unique_bytes": 0,
+                                                               "files": 0}
+
+
+def test_disk_footprint_params_are_the_paper_grid_with_sizes_unchanged():
+    import disk_footprint
+    import yaml
+
+    from transfer_freezing import config
+
+    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    flat = {**config.flat(p), **disk_footprint.CHANGES}
+    checked = config.validate(flat, source="disk_footprint")
+    assert checked["train"]["models"] == ["vit_b_16"] and checked["features"]["image_size"] == 224
+    assert len(checked["train"]["freeze_modes"]) == 5 and checked["sweep"]["models"] == []
