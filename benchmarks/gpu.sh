@@ -33,12 +33,13 @@ timeout 300 "$PY" benchmarks/train_throughput.py --model vit_b_16 --image-size 2
   --steps 20 --rounds 3 --device cuda --mfu-model vit_b_16 --mfu-image-size 224 --mfu-batch-size 32 \
   --mfu-steps 10 --out "$OUT" 2>&1 | tee "$OUT/gpu_train_throughput.log"
 
-# Seeds side by side (tfreeze train --jobs N, train.gpus_per_run 1/N): aggregate img/s of 1, 2
-# and 4 concurrent runs.
+# Seeds side by side, the two candidates in one run: processes (tfreeze train --jobs N,
+# train.gpus_per_run 1/N; aggregate img/s of 1, 2 and 4 concurrent runs) and one torch.func
+# ensemble of 2 and 4 seeds in one process (benchmarks/ensemble.py). Keep what wins.
 for mode in freeze_none freeze_patch_0_5; do
-  timeout 150 "$PY" benchmarks/concurrent_seeds.py --model vit_b_16 --mode "$mode" --image-size 224 \
-    --batch-size 32 --steps 20 --epochs 5 --procs 1 2 4 --device cuda --out "$OUT" 2>&1 \
-    | tee "$OUT/gpu_concurrent_seeds_$mode.log" || echo "concurrent seeds ($mode) failed or over 150 s"
+  timeout 200 "$PY" benchmarks/concurrent_seeds.py --model vit_b_16 --mode "$mode" --image-size 224 \
+    --batch-size 32 --steps 20 --epochs 5 --procs 1 2 4 --ensemble 2 4 --device cuda --out "$OUT" 2>&1 \
+    | tee "$OUT/gpu_concurrent_seeds_$mode.log" || echo "concurrent seeds ($mode) failed or over 200 s"
 done
 
 # The paper grid end to end through the commands users run (benchmarks/gpu_grid.py; needs mlflow,

@@ -1,4 +1,4 @@
-"""The training-throughput benchmark runs end to end and counts the FLOPs it divides by."""
+"""The benchmarks run end to end, count what they divide by, and train what they claim to."""
 
 import json
 import os
@@ -82,3 +82,69 @@ def test_disk_footprint_params_are_the_paper_grid_with_sizes_unchanged():
     checked = config.validate(flat, source="disk_footprint")
     assert checked["train"]["models"] == ["vit_b_16"] and checked["features"]["image_size"] == 224
     assert len(checked["train"]["freeze_modes"]) == 5 and checked["sweep"]["models"] == []
+
+
+def _seeded_nets(mode: str, seeds: list[int]):
+    import ensemble
+
+    from transfer_freezing.train import core as training
+
+    data = training.Data(train_throughput.synthetic(24, 32, 1), train_throughput.synthetic(8, 32, 2),
+                         train_throughput.synthetic(8, 32, 3))
+    cfgs = [training.RunConfig(model="vit_demo", freeze=mode, seed=s, epochs=1, batch_size=8, lr=0.05,
+                               image_size=32, device="cpu") for s in seeds]
+    cpu = torch.device("cpu")
+    built = [training.setup(c, cpu) for c in cfgs]
+    ensemble.share_frozen([m for m, *_ in built])
+    prepared = [training.prepare(c, m, data, cpu) for c, (m, *_) in zip(cfgs, built, strict=True)]
+    return [net for net, _ in prepared], [opt for _, opt, *_ in built], prepared[0][1]
+
+
+def test_ensemble_steps_every_seed_as_its_own_run_would():
+    import ensemble
+
+    for mode in ("freeze_none", "freeze_patch_0_5", "freeze_patch_0_11"):
+        nets, opts, data = _seeded_nets(mode, [1, 2, 3])
+        trained = [k for k, p in nets[0].named_parameters() if p.requires_grad]
+        frozen = [k for k, p in nets[0].named_parameters() if not p.requires_grad]
+        assert all(torch.equal(dict(n.named_parameters())[k], dict(nets[0].named_parameters())[k])
+                   for n in nets for k in frozen)
+        assert any(not torch.equal(dict(nets[1].named_parameters())[k], dict(nets[0].named_parameters())[k])
+                   for k in trained)  # the seeds differ in what they train
+        ens = ensemble.Ensemble(nets, lr=0.05, momentum=0.9)
+        ens.train()
+        rng = torch.Generator().manual_seed(5)
+        for _ in range(3):
+            idx = torch.stack([torch.randperm(len(data.train), generator=rng)[:8] for _ in nets])
+            xs, ys = data.train.images[idx], data.train.labels[idx]
+            losses = ens.step(xs, ys)
+            for k, (net, opt) in enumerate(zip(nets, opts, strict=True)):
+                net.train()
+                loss = F.cross_entropy(net(xs[k]), ys[k])
+                assert abs(loss.item() - losses[k].item()) < 1e-5
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        for k, net in enumerate(nets):
+            alone = dict(net.named_parameters())
+            assert max((ens.weights(k)[n] - alone[n]).abs().max().item() for n in trained) < 1e-5, mode
+
+
+def test_ensemble_refuses_batchnorm():
+    import ensemble
+    import pytest
+
+    with pytest.raises(ValueError, match="BatchNorm"):
+        ensemble.Ensemble([torch.nn.Sequential(torch.nn.BatchNorm1d(3))], lr=0.1)
+
+
+def test_concurrent_seeds_prints_processes_and_ensemble_rows(tmp_path):
+    import concurrent_seeds
+
+    result = concurrent_seeds.main(["--model", "vit_demo", "--mode", "freeze_patch_0_5", "--image-size", "32",
+                                    "--batch-size", "4", "--steps", "2", "--epochs", "1", "--procs", "1",
+                                    "--ensemble", "2", "--device", "cpu", "--out", str(tmp_path)])
+    routes = [(r["route"], r["seeds"]) for r in result["rows"]]
+    assert routes == [("processes", 1), ("ensemble", 2)]
+    assert all(r["aggregate_ips"] > 0 for r in result["rows"])
+    assert result["rows"][0]["ratio"] == 1.0

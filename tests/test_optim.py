@@ -113,6 +113,16 @@ def test_bad_values_give_one_line(tmp_path, override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_warm_up_longer_than_the_sweep_trials_gives_one_line(tmp_path):
+    params = write_params(tmp_path)
+    with pytest.raises(UserError) as err:
+        config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=2"])
+    assert "train.warmup_epochs = 2 must be below sweep.epochs = 2" in str(err.value)
+    assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=3"])
+    assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=2",
+                                "sweep.models=[]"])  # no tuned-lr grid: no sweep trials
+
+
 def test_sweep_trials_take_the_optimiser_and_schedule_and_start_their_own_study(tmp_path):
     from transfer_freezing.train import sweep
 

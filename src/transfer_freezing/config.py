@@ -257,6 +257,12 @@ def _check_relations(p: Params, source: str) -> None:
             f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
             f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
         )
+    if pairs(p, "tuned") and 0 < p["sweep"]["epochs"] <= p["train"]["warmup_epochs"]:
+        raise UserError(
+            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
+            f"sweep.epochs = {p['sweep']['epochs']} (sweep trials use the same warm-up, which would "
+            "never end)"
+        )
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
     for section in ("train", "sweep"):
         outside = [f for f in p[section]["folds"] if f >= cells]
@@ -275,13 +281,26 @@ def _check_relations(p: Params, source: str) -> None:
         raise UserError(f"{source}: data.source = {p['data']['source']!r} needs data.path (the audio tree)")
 
 
+def listed_pairs(p: Params) -> list[tuple[str, str]]:
+    """The (model, freeze mode) pairs of ``train.cells`` (``_check_listed_cells`` checks their form)."""
+    return [tuple(cell.split("/", 1)) for cell in p["train"]["cells"]]  # type: ignore[misc]
+
+
+def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
+    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``train.cells``."""
+    t, s = p["train"], p["sweep"]
+    if lr_source == "tuned":
+        return [(m, f) for m in s["models"] for f in s["freeze_modes"]]
+    return [(m, f) for m in t["models"] for f in t["freeze_modes"]] + listed_pairs(p)
+
+
 def _check_listed_cells(p: Params, source: str) -> None:
     """``train.cells``: each ``<model>/<mode>`` of a known model and mode, once, outside the product."""
     from .model import freezing
     from .model import registry as models
 
     t = p["train"]
-    product = {(m, f) for m in t["models"] for f in t["freeze_modes"]}
+    product = {(m, f) for m in t["models"] for f in t["freeze_modes"]}  # pairs(p, "fixed") less the cells
     seen: set[str] = set()
     for cell in t["cells"]:
         model, sep, mode = cell.partition("/")
@@ -303,13 +322,11 @@ def _check_listed_cells(p: Params, source: str) -> None:
 
 def _check_reference(p: Params, source: str) -> None:
     """compare judges each model's modes against compare.reference_mode: every grid must train it."""
-    t, s, reference = p["train"], p["sweep"], p["compare"]["reference_mode"]
-    grids = {"the fixed-lr grid": [(m, f) for m in t["models"] for f in t["freeze_modes"]]
-             + [tuple(c.split("/", 1)) for c in t["cells"]],
-             "the tuned-lr grid": [(m, f) for m in s["models"] for f in s["freeze_modes"]]}
-    for name, pairs in grids.items():
-        for model in dict.fromkeys(m for m, _ in pairs):
-            if (model, reference) not in pairs:
+    t, reference = p["train"], p["compare"]["reference_mode"]
+    grids = {"the fixed-lr grid": pairs(p, "fixed"), "the tuned-lr grid": pairs(p, "tuned")}
+    for name, cells in grids.items():
+        for model in dict.fromkeys(m for m, _ in cells):
+            if (model, reference) not in cells:
                 fix = ("sweep.freeze_modes" if name == "the tuned-lr grid" else
                        "train.freeze_modes" if model in t["models"] else "train.cells")
                 raise UserError(f"{source}: compare.reference_mode = {reference!r}, but {name} has no "

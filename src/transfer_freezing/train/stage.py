@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from .. import atomic, config
-from ..config import Params
+from ..config import Params, listed_pairs, pairs
 from ..data import features
 from ..errors import UserError
 from ..model import freezing
@@ -49,19 +49,6 @@ STAGES = {"fixed": "train", "tuned": "train_tuned"}
 LISTED_STAGE = "train_cells"
 
 Cell = tuple[str, str, int, int, str]  # model, freeze mode, seed, fold cell, lr source
-
-
-def listed_pairs(p: Params) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of ``train.cells`` (``config`` checked their form)."""
-    return [tuple(cell.split("/", 1)) for cell in p["train"]["cells"]]  # type: ignore[misc]
-
-
-def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``train.cells``."""
-    t, s = p["train"], p["sweep"]
-    if lr_source == "tuned":
-        return [(m, f) for m in s["models"] for f in s["freeze_modes"]]
-    return [(m, f) for m in t["models"] for f in t["freeze_modes"]] + listed_pairs(p)
 
 
 def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
