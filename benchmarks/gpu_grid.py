@@ -15,8 +15,9 @@ once; then each route trains the grid in its own fresh workspace with its own ML
   after another: exactly the commands ``dvc repro`` runs (DVC's own bookkeeping is not counted);
 - ``one-process``: ``tfreeze train`` with no cell arguments: the whole grid in one process, so the
   imports, CUDA start and data load are paid once;
-- ``side-by-side``: one ``tfreeze train --freeze F`` process per freeze mode, all at once on the
-  one device (each runs its mode's seeds); ``tfreeze train --jobs N`` is the same placement through
+- ``side-by-side``: ``--procs-per-mode`` ``tfreeze train --freeze F`` processes per freeze mode
+  (default 1; each trains a share of the mode's seeds through ``--set train.seeds=[...]``), all at
+  once on the one device; ``tfreeze train --jobs N`` is the same placement through
   Ray, but Ray's wheel (79 MB) does not fit a device call's 64 MiB, so this route uses processes.
 
 Printed per route: wall time from the first cell's start to ``freezing_comparison.md``, the sum of
@@ -65,7 +66,10 @@ SCALES: dict[str, dict[str, object]] = {
 def scratch_params(scale: str, seeds: list[int], device: str, workers: int) -> dict:
     """The paper profile with the scale's substitutions, every path inside the scratch folder."""
     p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    # The original's grid: fixed lr only (sweep.models [] turns the sweep and the tuned-lr grid off;
+    # with them on, compare would wait for tuned-lr cells no route trains).
     changes = {**SCALES[scale], "train.seeds": seeds, "train.folds": [0], "train.device": device,
+               "sweep.models": [],
                "features.workers": workers, "tracking.uri": "sqlite:///mlruns/mlflow.db",
                "tracking.artifacts": "mlruns/artifacts", "tracking.experiment": f"gpu-grid-{scale}"}
     for key, value in changes.items():
@@ -114,7 +118,7 @@ def cells(p: dict) -> list[tuple[str, str, int]]:
     return [(m, f, s) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]]
 
 
-def run_route(route: str, root: Path, p: dict) -> dict:
+def run_route(route: str, root: Path, p: dict, procs_per_mode: int = 1) -> dict:
     log = root / "route.log"
     t0 = time.perf_counter()
     process_seconds: list[float] = []
@@ -124,14 +128,18 @@ def run_route(route: str, root: Path, p: dict) -> dict:
                                                  "--seed", str(seed), "--fold", "0"), root, log))
     elif route == "one-process":
         process_seconds.append(check(tfreeze("train"), root, log))
-    else:  # side-by-side: one process per freeze mode, all at once
+    else:  # side-by-side: procs_per_mode processes per freeze mode (seeds split), all at once
         procs = []
+        seeds = p["train"]["seeds"]
+        groups = [seeds[i::procs_per_mode] for i in range(min(procs_per_mode, len(seeds)))]
         for model in p["train"]["models"]:
             for freeze in p["train"]["freeze_modes"]:
-                fh = open(root / f"{model}-{freeze}.log", "w")
-                procs.append((fh, time.perf_counter(), subprocess.Popen(
-                    tfreeze("train", "--model", model, "--freeze", freeze), cwd=root, env=env(),
-                    stdout=fh, stderr=subprocess.STDOUT)))
+                for i, group in enumerate(groups):
+                    fh = open(root / f"{model}-{freeze}-{i}.log", "w")
+                    only = ["--set", f"train.seeds=[{','.join(map(str, group))}]"] if len(groups) > 1 else []
+                    procs.append((fh, time.perf_counter(), subprocess.Popen(
+                        tfreeze("train", "--model", model, "--freeze", freeze, *only), cwd=root, env=env(),
+                        stdout=fh, stderr=subprocess.STDOUT)))
         for fh, started, proc in procs:
             rc = proc.wait()
             process_seconds.append(time.perf_counter() - started)
@@ -173,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", nargs="+", type=int, help="a subset of seeds (default: the paper's 10)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--workers", type=int, default=0, help="features.workers (0 = all cores)")
+    ap.add_argument("--procs-per-mode", type=int, default=1,
+                    help="side-by-side: processes per freeze mode, each training a share of the seeds")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args(argv)
     seeds = args.seeds or (PAPER_SEEDS if args.scale == "paper" else [1, 8])
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"features {setup['features_seconds']:.1f} s")
     rows = []
     for route in args.routes:
-        row = run_route(route, workspace(base, route, p), p)
+        row = run_route(route, workspace(base, route, p), p, args.procs_per_mode)
         rows.append(row)
         full = len(PAPER_SEEDS) / len(seeds)
         if args.scale == "paper" and full != 1 and route != "side-by-side":
@@ -202,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"written per cell; disk {row['disk_bytes'] / 2**30:.2f} GiB"
               + (f"; x10 seeds (projection, not measured): {row['projected_10_seed_seconds'] / 60:.1f} min"
                  if "projected_10_seed_seconds" in row else ""))
-    result = {"scale": args.scale, "seeds": seeds, "device": args.device, **setup, "routes": rows,
+    result = {"scale": args.scale, "seeds": seeds, "device": args.device,
+              "procs_per_mode": args.procs_per_mode, **setup, "routes": rows,
               "targets": {"grid_minutes": 4, "per_cell_route_minutes": 15, "checkpoint_share": 0.05,
                           "disk_gib": 5}}
     save(f"gpu_grid-{args.scale}", result)

@@ -47,9 +47,23 @@ def test_gpu_grid_scratch_params_are_valid_paper_profiles():
         checked = config.validate(dict(config.flat(p)), source=f"gpu_grid {scale}")
         assert checked["data"]["source"] == "synthetic" and checked["train"]["weights"] == "none"
         assert checked["train"]["seeds"] == [1, 8] and checked["tracking"]["uri"].startswith("sqlite:///")
+        assert config.pairs(checked, "tuned") == []  # compare waits for no tuned-lr cells
     paper = gpu_grid.scratch_params("paper", gpu_grid.PAPER_SEEDS, "cuda", 0)
     assert paper["features"]["image_size"] == 224 and paper["train"]["epochs"] == 20
     assert len(gpu_grid.cells(paper)) == 50
+
+
+def test_gpu_grid_smoke_runs_a_route_through_compare(monkeypatch):
+    import gpu_grid
+
+    saved = {}
+    monkeypatch.setattr(gpu_grid, "save", lambda name, result: saved.update({name: result}))
+    result = gpu_grid.main(["--scale", "smoke", "--routes", "one-process", "--seeds", "1", "--device", "cpu",
+                            "--workers", "1"])
+    [row] = result["routes"]
+    assert row["route"] == "one-process" and row["cells"] == 3  # 3 modes x 1 seed, then the table
+    assert 0 < row["fit_seconds_sum"] < row["wall_seconds"] and row["compare_seconds"] > 0
+    assert saved == {"gpu_grid-smoke": result}
 
 
 def test_disk_footprint_counts_a_hard_linked_file_once_and_a_copy_twice(tmp_path):
