@@ -1,7 +1,7 @@
 """Disk footprint of the paper grid under ``dvc repro``: workspace + DVC cache + MLflow store.
 
-    python benchmarks/disk_footprint.py                  # one seed of each paper mode, ViT-B/16
-    python benchmarks/disk_footprint.py --seeds 1 8 --keep
+    python benchmarks/disk_footprint.py                  # two seeds of each paper mode, ViT-B/16
+    python benchmarks/disk_footprint.py --keep-weights all --seeds 1 --keep
 
 A clean copy of this checkout (as ``benchmarks/pipeline.py`` makes it) gets the paper profile
 (``profiles/paper.yaml``: ViT-B/16 at 224 px, its 5 freeze modes) with substitutions that change no
@@ -15,9 +15,14 @@ project's own DVC and MLflow settings. Then, measured on disk:
 - the same after ``dvc config cache.type copy && dvc checkout --relink`` (DVC's behaviour where
   neither reflinks nor the project's hard links are used): what one copy on disk saves.
 
-The 10-seed grid's footprint is each mode's measured per-cell bytes times 10 seeds: a checkpoint's
-size follows from its mode's trainable parameters alone (not the seed, data or epochs), so this is
-arithmetic on measured sizes, and it is labelled as scaled. Target (the GPU-grid issue): <= 5 GB.
+``train.keep_weights`` is the paper profile's (``first_seed``: the first seed's runs keep their
+weights, the others a record) unless ``--keep-weights`` says otherwise; the default seeds, the
+paper's first two, measure one cell of each kind per mode. The 10-seed grid's footprint is then
+each mode's measured bytes per kept cell times the paper seeds that keep weights, plus its bytes
+per dropped cell times the others (the DVC cache and MLflow store scaled in proportion): a
+checkpoint's size follows from its mode's trainable parameters alone (not the seed, data or
+epochs), so this is arithmetic on measured sizes, and it is labelled as scaled. Target (the
+GPU-grid issue): <= 5 GB.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ import yaml
 from common import save
 from pipeline import clean_copy
 
+from transfer_freezing.train.checkpoint import KEEP_WEIGHTS, keeps_weights
+
 REPO = Path(__file__).resolve().parents[1]
-PAPER_SEEDS = 10
+PAPER_SEEDS = [1, 8, 16, 24, 32, 40, 48, 56, 64, 72]  # profiles/paper.yaml's train.seeds
 TARGET_BYTES = 5e9
 PLACES = {"workspace models/": "models", "DVC cache": ".dvc/cache", "MLflow store": "mlruns"}
 # What differs from profiles/paper.yaml: nothing that changes a checkpoint's size.
@@ -65,15 +72,33 @@ def measure(work: Path) -> dict:
     return {"places": places, "together": together}
 
 
-def cells(work: Path) -> list[dict]:
+def cells(work: Path, policy: str, seeds: list[int]) -> list[dict]:
     rows = []
     for model_pt in sorted((work / "models").rglob("model.pt")):
         folder = model_pt.parent
         others = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != "model.pt")
+        seed = int(folder.parts[-2].removeprefix("seed"))
         rows.append({"cell": str(folder.relative_to(work / "models")), "mode": folder.parts[-4],
+                     "seed": seed, "weights_kept": keeps_weights(policy, seed, seeds),
                      "model_pt_bytes": model_pt.stat().st_size, "other_bytes": others,
                      "last_pt_left": (folder / "last.pt").exists()})
     return rows
+
+
+def scale(per_cell: list[dict], policy: str) -> dict[str, dict[str, int]]:
+    """Each mode's bytes over the 10 paper seeds under ``policy``, from the measured cells' bytes."""
+    need = {keeps_weights(policy, s, PAPER_SEEDS) for s in PAPER_SEEDS}
+    out = {}
+    for mode in dict.fromkeys(r["mode"] for r in per_cell):
+        sizes = {kept: max((r["model_pt_bytes"] + r["other_bytes"] for r in per_cell
+                            if r["mode"] == mode and r["weights_kept"] == kept), default=None)
+                 for kept in need}
+        if None in sizes.values():
+            sys.exit(f"--seeds must train a cell that keeps and one that drops its weights under "
+                     f"train.keep_weights = {policy!r} (e.g. --seeds 1 8)")
+        out[mode] = {"kept_cell_bytes": sizes.get(True, 0), "dropped_cell_bytes": sizes.get(False, 0),
+                     "ten_seed_bytes": sum(sizes[keeps_weights(policy, s, PAPER_SEEDS)] for s in PAPER_SEEDS)}
+    return out
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -90,12 +115,17 @@ def gb(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[1], help="seeds to train (default: 1)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=PAPER_SEEDS[:2],
+                    help="seeds to train (default: the paper's first two)")
+    ap.add_argument("--keep-weights", choices=KEEP_WEIGHTS, help="train.keep_weights (default: the paper's)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch project")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tfreeze-disk-"))
     clean_copy(work)
     p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    if args.keep_weights:
+        p["train"]["keep_weights"] = args.keep_weights
+    policy = p["train"]["keep_weights"]
     for key, value in {**CHANGES, "train.seeds": args.seeds}.items():
         section, name = key.split(".")
         p[section][name] = value
@@ -109,33 +139,30 @@ def main(argv: list[str] | None = None) -> dict:
     cache_type = subprocess.run(["dvc", "config", "cache.type"], cwd=work, env=env, capture_output=True,
                                 text=True).stdout.strip()
     now = measure(work)
-    per_cell = cells(work)
+    per_cell = cells(work, policy, args.seeds)
     run(["dvc", "config", "--local", "cache.type", "copy"], work, env)
     run(["dvc", "checkout", "--relink", "--force"], work, env)
     copied = measure(work)
-    modes = {}
-    for row in per_cell:
-        modes.setdefault(row["mode"], []).append(row["model_pt_bytes"] + row["other_bytes"])
-    per_mode = {mode: max(sizes) for mode, sizes in modes.items()}
-    scaled = {"one_copy_bytes": PAPER_SEEDS * sum(per_mode.values())}
-    trained = len(per_cell)
-    unique_per_cell = now["together"]["unique_bytes"] / trained
-    copy_per_cell = copied["together"]["unique_bytes"] / trained
-    scaled["now_bytes"] = round(unique_per_cell * PAPER_SEEDS * len(per_mode))
-    scaled["dvc_copy_bytes"] = round(copy_per_cell * PAPER_SEEDS * len(per_mode))
-    print(f"dvc repro of {trained} paper cells ({', '.join(per_mode)}; seeds {args.seeds}): {repro_s:.0f} s; "
-          f"DVC cache.type = {cache_type or 'DVC default'}")
+    per_mode = scale(per_cell, policy)
+    one_copy = sum(r["model_pt_bytes"] + r["other_bytes"] for r in per_cell)
+    scaled = {"one_copy_bytes": sum(m["ten_seed_bytes"] for m in per_mode.values())}
+    factor = scaled["one_copy_bytes"] / one_copy
+    scaled["now_bytes"] = round(now["together"]["unique_bytes"] * factor)
+    scaled["dvc_copy_bytes"] = round(copied["together"]["unique_bytes"] * factor)
+    print(f"dvc repro of {len(per_cell)} paper cells ({', '.join(per_mode)}; seeds {args.seeds}; "
+          f"train.keep_weights {policy}): {repro_s:.0f} s; DVC cache.type = {cache_type or 'DVC default'}")
     for label, m in (("now", now), ("DVC cache as copies", copied)):
         parts = ", ".join(f"{name} {gb(v['apparent_bytes'])}" for name, v in m["places"].items())
         print(f"  {label:>19}: {parts}; on disk together {gb(m['together']['unique_bytes'])}")
-    for mode, size in per_mode.items():
-        print(f"  {mode:>18}: {size / 2**20:9.2f} MiB per cell (model.pt and the cell's other outputs)")
+    for mode, m in per_mode.items():
+        print(f"  {mode:>18}: {m['kept_cell_bytes'] / 2**20:9.2f} MiB per cell that keeps its weights, "
+              f"{m['dropped_cell_bytes'] / 2**20:.3f} MiB per cell that drops them (model.pt and the rest)")
     print(f"10-seed paper grid, scaled from the measured per-cell bytes (not measured): now "
           f"{gb(scaled['now_bytes'])}, with DVC copies {gb(scaled['dvc_copy_bytes'])}; target "
           f"<= {gb(TARGET_BYTES)}: {'met' if scaled['now_bytes'] <= TARGET_BYTES else 'MISSED'}")
-    result = {"seeds": args.seeds, "repro_seconds": round(repro_s, 1), "cache_type": cache_type,
-              "now": now, "dvc_copy": copied, "cells": per_cell, "per_mode_cell_bytes": per_mode,
-              "scaled_10_seeds": scaled, "target_bytes": TARGET_BYTES,
+    result = {"seeds": args.seeds, "keep_weights": policy, "repro_seconds": round(repro_s, 1),
+              "cache_type": cache_type, "now": now, "dvc_copy": copied, "cells": per_cell,
+              "per_mode": per_mode, "scaled_10_seeds": scaled, "target_bytes": TARGET_BYTES,
               "meets_target": scaled["now_bytes"] <= TARGET_BYTES}
     save("disk_footprint", result)
     if args.keep:

@@ -98,6 +98,20 @@ def test_disk_footprint_params_are_the_paper_grid_with_sizes_unchanged():
     assert len(checked["train"]["freeze_modes"]) == 5 and checked["sweep"]["models"] == []
 
 
+def test_disk_footprint_scales_kept_and_dropped_cells_by_the_policy():
+    import disk_footprint
+    import pytest
+
+    cell = {"mode": "freeze_none", "other_bytes": 10}
+    rows = [{**cell, "seed": 1, "weights_kept": True, "model_pt_bytes": 1000},
+            {**cell, "seed": 8, "weights_kept": False, "model_pt_bytes": 50}]
+    [m] = disk_footprint.scale(rows, "first_seed").values()
+    assert (m["kept_cell_bytes"], m["dropped_cell_bytes"], m["ten_seed_bytes"]) == (1010, 60, 1010 + 9 * 60)
+    assert disk_footprint.scale(rows[:1], "all")["freeze_none"]["ten_seed_bytes"] == 10 * 1010
+    with pytest.raises(SystemExit, match="keeps and one that drops"):
+        disk_footprint.scale(rows[:1], "first_seed")
+
+
 def _seeded_nets(mode: str, seeds: list[int]):
     import ensemble
 

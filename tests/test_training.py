@@ -136,9 +136,10 @@ def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
     from conftest import REPO
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS
-    assert tuple(stages["train_cells"]["params"]) == train_stage.STAGE_PARAMS
-    assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS
+    storage = train_stage.STORAGE_PARAMS
+    assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS + storage
+    assert tuple(stages["train_cells"]["params"]) == train_stage.STAGE_PARAMS + storage
+    assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS + storage
 
 
 def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
@@ -234,3 +235,40 @@ def test_the_resumable_state_waits_for_its_interval(tiny):
     every_epoch = tfreeze("train", *CELL, "--set", "train.checkpoint_seconds=0", cwd=tiny,
                           env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
     assert every_epoch.returncode == -9 and (tiny / RUN / "last.pt").is_file()
+
+
+def test_dropped_weights_leave_a_record_that_a_rerun_reproduces(tiny):
+    import hashlib
+
+    from transfer_freezing.train import checkpoint
+
+    first_seed = config.load("params.yaml", ["train.keep_weights=first_seed", "train.seeds=[1, 2]"])
+    dropped = tiny / RUN.parent.parent / "seed2" / "fold0" / "model.pt"
+    train_stage.train(first_seed, "vit_demo", "freeze_patch_0_5", 2)  # not the first seed
+    record = checkpoint.read_model(dropped)
+    assert record["weights"] is None and dropped.stat().st_size < 20_000
+    assert record["dropped"]["keep_weights"] == "first_seed" and record["dropped"]["bytes"] > 1_000_000
+    with pytest.raises(UserError, match="holds no weights: train.keep_weights = 'first_seed'"):
+        checkpoint.load_model(dropped)
+    assert (dropped.parent / "diagnostics.json").is_file()  # read the weights before they went
+    mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
+    run = mlflow.get_run(json.loads((dropped.parent / "run.json").read_text())["run_id"])
+    assert run.data.tags["weights_kept"] == "false"
+    assert run.data.tags["checkpoint_sha256"] == record["dropped"]["sha256"]
+    assert "train.keep_weights" not in run.data.params  # a tag, free to change on a resume
+
+    train_stage.train(first_seed, "vit_demo", "freeze_patch_0_5", 1)  # the first seed keeps them
+    assert checkpoint.read_model(tiny / RUN / "model.pt")["weights"]
+
+    train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_5", 2)  # keep_weights all
+    assert hashlib.sha256(dropped.read_bytes()).hexdigest() == record["dropped"]["sha256"]
+    checkpoint.load_model(dropped)
+
+
+def test_keep_weights_policies():
+    from transfer_freezing.train.checkpoint import keeps_weights
+
+    assert [keeps_weights("first_seed", s, [8, 1]) for s in (8, 1)] == [True, False]
+    assert keeps_weights("all", 3, [1]) and not keeps_weights("none", 1, [1])
+    with pytest.raises(ValueError, match="keep_weights must be one of"):
+        keeps_weights("some", 1, [1])

@@ -145,6 +145,8 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "train.device": ("auto", choice("auto", "cpu", "cuda")),
     "train.compile": (False, boolean()),
     "train.checkpoint_seconds": (60.0, non_negative_float()),
+    # Which runs keep their trained weights in model.pt; the others keep a record (train/checkpoint.py).
+    "train.keep_weights": ("all", choice("all", "first_seed", "none")),
     "train.diagnostics_clips": (256, non_negative_int()),
     "train.out": ("models", text()),
     "train.cpus_per_run": (1.0, positive_float()),

@@ -10,6 +10,11 @@ The resumable state (``last.pt``) is written when ``checkpoint_seconds`` have pa
 last write (0: every epoch) and when SIGTERM asks the run to stop; the best weights stay in memory
 and are written once, as ``model.pt``, when the run ends. Bytes and seconds spent writing are
 counted (``IO``) so a run can report its checkpoint overhead.
+
+``train.keep_weights`` (``KEEP_WEIGHTS``) decides which runs keep their trained weights on disk.
+A run that does not keep them still has a ``model.pt``: its config, the frozen weights' hash and
+the SHA-256 and size of the weights file it wrote and then dropped (``drop_weights``), so a rerun
+of the cell can be checked against it; loading it says so in one line.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ from .. import atomic
 from ..errors import UserError
 
 FORMAT = "lean-1"
+# train.keep_weights: which runs keep their trained weights in model.pt (the others keep a record).
+KEEP_WEIGHTS = ("all", "first_seed", "none")
+
+
+def keeps_weights(policy: str, seed: int, seeds: list[int]) -> bool:
+    """Whether a run of ``seed`` keeps its weights under ``policy`` (``first_seed``: ``seeds[0]``)."""
+    if policy not in KEEP_WEIGHTS:
+        raise ValueError(f"keep_weights must be one of {KEEP_WEIGHTS}, got {policy!r}")
+    return policy == "all" or (policy == "first_seed" and seed == seeds[0])
 
 
 @dataclass
@@ -85,6 +99,17 @@ def save_model(path: Path, weights: dict[str, torch.Tensor], config: object, fro
           "config": asdict(config)}, path, io)
 
 
+def drop_weights(path: Path, sha256: str, policy: str) -> None:
+    """Replace ``model.pt`` by its record without the weights (atomically): config, frozen hash,
+    and the SHA-256 and size of the file it replaces."""
+    state = read_model(path)
+    record = {"format": FORMAT, "weights": None, "frozen_sha256": state["frozen_sha256"],
+              "config": state["config"], "dropped": {"sha256": sha256, "bytes": path.stat().st_size,
+                                                     "keep_weights": policy}}
+    with atomic.atomic_path(path) as tmp:
+        torch.save(record, tmp)
+
+
 def apply(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load a lean state into a freshly built model; every stored key must exist in it."""
     missing = set(weights) - set(model.state_dict())
@@ -101,6 +126,11 @@ def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
     other base weights.
     """
     state = read_model(path)
+    if state["weights"] is None:
+        dropped = state["dropped"]
+        raise UserError(f"{path} holds no weights: train.keep_weights = {dropped['keep_weights']!r} "
+                        f"dropped them after the run (that file had SHA-256 {dropped['sha256'][:16]}…); "
+                        "rerun the cell with train.keep_weights: all to rebuild it")
     model = base_model(state, path, weights_path)
     apply(model, state["weights"])
     return model

@@ -27,8 +27,8 @@ from ..data import features
 from ..errors import UserError
 from ..model import freezing
 from ..model import registry as models
+from . import checkpoint, diagnostics, tracking
 from . import core as training
-from . import diagnostics, tracking
 from . import run_reports as reports
 
 # The params the train stage lists in dvc.yaml (tests/test_training.py compares): a run logs
@@ -41,6 +41,10 @@ STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.ba
                 "train.augment_freq_mask", "train.augment_time_mask", "train.diagnostics_clips", "tracking")
 # The train_tuned stage: the same, less train.lr (its lr is the sweep JSON, a dependency of its own).
 TUNED_STAGE_PARAMS = tuple(k for k in STAGE_PARAMS if k != "train.lr")
+# Listed after those in dvc.yaml, as it decides what model.pt holds (not the run's numbers): a run
+# records it as a tag, which a resume may change, not as a param. (first_seed reads train.seeds,
+# which is not listed: adding a seed must not re-run every cell.)
+STORAGE_PARAMS = ("train.keep_weights",)
 
 LR_SOURCES = ("fixed", "tuned")
 # lr source -> its DVC stage (dvc.yaml's matrices name their cells <stage>@<model>-<freeze>-<seed>-<fold>)
@@ -177,20 +181,25 @@ def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_sourc
     logged = {**stage_params(p, lr_source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
     is_listed = lr_source == "fixed" and (model, freeze) in listed_pairs(p)
+    policy = p["train"]["keep_weights"]
     return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
                       checkpoint_seconds=p["train"]["checkpoint_seconds"],
                       diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance,
-                      listed=is_listed)
+                      listed=is_listed,
+                      drop_weights=None if checkpoint.keeps_weights(policy, seed, p["train"]["seeds"])
+                      else policy)
 
 
 def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
                full_params: dict | None = None, checkpoint_seconds: float = 60.0,
                diagnostics_clips: int = 0, extra_tags: dict[str, str] | None = None,
-               listed: bool = False) -> dict:
+               listed: bool = False, drop_weights: str | None = None) -> dict:
     """Run one cell, log it to MLflow, write model.pt, metrics.json, diagnostics.json and run.json.
 
     ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
-    ``diagnostics_clips`` >= 4 the CKA of every block on that many test clips.
+    ``diagnostics_clips`` >= 4 the CKA of every block on that many test clips. ``drop_weights``
+    (the ``train.keep_weights`` policy that drops this run's weights, None to keep them): once the
+    diagnostics have read ``model.pt``, it becomes a record without the weights (``checkpoint``).
 
     A cell killed by SIGKILL resumes here from its ``last.pt`` into the same MLflow run; Ctrl-C
     or SIGTERM mark the run KILLED and keep the checkpoint; a run that can no longer be resumed
@@ -206,7 +215,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     resumed_id = _resumable_run(out, cfg, exp_id, stage)
     feature_hash = ws.features.content_hash()
     tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "fold": str(cfg.fold),
-            "lr_source": lr_source, **(extra_tags or {}),
+            "lr_source": lr_source, "weights_kept": str(drop_weights is None).lower(), **(extra_tags or {}),
             "dvc_stage": stage, "feature_hash": feature_hash,
             "features_params_hash": meta["params_hash"], **tracking.git_tags()}
     name = cell_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
@@ -238,9 +247,12 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
         diagnostics.write(diag, out / diagnostics.FILE)
         reports.log_diagnostics(diag, diagnostics.metrics(diag), out / diagnostics.FILE)
         # The checkpoint itself is a DVC output (one copy on disk); MLflow records where it is.
+        weights_sha = _sha256(out / "model.pt")
         tracking.set_tags({"checkpoint_path": (out / "model.pt").as_posix(),
-                           "checkpoint_sha256": _sha256(out / "model.pt"),
+                           "checkpoint_sha256": weights_sha,
                            "checkpoint_bytes": str((out / "model.pt").stat().st_size)})
+        if drop_weights is not None:
+            checkpoint.drop_weights(out / "model.pt", weights_sha, drop_weights)
     history = pd.DataFrame(result.history).assign(epoch=range(1, len(result.history) + 1))
     atomic.write_text(out / "history.csv", history.to_csv(index=False))
     atomic.write_json(out / "metrics.json", metrics)
