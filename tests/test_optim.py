@@ -106,6 +106,8 @@ def test_run_config_carries_the_optimiser_schedule_and_augmentation_params(tmp_p
     ("train.warmup_epochs=2", "train.warmup_epochs = 2 must be below train.epochs = 2"),
     ("train.augment=yes please", "train.augment = 'yes please' is not allowed; expected true or false"),
     ("train.augment_time_mask=2.5", "train.augment_time_mask = 2.5 is not allowed; expected an integer"),
+    ("train.keep_weights=some",
+     "train.keep_weights = 'some' is not allowed; expected one of all, first_seed, none"),
 ])
 def test_bad_values_give_one_line(tmp_path, override, message):
     with pytest.raises(UserError) as err:
