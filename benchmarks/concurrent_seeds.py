@@ -115,10 +115,10 @@ def stacked(args: argparse.Namespace, k: int) -> dict:
     device = training.pick_device(args.device)
     training.configure(device)
     data = data_for(args)
-    models = [training.setup(run_config(args, seed), device)[0] for seed in range(1, k + 1)]
+    cfgs = [run_config(args, seed) for seed in range(1, k + 1)]
+    models = [training.setup(cfg, device)[0] for cfg in cfgs]
     share_frozen(models)  # before prepare: every seed's frozen prefix (and cache) is the same
-    prepared = [training.prepare(run_config(args, seed), m, data, device)
-                for seed, m in zip(range(1, k + 1), models, strict=True)]
+    prepared = [training.prepare(cfg, m, data, device) for cfg, m in zip(cfgs, models, strict=True)]
     on_device = prepared[0][1]
     ens = Ensemble([net for net, _ in prepared], lr=1e-3, fused=device.type == "cuda")
     rng = torch.Generator().manual_seed(0)
