@@ -58,9 +58,19 @@ def closure(start: list[str], top_level_only_for: frozenset[str] = frozenset()) 
     return seen
 
 
+# Modules a stage runs whose late imports cannot change its output bytes: config's late registry
+# imports only check names (a freeze mode edit must not recompute spectrograms).
+LEAVES = frozenset({f"{PACKAGE}.config"})
+
+
 def stage_modules(entry: str) -> set[str]:
-    """What ``tfreeze <stage>`` executes: the CLI's own top-level imports plus the stage module's graph."""
-    return closure([f"{PACKAGE}.cli", f"{PACKAGE}.{entry}"], frozenset({f"{PACKAGE}.cli"}))
+    """The modules that decide ``tfreeze <stage>``'s outputs: the stage module's import graph.
+
+    The CLI only parses and dispatches, so it is not a dependency (editing help text re-runs
+    nothing); ``config`` is, but its late imports (name validation against the registries) are not
+    followed.
+    """
+    return closure([f"{PACKAGE}.{entry}"], LEAVES)
 
 
 def source_path(name: str) -> str:

@@ -33,10 +33,12 @@ from . import run_reports as reports
 
 # The params the train stage lists in dvc.yaml (tests/test_training.py compares): a run logs
 # exactly these as MLflow params, plus its resolved ``run.*`` settings. Other keys of params.yaml
-# cannot change its numbers, so changing them never conflicts with a resumed run's params.
+# cannot change its numbers, so changing them never conflicts with a resumed run's params. Runtime
+# knobs (train.device, train.compile, checkpoint_seconds, resources) are not listed: a run logs
+# its resolved device and compile flag as run.* params, and changing them re-runs nothing.
 STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.batch_size", "train.lr",
                 "train.momentum", "train.weight_decay", "train.frozen_bn", "train.activation_cache",
-                "train.device", "train.compile", "train.optimizer", "train.schedule",
+                "train.optimizer", "train.schedule",
                 "train.warmup_epochs", "train.augment", "train.augment_time_shift",
                 "train.augment_freq_mask", "train.augment_time_mask", "train.diagnostics_clips", "tracking")
 # The train_tuned stage: the same, less train.lr (its lr is the sweep JSON, a dependency of its own).
