@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from transfer_freezing import cli, config
+from transfer_freezing import cli, config, grid
 from transfer_freezing.errors import UserError
 from transfer_freezing.study import compare
 from transfer_freezing.train import core as training
@@ -98,18 +98,23 @@ def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
     assert compare.CompareConfig.from_params(p).stage(listed) == "train_cells@resnet_demo/freeze_0-1-0"
     # The CLI: --cell names one pair; --model narrows the product and the list alike.
     one = cli.parser().parse_args(["train", "--cell", "resnet_demo/freeze_0"])
-    assert cli._train_cells(p, one) == [listed]
-    assert cli._train_cells(p, cli.parser().parse_args(["train", "--model", "resnet_demo"])) == [
+    assert _select(p, one) == [listed]
+    assert _select(p, cli.parser().parse_args(["train", "--model", "resnet_demo"])) == [
         ("resnet_demo", "freeze_none", 1, 0, "fixed"), listed]
-    assert cli._train_cells(p, cli.parser().parse_args(["train", "--lr-source", "fixed"]))[-1] == listed
+    assert _select(p, cli.parser().parse_args(["train", "--lr-source", "fixed"]))[-1] == listed
     with pytest.raises(UserError, match="expected <model>/<freeze mode>"):
-        cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "resnet_demo"]))
+        _select(p, cli.parser().parse_args(["train", "--cell", "resnet_demo"]))
     with pytest.raises(UserError, match="not both"):
-        cli._train_cells(p, cli.parser().parse_args(["train", "--cell", "a/b", "--model", "a"]))
+        _select(p, cli.parser().parse_args(["train", "--cell", "a/b", "--model", "a"]))
     only = _params(**{"train.freeze_modes": [], "sweep.models": [],
                       "train.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"]})
     assert {c[:2] for c in train_stage.grid(only)} == {("resnet_demo", "freeze_none"),
                                                        ("resnet_demo", "freeze_0")}
+
+
+def _select(p, args) -> list:
+    """The cells a parsed ``tfreeze train`` command line names (what cmd_train runs)."""
+    return grid.select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source)
 
 
 def test_every_profile_keeps_sweep_and_training_seeds_apart():
@@ -137,12 +142,12 @@ def test_cli_picks_both_grids_or_the_source_asked_for():
     p = _params(**{"train.freeze_modes": ["freeze_none", "freeze_patch"],
                    "sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
     args = cli.parser().parse_args(["train"])
-    assert [(c[1], c[4]) for c in cli._train_cells(p, args)] == [
+    assert [(c[1], c[4]) for c in _select(p, args)] == [
         ("freeze_none", "fixed"), ("freeze_patch", "fixed"), ("freeze_none", "tuned")]
     one = cli.parser().parse_args(["train", "--freeze", "freeze_none"])
-    assert [c[4] for c in cli._train_cells(p, one)] == ["fixed"]
+    assert [c[4] for c in _select(p, one)] == ["fixed"]
     tuned = cli.parser().parse_args(["train", "--lr-source", "tuned"])
-    assert cli._train_cells(p, tuned) == [("vit_demo", "freeze_none", 1, 0, "tuned")]
+    assert _select(p, tuned) == [("vit_demo", "freeze_none", 1, 0, "tuned")]
     assert compare.CompareConfig.from_params(p).cells == tuple(train_stage.grid(p))
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, write_params
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import status_scaling  # noqa: E402
 
 BIN = str(Path(sys.executable).parent)
 PKG = "src/transfer_freezing"
@@ -32,35 +35,12 @@ def _dvc(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def _git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
-                   capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory) -> Path:
     """A git + DVC copy of the repository (tiny grid, both lr sources) whose lock holds every stage."""
     root = tmp_path_factory.mktemp("deps")
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    write_params(root, **{"train.cells": ["vit_demo/freeze_patch_0_5"]})
-    _git("init", "-q", cwd=root)
-    _dvc("init", "-q", cwd=root)
-    _git("add", "-A", cwd=root)
-    _git("commit", "-qm", "tiny", cwd=root)
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        outs = [Path(o.fs_path) for stage in repo.index.stages for o in stage.outs]
-    for out in outs:  # a placeholder for every output: a folder for the data trees, else a file
-        if out.suffix:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("placeholder\n")
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "placeholder").write_text("placeholder\n")
-    _dvc("commit", "-f", "-q", cwd=root)
+    params = yaml.safe_load(write_params(root, **{"train.cells": ["vit_demo/freeze_patch_0_5"]}).read_text())
+    status_scaling.placeholder_project(root, params)
     assert _stale(root) == set()
     return root
 
@@ -72,15 +52,16 @@ def _stale(root: Path) -> set[str]:
             if any(isinstance(c, dict) and ("changed deps" in c) for c in changes)}
 
 
-def _edited(root: Path, rel: str, edit) -> set[str]:
-    """The stale stages while ``edit`` (text -> text) is applied to ``rel``, then restored."""
-    path = root / rel
-    before = path.read_text()
-    path.write_text(edit(before))
+def _edited(root: Path, edits: dict[str, Callable[[str], str]]) -> set[str]:
+    """The stale stages while ``edits`` (file -> text -> text) are applied, then restored."""
+    before = {rel: (root / rel).read_text() for rel in edits}
+    for rel, edit in edits.items():
+        (root / rel).write_text(edit(before[rel]))
     try:
         return _stale(root)
     finally:
-        path.write_text(before)
+        for rel, text in before.items():
+            (root / rel).write_text(text)
 
 
 def _comment(text: str) -> str:
@@ -93,30 +74,32 @@ def _docstring(text: str) -> str:
 
 
 def test_editing_the_cli_or_an_unlisted_module_re_runs_nothing(committed):
-    assert _edited(committed, f"{PKG}/cli.py", _comment) == set()
-    for module in ("train/status.py", "study/ui.py", "model/catalogue.py"):
-        assert _edited(committed, f"{PKG}/{module}", _docstring) == set(), module
+    assert _edited(committed, {f"{PKG}/cli.py": _comment}) == set()
+    unlisted = ("train/status.py", "study/ui.py", "model/catalogue.py")
+    assert _edited(committed, {f"{PKG}/{m}": _docstring for m in unlisted}) == set()
 
 
-@pytest.mark.parametrize("key, value", [
-    ("train.checkpoint_seconds", 5), ("train.cpus_per_run", 2), ("train.gpus_per_run", 0.25),
-    ("train.device", "cpu"), ("train.compile", True), ("features.workers", 2),
-    ("sweep.heartbeat_seconds", 30)])
-def test_a_runtime_knob_re_runs_nothing(committed, key, value):
-    section, leaf = key.split(".")
+RUNTIME = {"train.checkpoint_seconds": 5, "train.cpus_per_run": 2, "train.gpus_per_run": 0.25,
+           "train.device": "cpu", "train.compile": True, "features.workers": 2,
+           "sweep.heartbeat_seconds": 30}
 
+
+def test_runtime_knobs_re_run_nothing(committed):
     def change(text: str) -> str:
         tree = yaml.safe_load(text)
-        tree[section][leaf] = value
+        for key, value in RUNTIME.items():
+            section, leaf = key.split(".")
+            assert tree[section][leaf] != value, key
+            tree[section][leaf] = value
         return yaml.safe_dump(tree, sort_keys=False)
 
-    assert _edited(committed, "params.yaml", change) == set()
+    assert _edited(committed, {"params.yaml": change}) == set()
 
 
 @pytest.mark.parametrize("module", ["train/core.py", "model/freezing.py"])
 def test_editing_training_or_a_freeze_mode_re_runs_training_not_the_features(committed, module):
-    assert _edited(committed, f"{PKG}/{module}", _comment) == TRAIN
+    assert _edited(committed, {f"{PKG}/{module}": _comment}) == TRAIN
 
 
 def test_editing_the_spectrogram_code_re_runs_features_and_everything_after(committed):
-    assert _edited(committed, f"{PKG}/data/features.py", _comment) == {"features"} | TRAIN
+    assert _edited(committed, {f"{PKG}/data/features.py": _comment}) == {"features"} | TRAIN

@@ -26,42 +26,10 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
     print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
 
 
-def _train_cells(p: config.Params, args: argparse.Namespace) -> list[tuple[str, str, int, int, str]]:
-    """The train cells the arguments select: each axis as given, else the params grid's.
-
-    The lr source: --lr-source; else, when --model, --freeze or --cell picks cells, fixed (a tuned
-    cell is asked for by name); else both grids, fixed-lr cells first. A fixed-lr grid is
-    train.models x train.freeze_modes plus train.cells; --model or --freeze alone narrow it.
-    """
-    from .train import stage as train_stage
-
-    model, freeze = args.model, args.freeze
-    if args.cell:
-        if model or freeze:
-            raise UserError("tfreeze train: give --cell <model>/<mode> or --model/--freeze, not both")
-        model, sep, freeze = args.cell.partition("/")
-        if not (sep and model and freeze):
-            raise UserError(f"tfreeze train --cell {args.cell!r}: expected <model>/<freeze mode>, "
-                            "e.g. --cell resnet50/freeze_0_1")
-    t = p["train"]
-    axes = {"fixed": (t["models"], t["freeze_modes"]),
-            "tuned": (p["sweep"]["models"], p["sweep"]["freeze_modes"])}
-    sources = ([args.lr_source] if args.lr_source else
-               ["fixed"] if model or freeze else list(train_stage.LR_SOURCES))
-    cells = []
-    for source in sources:
-        extra = train_stage.listed_pairs(p) if source == "fixed" else []
-        chosen = [(m, f) for m in ([model] if model else axes[source][0])
-                  for f in ([freeze] if freeze else axes[source][1])]
-        chosen += [(m, f) for m, f in extra if m == (model or m) and f == (freeze or f)]
-        cells += [(m, f, seed, fold, source) for m, f in dict.fromkeys(chosen)
-                  for seed in ([args.seed] if args.seed is not None else t["seeds"])
-                  for fold in ([args.fold] if args.fold is not None else t["folds"])]
-    return cells
-
-
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
-    cells = _train_cells(p, args)
+    from .grid import select
+
+    cells = select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source)
     if args.address or ((args.jobs or 1) > 1 and len(cells) > 1):
         from .train import executor
 

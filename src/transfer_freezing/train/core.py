@@ -35,6 +35,7 @@ from torch import nn
 
 from ..data.inputs import Split, to_model_input
 from ..errors import Terminated
+from ..grid import LAST
 from ..model import activation_cache as prefix_cache
 from ..model import attention, freezing, readout
 from ..model import registry as models
@@ -46,7 +47,6 @@ try:
 except ModuleNotFoundError:  # a bare GPU box (benchmarks/gpu.sh) has torch + torchvision only
     tqdm = None
 
-LAST = "last.pt"  # the resumable last-epoch state, removed once the run has finished
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,20 @@ import pandas as pd
 import yaml
 
 from .. import atomic, config
-from ..config import Params, listed_pairs, pairs
+from ..config import Params, listed_pairs
 from ..data import features
 from ..errors import UserError
+from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage's callers
+    LISTED_STAGE,
+    LR_SOURCES,
+    STAGES,
+    Cell,
+    cell_name,
+    dvc_stage,
+    grid,
+    run_dir,
+    stages,
+)
 from ..model import freezing
 from ..model import registry as models
 from . import checkpoint, diagnostics, tracking
@@ -47,28 +58,6 @@ TUNED_STAGE_PARAMS = tuple(k for k in STAGE_PARAMS if k != "train.lr")
 # records it as a tag, which a resume may change, not as a param. (first_seed reads train.seeds,
 # which is not listed: adding a seed must not re-run every cell.)
 STORAGE_PARAMS = ("train.keep_weights",)
-
-LR_SOURCES = ("fixed", "tuned")
-# lr source -> its DVC stage (dvc.yaml's matrices name their cells <stage>@<model>-<freeze>-<seed>-<fold>)
-STAGES = {"fixed": "train", "tuned": "train_tuned"}
-# The fixed-lr cells of train.cells: dvc.yaml's matrix names them <stage>@<model>/<freeze>-<seed>-<fold>.
-LISTED_STAGE = "train_cells"
-
-Cell = tuple[str, str, int, int, str]  # model, freeze mode, seed, fold cell, lr source
-
-
-def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
-    """Every train cell of params, fixed-lr ones first: what dvc.yaml's three train stages hold."""
-    t = p["train"]
-    return [(m, f, seed, fold, source) for source in LR_SOURCES if lr_source in (None, source)
-            for m, f in pairs(p, source) for seed in t["seeds"] for fold in t["folds"]]
-
-
-def stages(p: Params) -> dict[Cell, str]:
-    """Every train cell of params and its DVC stage name."""
-    extra = set(listed_pairs(p))
-    return {cell: dvc_stage(*cell, listed=cell[4] == "fixed" and cell[:2] in extra) for cell in grid(p)}
-
 
 @dataclass(frozen=True)
 class Workspace:
@@ -101,20 +90,7 @@ class Workspace:
         return data, meta
 
 
-def run_dir(models_out: Path, model: str, freeze: str, seed: int, fold: int, lr_source: str) -> Path:
-    return Path(models_out) / model / freeze / lr_source / f"seed{seed}" / f"fold{fold}"
 
-
-def cell_name(model: str, freeze: str, seed: int, fold: int, lr_source: str) -> str:
-    """The cell's MLflow run name (and its folder under train.out)."""
-    return f"{model}/{freeze}/{lr_source}/seed{seed}/fold{fold}"
-
-
-def dvc_stage(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:
-    """The DVC stage of a cell, as dvc.yaml's matrices name it (``listed``: a cell of train.cells)."""
-    if listed:
-        return f"{LISTED_STAGE}@{model}/{freeze}-{seed}-{fold}"
-    return f"{STAGES[lr_source]}@{model}-{freeze}-{seed}-{fold}"
 
 
 def stage_name(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:

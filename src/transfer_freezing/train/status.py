@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import grid
 from ..config import Params
-from . import core as training
-from . import stage as train_stage
+from ..grid import LAST
 from . import tracking
 
 
@@ -26,7 +26,11 @@ class CellStatus:
 
 
 def dvc_changed(stages: list[str]) -> set[str] | None:
-    """The stages DVC reports as changed (None outside a DVC project)."""
+    """Which of ``stages`` DVC reports as changed (None outside a DVC project).
+
+    One status of the whole project, filtered here: DVC re-reads dvc.yaml and dvc.lock for every
+    target it is given, so asking per stage costs time quadratic in the grid.
+    """
     try:
         from dvc.exceptions import NotDvcRepoError
         from dvc.repo import Repo
@@ -34,10 +38,10 @@ def dvc_changed(stages: list[str]) -> set[str] | None:
         return None
     try:
         with Repo() as repo:
-            changed = repo.status(targets=stages)
+            changed = repo.status()
     except NotDvcRepoError:
         return None
-    return set(changed)
+    return set(changed) & set(stages)
 
 
 def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
@@ -62,22 +66,21 @@ def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
 
 def cells(p: Params) -> list[CellStatus]:
     """Every train cell (fixed-lr ``train@…`` and ``train_cells@…``, then tuned-lr ``train_tuned@…``)."""
-    stages = train_stage.stages(p)
-    grid, names = list(stages), list(stages.values())
-    changed = dvc_changed(names)
-    runs = mlflow_runs(tracking.Tracking.from_params(p), names)
-    out = []
-    for cell, stage in zip(grid, names, strict=True):
-        folder = train_stage.run_dir(Path(p["train"]["out"]), *cell)
-        out.append(_classify(stage, folder, changed, runs.get(stage, [])))
-    return out
+    stages = grid.stages(p)
+    changed = dvc_changed(list(stages.values()))
+    runs = mlflow_runs(tracking.Tracking.from_params(p), list(stages.values()))
+    out = Path(p["train"]["out"])
+    return [_classify(stage, grid.run_dir(out, *cell), changed, runs.get(stage, []))
+            for cell, stage in stages.items()]
 
 
 def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) -> CellStatus:
     latest = runs[0] if runs else None
-    last = folder / training.LAST
+    last = folder / LAST
     run_json = folder / "run.json"
     if last.is_file():
+        from . import core as training  # torch: only for a cell that has a resumable state
+
         epoch = training.checkpoint_epoch(last)
         where = f"after epoch {epoch + 1}" if epoch is not None else "checkpoint unreadable"
         return CellStatus(stage, "resumable", f"{where}; `dvc repro {stage}` continues it")
