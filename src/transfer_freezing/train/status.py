@@ -85,7 +85,11 @@ def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) ->
         where = f"after epoch {epoch + 1}" if epoch is not None else "checkpoint unreadable"
         return CellStatus(stage, "resumable", f"{where}; `dvc repro {stage}` continues it")
     if run_json.is_file() and (changed is None or stage not in changed):
-        run_id = json.loads(run_json.read_text()).get("run_id", "")
+        try:
+            run_id = str(json.loads(run_json.read_text())["run_id"])
+        except (ValueError, KeyError, TypeError):
+            return CellStatus(stage, "stale", f"{run_json} is unreadable or names no run; "
+                                              f"`dvc repro {stage}` re-runs the cell")
         recorded = next((r for r in runs if r.info.run_id == run_id), None)
         if recorded is None and runs:
             return CellStatus(stage, "stale", f"run {run_id} of run.json is not in the MLflow store")
