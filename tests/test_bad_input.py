@@ -37,7 +37,6 @@ import os
 import socket
 import tarfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -328,8 +327,7 @@ def test_missing_weights_offline_fail_fast_naming_file_and_folder(tmp_path, monk
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/resnet50-11ad3fa6.pth"
-        spec = replace(models.REGISTRY["resnet50"], weights=SimpleNamespace(url=url))
-        monkeypatch.setitem(models.REGISTRY, "resnet50", spec)
+        monkeypatch.setattr(models.ModelSpec, "weights_url", lambda spec: url)
         start = time.monotonic()
 
         with pytest.raises(UserError) as err:

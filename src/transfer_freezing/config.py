@@ -241,7 +241,7 @@ def _check_relations(p: Params, source: str) -> None:
         for name in p[section]["models"]:
             models.spec(name)
             for mode in p[section]["freeze_modes"]:
-                freezing.prefixes(name, mode)
+                freezing.check(name, mode)
     _check_listed_cells(p, source)
     _check_reference(p, source)
     if p["train"]["weights"] == "imagenet":
@@ -317,7 +317,7 @@ def _check_listed_cells(p: Params, source: str) -> None:
         seen.add(cell)
         try:
             models.spec(model)
-            freezing.prefixes(model, mode)
+            freezing.check(model, mode)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
 

@@ -26,13 +26,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-
-import torch
-from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from . import registry as models
+
+if TYPE_CHECKING:  # torch is imported where a model is touched: naming and checking modes need none
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Rule:
 
     freeze: tuple[str, ...]
     keep_params: str = ""  # re.search over a parameter's full name: stays trainable
-    keep_kinds: tuple[type[nn.Module], ...] = ()  # parameters owned by these modules stay trainable
+    keep_kinds: tuple[str, ...] = ()  # parameters owned by these torch.nn classes stay trainable
 
     @property
     def exact(self) -> bool:
@@ -147,11 +148,11 @@ def _bitfit(s: models.ModelSpec, m: re.Match) -> Rule:
 
 def _bitfit_bn(s: models.ModelSpec, m: re.Match) -> Rule:
     """ResNet (no biases in its convolutions): BatchNorm's affine weight and bias, and ``fc``."""
-    return Rule(_everything(s), keep_kinds=(nn.modules.batchnorm._BatchNorm,))
+    return Rule(_everything(s), keep_kinds=("modules.batchnorm._BatchNorm",))
 
 
 def _layernorm(s: models.ModelSpec, m: re.Match) -> Rule:
-    return Rule(_everything(s), keep_kinds=(nn.LayerNorm,))
+    return Rule(_everything(s), keep_kinds=("LayerNorm",))
 
 
 def _vit_prefix_listed(s: models.ModelSpec) -> tuple[str, ...]:
@@ -231,8 +232,13 @@ def plan(model_name: str, mode: str) -> FreezePlan:
     return _plan(model_name, mode)
 
 
-@lru_cache(maxsize=512)
-def _plan(model_name: str, mode: str) -> FreezePlan:
+def check(model_name: str, mode: str) -> None:
+    """One line if ``mode`` is not a mode of ``model_name`` (names only: no model is built)."""
+    _rule(model_name, mode)
+
+
+def _rule(model_name: str, mode: str) -> tuple[Family, Rule]:
+    """The family whose grammar ``mode`` matches and its rule on ``model_name``, else one line."""
     s = models.spec(model_name)
     for family in FAMILIES[s.family]:
         match = re.fullmatch(family.grammar, mode)
@@ -241,14 +247,21 @@ def _plan(model_name: str, mode: str) -> FreezePlan:
         rule = family.rule(s, match)
         if rule is None:
             break
-        frozen = rule.freeze if rule.exact else _resolve(s, rule)
-        blocks = sum(under(b, frozen) for b in s.blocks)
-        return FreezePlan(mode, frozen, blocks, family.name, family.trains)
+        return family, rule
     for grammar, why in NOT_APPLICABLE[s.family]:
         if re.fullmatch(grammar, mode):
             raise UserError(f"freeze mode {mode!r} does not apply to {model_name}: {why}; "
                             f"valid: {valid(model_name)}")
     raise _unknown(model_name, mode)
+
+
+@lru_cache(maxsize=512)
+def _plan(model_name: str, mode: str) -> FreezePlan:
+    s = models.spec(model_name)
+    family, rule = _rule(model_name, mode)
+    frozen = rule.freeze if rule.exact else _resolve(s, rule)
+    blocks = sum(under(b, frozen) for b in s.blocks)
+    return FreezePlan(mode, frozen, blocks, family.name, family.trains)
 
 
 def prefixes(model_name: str, mode: str) -> tuple[str, ...]:
@@ -268,13 +281,16 @@ def _unknown(model_name: str, mode: str) -> UserError:
 
 def _resolve(s: models.ModelSpec, rule: Rule) -> tuple[str, ...]:
     """Module and parameter names covering exactly the parameters ``rule`` freezes on ``s``."""
+    import torch
+
     with torch.device("meta"):
         net = s.build(224)
+    kinds = tuple(_nn_class(kind) for kind in rule.keep_kinds)
     owner = {f"{prefix}.{leaf}" if prefix else leaf: module
              for prefix, module in net.named_modules() for leaf, _ in module.named_parameters(recurse=False)}
     pattern = re.compile(rule.keep_params) if rule.keep_params else None
     frozen = {name for name, module in owner.items()
-              if under(name, rule.freeze) and not isinstance(module, rule.keep_kinds)
+              if under(name, rule.freeze) and not isinstance(module, kinds)
               and not (pattern and pattern.search(name))}
     out: list[str] = []
 
@@ -314,6 +330,8 @@ def freeze(
             param.requires_grad_(False)
     counts = count(model)
     if freeze_bn_stats:
+        from torch import nn
+
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.BatchNorm2d) and under(name, prefixes):
                 _swap(model, name, _frozen_copy(module))
@@ -321,9 +339,21 @@ def freeze(
 
 
 def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    from torchvision.ops import FrozenBatchNorm2d
+
     frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
     frozen.load_state_dict(bn.state_dict())  # drops num_batches_tracked
     return frozen.to(bn.weight.device)
+
+
+def _nn_class(path: str) -> type:
+    """``torch.nn`` class by dotted name (``"LayerNorm"``, ``"modules.batchnorm._BatchNorm"``)."""
+    from torch import nn
+
+    found = nn
+    for part in path.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def under(name: str, prefixes: tuple[str, ...]) -> bool:

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-
-import torch
-from torch import nn
-from torchvision import models as tvm
-from torchvision.models.resnet import BasicBlock
+from typing import TYPE_CHECKING
 
 from ..errors import UserError, first_line
+
+if TYPE_CHECKING:  # torch and torchvision load when a model is built: naming one needs neither
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,35 @@ class ModelSpec:
     stem: tuple[str, ...]
     blocks: tuple[str, ...]
     tail: tuple[str, ...]
-    weights: tvm.WeightsEnum | None
+    weights: str | None  # torchvision's weights enum member, e.g. "ViT_B_16_Weights.IMAGENET1K_V1"
     fixed_image_size: int | None
     description: str
 
 
+    def weights_url(self) -> str:
+        """The download URL torchvision gives these weights (its file name is what the hub cache holds)."""
+        from torchvision import models as tvm
+
+        enum, _, member = self.weights.partition(".")
+        return getattr(getattr(tvm, enum), member).url
+
+
 def _vit(image_size: int, **arch) -> nn.Module:
+    from torchvision import models as tvm
+
     return tvm.VisionTransformer(image_size=image_size, patch_size=16, **arch)
 
 
+def _resnet50(image_size: int) -> nn.Module:
+    from torchvision import models as tvm
+
+    return tvm.resnet50()
+
+
 def _resnet_demo(image_size: int) -> nn.Module:
+    from torchvision import models as tvm
+    from torchvision.models.resnet import BasicBlock
+
     # Same four stages as ResNet-50 (stem, layer1..layer4, fc), one BasicBlock each: ~4.9 M params.
     return tvm.ResNet(BasicBlock, [1, 1, 1, 1])
 
@@ -64,7 +82,7 @@ _RESNET_PARTS = dict(
 REGISTRY: dict[str, ModelSpec] = {
     "vit_b_16": ModelSpec(
         build=partial(_vit, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072),
-        weights=tvm.ViT_B_16_Weights.IMAGENET1K_V1,
+        weights="ViT_B_16_Weights.IMAGENET1K_V1",
         fixed_image_size=None,
         description="torchvision ViT-B/16 (the study's model)",
         **_VIT_PARTS,
@@ -77,8 +95,8 @@ REGISTRY: dict[str, ModelSpec] = {
         **_VIT_PARTS,
     ),
     "resnet50": ModelSpec(
-        build=lambda image_size: tvm.resnet50(),
-        weights=tvm.ResNet50_Weights.IMAGENET1K_V2,
+        build=_resnet50,
+        weights="ResNet50_Weights.IMAGENET1K_V2",
         fixed_image_size=None,
         description="torchvision ResNet-50 (the CNN contrast)",
         **_RESNET_PARTS,
@@ -120,6 +138,8 @@ def build(
 
 
 def _replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    from torch import nn
+
     parent_name, _, leaf = head.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old: nn.Linear = getattr(parent, leaf)
@@ -131,11 +151,15 @@ def cache_file(name: str) -> Path:
     s = spec(name)
     if s.weights is None:
         raise UserError(f"{name} has no ImageNet weights; use train.weights = none")
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(s.weights.url)
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(s.weights_url())
 
 
 def load_pretrained(model: nn.Module, name: str, weights_path: str | None = None) -> None:
     """Load ImageNet weights from ``weights_path`` or the torch hub cache, downloading if allowed."""
+    import torch
+
     path = weights_file(name, weights_path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -173,8 +197,8 @@ def weights_file(name: str, weights_path: str | None = None) -> Path:
 
 def expected_file(name: str) -> str:
     """The torchvision file name of ``name``'s ImageNet weights, e.g. ``vit_b_16-c867db91.pth``."""
-    weights = spec(name).weights
-    return os.path.basename(weights.url) if weights else "(none: this model has no ImageNet weights)"
+    s = spec(name)
+    return os.path.basename(s.weights_url()) if s.weights else "(none: this model has no ImageNet weights)"
 
 
 def _misfit(want: dict, got: dict) -> str:
@@ -192,7 +216,9 @@ DOWNLOAD_TIMEOUT_S = 20.0  # per connect / read: a firewalled machine fails in s
 
 
 def _download(name: str, path: Path) -> None:
-    url = spec(name).weights.url
+    import torch
+
+    url = spec(name).weights_url()
     path.parent.mkdir(parents=True, exist_ok=True)
     # torch.hub's urlopen has no timeout: without a socket default it can wait forever on a
     # network that drops packets instead of refusing them.

@@ -46,6 +46,8 @@ def dvc_changed(stages: list[str]) -> set[str] | None:
 
 def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
     """MLflow runs per DVC stage name, newest first ({} when the store or experiment is absent)."""
+    if t.uri.startswith("sqlite:///") and not Path(t.uri.removeprefix("sqlite:///")).is_file():
+        return {}  # no local store yet: nothing ran (and no need to import MLflow to say so)
     import mlflow
 
     client = mlflow.MlflowClient(t.uri)
