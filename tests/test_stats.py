@@ -212,8 +212,8 @@ def test_read_runs_csv_missing_column_raises_user_error(tmp_path: Path) -> None:
 def test_markdown_is_the_main_table_and_keeps_the_per_run_tests_out(reference_runs: pd.DataFrame) -> None:
     summary = summarize(reference_runs)
     judged = judge_runs(reference_runs, "freeze_none", margin=1.0)
-    judged = judged.rename(columns={"mode": "freeze_mode"}).drop(columns=["reference", "margin", "confidence"])
-    merged = summary.merge(judged, on="freeze_mode", how="left")
+    judged = judged.rename(columns={"mode": "freeze_mode"}).drop(columns=["reference", "margin"])
+    merged = summary.merge(judged.drop(columns="confidence"), on="freeze_mode", how="left")
     text = to_markdown(merged, margin=1.0)
 
     assert "71.6 ± 2.9" in text
