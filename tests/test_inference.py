@@ -414,7 +414,7 @@ def test_plan_lines_say_when_only_more_clips_help() -> None:
     assert line.count("add clips: a larger or second dataset") == 2
     assert "clip-level sd of the mode effect" in line
     [line] = plan_lines(clips, "ref", effect=60.0, margin=60.0)
-    assert "runs on this one split) detect 60 pp" in line and "add clips" not in line
+    assert "runs on this one split detect 60 pp" in line and "add clips" not in line
 
 
 def test_one_pass_of_kfold_has_cells_as_units_and_no_clip_variance() -> None:

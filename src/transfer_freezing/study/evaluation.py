@@ -169,8 +169,6 @@ def plan_lines_from_runs(runs: pd.DataFrame, reference: str, effect: float, alph
 
 def _plan_line(label: str, reference: str, plan: dict, comp: dict) -> str:
     """One sentence per claim: how many runs and cells, or why none suffices."""
-    unit = ("repeats of the {folds} folds, one seed per cell" if plan["design"] == "cells"
-            else "runs on this one split").format(folds=plan["folds"])
     said = []
     for claim, target in (("different", f"detect {plan['effect']:g} pp"),
                           ("equivalent", f"show equivalence at ±{plan['margin']:g} pp")):
@@ -183,15 +181,20 @@ def _plan_line(label: str, reference: str, plan: dict, comp: dict) -> str:
                         f"floor of {floor:.2f} pp on these {plan['n_clips']} clips; add clips: a larger or "
                         "second dataset")
         else:
-            cells = f", {plan[f'cells_{claim}']} cells" if plan["design"] == "cells" else ""
-            said.append(f"{plan[f'runs_{claim}']} runs{cells} ({passes} {unit}) {target}")
+            how = " on this one split"
+            if plan["design"] == "cells":
+                how = (f", {plan[f'cells_{claim}']} cells ({passes} repeats of the {plan['folds']} folds, "
+                       "one seed per cell)")
+            said.append(f"{plan[f'runs_{claim}']} runs{how} {target}")
     if plan["clip_identified"]:
         floor_note = (f"clip-level sd of the mode effect {comp['sd_clip_effect']:.1f} pp, floor "
                       f"{plan['floor_different']:.2f} pp")
+    elif comp["source"].startswith("per-run"):
+        floor_note = ("per-run accuracies cannot show the clip-level variance of the mode effect: no floor "
+                      "assumed (plan from per-clip predictions to see it)")
     else:
         floor_note = "clip-level variance not identified (no clip scored by two runs): no floor assumed"
-    have = (f"measured on {comp['n_runs']} runs in {comp['n_cells']} cell(s), "
-            f"{comp['source']}; {floor_note}")
+    have = f"measured on {comp['n_runs']} runs in {comp['n_cells']} cell(s); {floor_note}"
     return (f"{label} vs {reference}: " + "; ".join(said)
             + f" (80 % power, alpha {plan['alpha']:g} per comparison; {have})")
 
