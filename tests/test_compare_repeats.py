@@ -94,3 +94,14 @@ def test_duplicate_runs_name_their_repeat_and_fold() -> None:
     runs, _ = _study(folds=3, repeats=2, seeds=2)
     with pytest.raises(Exception, match="seed 1, repeat 0, fold 0"):
         stats.summarize(pd.concat([runs, runs.iloc[[0]]]))
+
+
+def test_a_repeated_kfold_runs_csv_is_compared_with_the_same_model_at_run_level(tmp_path) -> None:
+    runs, _ = _study(folds=3, repeats=2, seeds=2)
+
+    summary = compare.write_outputs(runs, tmp_path, "freeze_none", 0.95, margin=1.0)  # --from-csv
+
+    row = summary.set_index("freeze_mode").loc["freeze_patch_0_11"]
+    assert (row["design"], row["n_runs"], row["n_cells"]) == ("cells", 12, 6)
+    assert row["low"] < row["estimate"] < row["high"] and row["dof"] >= 4
+    assert "per-run accuracies" in (tmp_path / compare.NAMES["md"]).read_text()
