@@ -260,7 +260,7 @@ def to_markdown(summary: pd.DataFrame, margin: float | None = None) -> str:
             **({CONDITION: summary[CONDITION]} if CONDITION in summary.columns else {}),
             "lr": summary["lr_source"],
             "freeze mode": summary["freeze_mode"],
-            "trainable": summary["trainable_share"].map(_percent),
+            "trainable share": summary["trainable_share"].map(_percent),
             "test acc % (mean ± sd)": [
                 _pm(m, s) for m, s in zip(summary["test_mean"], summary["test_std"], strict=True)
             ],
@@ -278,7 +278,7 @@ def to_markdown(summary: pd.DataFrame, margin: float | None = None) -> str:
         }
     )
     if summary["trainable_share"].isna().all():
-        table = table.drop(columns="trainable")
+        table = table.drop(columns="trainable share")
     markdown = table.to_markdown(index=False, disable_numparse=True)
     return f"{markdown}\n\n{_footnote(summary, margin)}\n"
 
@@ -329,11 +329,6 @@ def _footnote(summary: pd.DataFrame, margin: float | None = None) -> str:
     )
 
 
-def _ci_label(summary: pd.DataFrame) -> str:
-    confidence = summary.attrs.get("confidence")
-    return f"{confidence:.0%} CI of mean" if confidence else "CI of mean"
-
-
 def _fmt(value: float, pattern: str) -> str:
     return "–" if pd.isna(value) else pattern.format(value)
 
@@ -346,10 +341,6 @@ def _pm(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "–"
     return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
-
-
-def _ci(low: float, high: float) -> str:
-    return "–" if pd.isna(low) else f"[{low:.1f}, {high:.1f}]"
 
 
 def fmt_p(p: float) -> str:
