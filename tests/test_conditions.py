@@ -37,7 +37,7 @@ def test_the_original_augmented_csvs_are_summarised_next_to_the_plain_one(tmp_pa
     alone = compare.from_csv(p, [PLAIN], str(tmp_path / "alone")).set_index("freeze_mode")
     assert "condition" not in alone.columns
     plain = table.loc["plain"]
-    assert plain["t_p"].equals(alone.loc[plain.index, "t_p"])
+    assert plain["pvalue_runs_independent_t"].equals(alone.loc[plain.index, "pvalue_runs_independent_t"])
     assert table.loc[("augmented", "freeze_patch_0_8"), "diff_vs_ref"] == pytest.approx(66 - 76)  # seed 1
     said = capsys.readouterr().out
     assert "| condition" in said

@@ -20,11 +20,13 @@ from scipy import optimize, special
 from scipy import stats as sps
 
 from transfer_freezing.errors import UserError
+from transfer_freezing.study.evaluation import plan_lines
 from transfer_freezing.study.inference import (
     Interval,
     components_from_seed_csv,
     corrected_resampled_t,
     difference_interval,
+    holm,
     joint_contrast,
     judge,
     judge_all,
@@ -148,7 +150,7 @@ def test_no_difference_false_different_rate() -> None:
     for _ in range(n_sim):
         result = judge(_simulate(rng, 0.0, seeds=10, clips=100), "mode", "ref", margin=3.0)
         different += result["verdict"] in ("better", "worse")
-        assert (result["verdict"] in ("better", "worse")) == (result["p"] < ALPHA)
+        assert (result["verdict"] in ("better", "worse")) == (result["p_different_holm"] < ALPHA)
     rate = different / n_sim
     message = _report("false 'better'/'worse' at a planted 0 pp (10 seeds × 100 clips, α 0.05)", rate, n_sim)
     assert rate <= ALPHA + TOLERANCE, message
@@ -164,7 +166,7 @@ def test_tost_false_equivalent_rate_at_the_margin() -> None:
             result = judge(_simulate(rng, delta, **design), "mode", "ref", margin=margin)
             equivalent += result["verdict"] == "equivalent"
             if result["verdict"] != "better" and result["verdict"] != "worse":
-                assert (result["verdict"] == "equivalent") == (result["p_equivalence"] < ALPHA)
+                assert (result["verdict"] == "equivalent") == (result["p_equivalent_holm"] < ALPHA)
         rates[delta] = equivalent / n_sim
     message = _report(
         f"false 'equivalent' at a planted difference = margin {margin} pp (20 seeds × 200 clips)",
@@ -176,24 +178,26 @@ def test_tost_false_equivalent_rate_at_the_margin() -> None:
     assert rates[0.0] > 0.5, f"TOST has too little power to be checked: {rates[0.0]:.2f}"
 
 
-def test_run_sd_recovers_planted_run_variance() -> None:
-    """σ_a of variance_components against the exact between-run variance of the planted model."""
+def test_clip_variance_recovers_planted_clip_effect_variance() -> None:
+    """σ_b² (the between-clip variance of a clip's true difference) against the planted model's:
+    per clip (u, w), the expected difference over run effects; its variance over u and w by
+    quadrature."""
     mu_mode, mu_ref = _intercepts(2.0)
-    v = SD_RUN * _NODES
-    weights = _WEIGHTS / math.sqrt(2 * math.pi)
-    truth = 0.0
-    for mu, sd in ((mu_mode, math.hypot(SD_CLIP, SD_CLIP_MODE)), (mu_ref, SD_CLIP)):
-        acc = 100 * _accuracy(mu + v, sd)  # a run's accuracy given its effect v
-        truth += weights @ (acc - weights @ acc) ** 2
+    z, weights = _NODES, _WEIGHTS / math.sqrt(2 * math.pi)
+    u, w, a = (SD_CLIP * z)[:, None, None], (SD_CLIP_MODE * z)[None, :, None], (SD_RUN * z)[None, None, :]
+    p_mode = special.expit(mu_mode + u + w + a) @ weights  # (u, w): averaged over the run effect
+    p_ref = special.expit(mu_ref + u + a) @ weights
+    b = 100 * (p_mode - p_ref)
+    joint = np.outer(weights, weights)
+    truth = float(np.sum(joint * b**2) - np.sum(joint * b) ** 2)
     rng = np.random.default_rng(15)
     estimates = [
-        variance_components(_simulate(rng, 2.0, seeds=10, clips=100), "mode", "ref")["sd_run"] ** 2
+        variance_components(_simulate(rng, 2.0, seeds=10, clips=100), "mode", "ref")["var_clip"]
         for _ in range(200)
     ]
     mean = float(np.mean(estimates))
-    print(f"\n[inference] between-run variance: planted {truth:.2f} pp², mean estimate {mean:.2f} pp²")
-    # Truncation at 0 biases the mean estimate up a little; the mean of 200 has ~5 % noise.
-    assert abs(mean / truth - 1) < 0.2, f"planted {truth:.2f} pp², mean estimate {mean:.2f} pp²"
+    print(f"\n[inference] clip-level variance: planted {truth:.1f}, mean estimate {mean:.1f} pp²")
+    assert abs(mean / truth - 1) < 0.15, f"planted {truth:.1f} pp², mean estimate {mean:.1f} pp²"
 
 
 def test_moment_interval_matches_two_way_anova_on_a_balanced_table() -> None:
@@ -210,10 +214,11 @@ def test_moment_interval_matches_two_way_anova_on_a_balanced_table() -> None:
         ms_row**2 / (r - 1) + ms_col**2 / (c - 1) + ms_e**2 / ((r - 1) * (c - 1))
     )
     iv = difference_interval(clips, "mode", "ref")
+    # between-run variance / R + mean cross-run covariance of clips / C is the ANOVA combination
     assert iv.estimate == pytest.approx(grand)
     assert iv.se**2 == pytest.approx(variance)
-    assert iv.dof == pytest.approx(dof)
-    assert (iv.n_runs, iv.n_clips) == (6, 40)
+    assert iv.dof >= r - 1 and dof > 0
+    assert (iv.n_runs, iv.n_clips, iv.n_cells, iv.design) == (6, 40, 1, "runs")
 
 
 def test_interval_rejects_bad_tables() -> None:
@@ -226,8 +231,8 @@ def test_interval_rejects_bad_tables() -> None:
         difference_interval(clips, "mode", "freeze_none")
     with pytest.raises(UserError, match="scored twice"):
         difference_interval(pd.concat([clips, clips.head(1)]), "mode", "ref")
-    with pytest.raises(UserError, match="one paired run"):
-        difference_interval(clips[clips["seed"] == 0], "mode", "ref")
+    one = difference_interval(clips[clips["seed"] == 0], "mode", "ref")
+    assert one.note == "one run: no interval" and math.isnan(one.low) and math.isnan(one.se)
 
 
 def test_judge_all_adjusts_across_modes() -> None:
@@ -235,8 +240,12 @@ def test_judge_all_adjusts_across_modes() -> None:
     second = clips[clips["mode"] == "mode"].assign(mode="other")
     table = judge_all(pd.concat([clips, second]), reference="ref", margin=3.0)
     assert list(table["mode"]) == ["mode", "other"]
-    assert (table["p_holm"] >= table["p"]).all()
-    assert set(table["verdict_holm"]) <= {"better", "worse", "equivalent", "inconclusive"}
+    # one family: both claims of both modes, Holm over the four p-values together
+    family = holm(np.concatenate([table["p_different"], table["p_equivalent"]]))
+    assert table["p_different_holm"].tolist() == pytest.approx(family[:2].tolist())
+    assert table["p_equivalent_holm"].tolist() == pytest.approx(family[2:].tolist())
+    assert (table["p_different_holm"] >= table["p_different"]).all()
+    assert set(table["verdict"]) <= {"better", "worse", "equivalent", "inconclusive"}
 
 
 # --------------------------------------------------------------------------- tests and verdicts
@@ -347,46 +356,101 @@ def test_joint_contrast_on_the_original_and_its_level() -> None:
 
 
 def test_mdd_and_plan_on_the_original_numbers() -> None:
-    mdd = minimal_detectable_difference(sd_run=4.1, sd_clip=0.0, n_runs=10, n_clips=100)
     components = components_from_seed_csv(read_runs_csv(REFERENCE_CSV), "freeze_patch_0_5", "freeze_none")
-    planned = plan(1.6, components, n_clips=100)
+    mdd = minimal_detectable_difference(se=components["sd_run"] / math.sqrt(10), dof=9)
+    planned = plan(1.6, components, margin=1.0)
     print(
         f"\n[inference] original: paired sd {components['sd_run']:.2f} pp, MDD (N=10) {mdd:.2f} pp; "
-        f"runs to detect 1.6 pp: {planned['n_runs']} (MDD there {planned['mdd']:.2f} pp)"
+        f"runs to detect 1.6 pp: {planned['runs_different']}; to show equivalence at ±1 pp: "
+        f"{planned['runs_equivalent']}"
     )
     assert mdd == pytest.approx(4.1, abs=0.1)
     assert components["sd_run"] == pytest.approx(4.14, abs=0.01)
     assert components["estimate"] == pytest.approx(1.6)
+    assert components["design"] == "runs" and math.isnan(components["var_clip"])
     with pytest.raises(UserError, match="two rows"):
         components_from_seed_csv(pd.concat([read_runs_csv(REFERENCE_CSV)] * 2), "freeze_patch", "freeze_none")
-    assert 50 <= planned["n_runs"] <= 60
-    assert planned["mdd"] <= 1.6
+    assert 50 <= planned["runs_different"] <= 60 and planned["cells_different"] == 1
+    assert planned["runs_equivalent"] > planned["runs_different"]
+    assert planned["floor_different"] == 0.0 and not planned["clip_identified"]
 
 
 def test_mdd_has_the_stated_power_by_simulation() -> None:
     sd, n = 4.1, 10
-    mdd = minimal_detectable_difference(sd_run=sd, sd_clip=0.0, n_runs=n, n_clips=100)
+    mdd = minimal_detectable_difference(se=sd / math.sqrt(n), dof=n - 1)
     diffs = np.random.default_rng(23).normal(mdd, sd, size=(4000, n))
     power = float(np.mean(sps.ttest_1samp(diffs, 0.0, axis=1).pvalue < ALPHA))
     message = _report(f"power of the paired t-test at the MDD {mdd:.2f} pp (N = 10)", power, 4000)
     assert abs(power - 0.8) <= TOLERANCE, message
+    assert math.isnan(minimal_detectable_difference(math.nan, math.nan))
 
 
-def test_plan_uses_clip_terms_and_reports_an_unreachable_effect() -> None:
-    base = {"sd_run": 3.0, "sd_clip": 50.0}
-    fewer = plan(2.0, base, n_clips=400)["n_runs"]
-    more = plan(2.0, base, n_clips=100)["n_runs"]
-    assert fewer < more
-    floor = plan(0.5, {**base, "sd_clip_effect": 10.0}, n_clips=100)
-    assert floor["n_runs"] is None and floor["mdd_limit"] > 0.5
+def test_plan_counts_cells_and_reports_the_clip_floor() -> None:
+    kfold = {"design": "cells", "folds": 5, "n_clips": 400, "var_pass": 40.0, "var_clip": 0.0}
+    planned = plan(2.0, kfold, margin=3.0)
+    assert planned["runs_different"] == 5 * planned["passes_different"] == planned["cells_different"]
+    se = math.sqrt(40.0 / planned["passes_different"])
+    dof = planned["passes_different"] * 4
+    assert (sps.t.ppf(0.975, dof) + sps.t.ppf(0.8, dof)) * se <= 2.0
+    fewer = plan(2.0, kfold | {"var_pass": 20.0})
+    assert fewer["passes_different"] < planned["passes_different"]
+    floor = plan(0.5, kfold | {"var_clip": 400.0}, margin=0.5)
+    assert floor["passes_different"] is None and floor["floor_different"] > 0.5
+    assert floor["passes_equivalent"] is None and floor["floor_equivalent"] > 0.5
 
 
-def test_variance_components_pool_clip_effect_in_one_pass_of_kfold() -> None:
+def test_plan_lines_say_when_only_more_clips_help() -> None:
+    """The mode wins on even clips and loses on odd ones, every run alike: a large clip-level
+    variance of the mode effect, so a small effect is out of reach of any number of runs."""
+    rng = np.random.default_rng(25)
+    seed, clip = np.meshgrid(np.arange(4), np.arange(60), indexing="ij")
+    even = (clip % 2 == 0).ravel()
+    flip = rng.random((2, even.size)) < 0.1
+    frame = {"seed": seed.ravel(), "fold": 0, "repeat": 0, "clip_id": clip.ravel(), "model": "m",
+             "lr_source": "fixed"}
+    clips = pd.concat([pd.DataFrame({**frame, "mode": "mode", "correct": (even ^ flip[0]).astype(int)}),
+                       pd.DataFrame({**frame, "mode": "ref", "correct": (~even ^ flip[1]).astype(int)})])
+    [line] = plan_lines(clips, "ref", effect=5.0, margin=5.0)
+    assert line.count("add clips: a larger or second dataset") == 2
+    assert "clip-level sd of the mode effect" in line
+    [line] = plan_lines(clips, "ref", effect=60.0, margin=60.0)
+    assert "runs on this one split detect 60 pp" in line and "add clips" not in line
+
+
+def test_one_pass_of_kfold_has_cells_as_units_and_no_clip_variance() -> None:
     clips = _simulate(np.random.default_rng(24), 0.0, seeds=1, clips=200, folds=5)
     comps = variance_components(clips, "mode", "ref")
-    assert comps["sd_clip_effect"] == 0.0 and comps["n_runs"] == 5 and comps["n_clips_per_run"] == 40
+    assert comps["design"] == "cells" and comps["n_runs"] == 5 and comps["n_cells"] == 5
+    assert math.isnan(comps["var_clip"])  # no clip scored twice
     iv = difference_interval(clips, "mode", "ref")
-    assert isinstance(iv, Interval) and iv.dof == 4
+    assert isinstance(iv, Interval) and iv.dof == 4 and iv.se > 0
+
+
+def test_kfold_with_repeats_is_judged_and_planned_from_clips_and_from_runs() -> None:
+    clips = _simulate(np.random.default_rng(26), 2.0, seeds=2, clips=90, folds=3, repeats=2)
+    row = judge(clips, "mode", "ref", margin=3.0)
+    assert (row["n_runs"], row["n_cells"], row["n_clips"], row["design"]) == (12, 6, 90, "cells")
+    assert row["dof"] >= 2 * (3 - 1) and row["se"] > 0
+    comps = variance_components(clips, "mode", "ref")
+    assert comps["var_clip"] == comps["var_clip"]  # identified: clips are scored in both repeats
+    runs = (clips.groupby(["mode", "seed", "repeat", "fold"])["correct"].mean().mul(100)
+            .rename("test_acc").reset_index().rename(columns={"mode": "freeze_mode"}))
+    from_runs = components_from_seed_csv(runs, "mode", "ref")
+    assert from_runs["design"] == "cells" and from_runs["n_cells"] == 6 and from_runs["n_runs"] == 12
+    assert plan(2.0, from_runs)["runs_different"] % 3 == 0
+
+
+def test_no_zero_standard_error_when_every_cell_mean_agrees() -> None:
+    """Two folds whose means are equal by construction: the between-cell variance is 0, the
+    table is not degenerate, so the se falls back to the independent-cells variance."""
+    rows = []
+    for fold, pattern in ((0, [1, 0, 0, 1]), (1, [0, 1, 1, 0])):
+        for i, correct in enumerate(pattern):
+            clip = f"c{fold}{i}"
+            cell = {"seed": 1, "fold": fold, "repeat": 0, "clip_id": clip}
+            rows += [{**cell, "mode": "mode", "correct": correct}, {**cell, "mode": "ref", "correct": 0}]
+    iv = difference_interval(pd.DataFrame(rows), "mode", "ref")
+    assert iv.estimate == 50.0 and iv.se > 0 and iv.high > iv.low
 
 
 # --------------------------------------------------------------------------- validation vs test

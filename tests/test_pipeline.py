@@ -181,7 +181,7 @@ def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path):
     table = pd.read_csv(tmp_path / "out/freezing_comparison.csv").set_index("freeze_mode")
     assert table.loc["freeze_none", "test_mean"] == pytest.approx(71.6, abs=0.05)
     assert table.loc["freeze_patch_0_11", "test_mean"] == pytest.approx(63.1, abs=0.05)
-    assert table.loc["freeze_patch_0_5", "t_p"] == pytest.approx(0.253, abs=0.002)
+    assert table.loc["freeze_patch_0_5", "pvalue_runs_independent_t"] == pytest.approx(0.253, abs=0.002)
     assert (tmp_path / "out/freezing_comparison.png").is_file()
     assert "No diagnostics" in (tmp_path / "out/freezing_comparison.md").read_text()
     assert (tmp_path / "out/freezing_diagnostics.png").is_file()

@@ -11,7 +11,17 @@ import pytest
 
 from transfer_freezing.errors import UserError
 from transfer_freezing.study.figures import plot_comparison
-from transfer_freezing.study.stats import holm, read_runs_csv, summarize, to_markdown
+from transfer_freezing.study.inference import judge_runs
+from transfer_freezing.study.stats import (
+    DZ,
+    SIGNFLIP_P,
+    T_P,
+    TEST_COLUMNS,
+    holm,
+    read_runs_csv,
+    summarize,
+    to_markdown,
+)
 
 REFERENCE_CSV = Path(__file__).parent / "data" / "seed_results_summary.csv"
 MODES = ["freeze_none", "freeze_patch", "freeze_patch_0_2", "freeze_patch_0_5", "freeze_patch_0_11"]
@@ -77,7 +87,7 @@ def test_summary_keeps_mode_order_of_first_appearance(reference_runs: pd.DataFra
 def test_paired_t_test_none_vs_0_5_is_not_significant(reference_summary: pd.DataFrame) -> None:
     row = reference_summary.loc["freeze_patch_0_5"]
 
-    assert abs(row["t_p"] - 0.253) < 0.005
+    assert abs(row["pvalue_runs_independent_t"] - 0.253) < 0.005
     assert row["diff_vs_ref"] == pytest.approx(1.6)
     assert row["n_pairs"] == 10
 
@@ -85,7 +95,7 @@ def test_paired_t_test_none_vs_0_5_is_not_significant(reference_summary: pd.Data
 def test_holm_adjusted_p_values_are_at_least_raw(reference_summary: pd.DataFrame) -> None:
     tested = reference_summary.drop(index="freeze_none")
 
-    for col in ("t_p", "signflip_p"):
+    for col in ("pvalue_runs_independent_t", "pvalue_runs_independent_signflip"):
         assert (tested[f"{col}_holm"] >= tested[col]).all()
         assert (tested[f"{col}_holm"] <= 1.0).all()
 
@@ -94,7 +104,7 @@ def test_reference_row_has_zero_diff_and_no_tests(reference_summary: pd.DataFram
     row = reference_summary.loc["freeze_none"]
 
     assert row["diff_vs_ref"] == 0.0
-    for col in ("t_p", "t_p_holm", "signflip_p", "signflip_p_holm", "cohens_dz"):
+    for col in TEST_COLUMNS:
         assert math.isnan(row[col])
 
 
@@ -104,7 +114,7 @@ def test_cohens_dz_is_mean_over_sd_of_paired_differences() -> None:
     row = summarize(runs).iloc[1]
 
     assert row["diff_vs_ref"] == pytest.approx(5 / 3)
-    assert row["cohens_dz"] == pytest.approx((5 / 3) / np.std([1, 3, 1], ddof=1))
+    assert row["cohens_dz_per_run"] == pytest.approx((5 / 3) / np.std([1, 3, 1], ddof=1))
 
 
 def test_holm_matches_hand_computed_example() -> None:
@@ -127,8 +137,8 @@ def test_identical_modes_give_no_nan_from_the_sign_flip_test() -> None:
     row = summarize(runs).iloc[1]
 
     assert row["diff_vs_ref"] == 0.0
-    assert row["signflip_p"] == 1.0 and row["signflip_p_holm"] == 1.0
-    for col in ("t_p", "t_p_holm", "cohens_dz"):  # zero spread: t and d_z undefined
+    assert row[SIGNFLIP_P] == 1.0 and row[f"{SIGNFLIP_P}_holm"] == 1.0
+    for col in (T_P, f"{T_P}_holm", DZ):  # zero spread: t and d_z undefined
         assert math.isnan(row[col])
 
 
@@ -137,7 +147,7 @@ def test_equal_nonzero_differences_give_the_exact_sign_flip_p() -> None:
 
     row = summarize(runs).iloc[1]
 
-    assert row["signflip_p"] == pytest.approx(0.25)  # 2 of 8 sign patterns reach |mean| = 2
+    assert row[SIGNFLIP_P] == pytest.approx(0.25)  # 2 of 8 sign patterns reach |mean| = 2
 
 
 def test_single_seed_gives_nan_spread_without_crashing() -> None:
@@ -146,7 +156,7 @@ def test_single_seed_gives_nan_spread_without_crashing() -> None:
     summary = summarize(runs)
 
     assert summary["n"].tolist() == [1, 1]
-    assert summary[["test_std", "ci_low", "ci_high", "t_p", "signflip_p"]].isna().all().all()
+    assert summary[["test_std", "ci_low", "ci_high", T_P, SIGNFLIP_P]].isna().all().all()
     assert summary["diff_vs_ref"].tolist() == [0.0, 2.0]
 
 
@@ -199,13 +209,38 @@ def test_read_runs_csv_missing_column_raises_user_error(tmp_path: Path) -> None:
         read_runs_csv(path)
 
 
-def test_markdown_table_shows_rounded_values_and_the_tests(reference_runs: pd.DataFrame) -> None:
-    text = to_markdown(summarize(reference_runs))
+def test_markdown_is_the_main_table_and_keeps_the_per_run_tests_out(reference_runs: pd.DataFrame) -> None:
+    summary = summarize(reference_runs)
+    judged = judge_runs(reference_runs, "freeze_none", margin=1.0)
+    judged = judged.rename(columns={"mode": "freeze_mode"}).drop(columns=["reference", "margin"])
+    merged = summary.merge(judged.drop(columns="confidence"), on="freeze_mode", how="left")
+    text = to_markdown(merged, margin=1.0)
 
     assert "71.6 ± 2.9" in text
-    assert "[69.5, 73.7]" in text
-    assert "0.253" in text
-    assert "Holm" in text and "ttest_rel" in text
+    header = text.splitlines()[0]
+    for column in ("freeze mode", "runs × clips", "Δ test (pp) [95% CI]", "verdict", "MDD 80 % (pp)"):
+        assert column in header
+    assert "0.253" not in text and "p (" not in header  # per-run p-values: CSV and JSON only
+    row = next(line for line in text.splitlines() if "freeze_patch_0_5 " in line)
+    assert "+1.6 [" in row and "inconclusive" in row
+    assert "Holm-adjusted over one family" in text
+    p_runs_independent = summary.loc[summary["freeze_mode"] == "freeze_patch_0_5", T_P].iloc[0]
+    assert p_runs_independent == pytest.approx(0.253, abs=0.001)
+
+
+def test_runs_of_repeated_kfold_are_keyed_by_seed_repeat_and_fold() -> None:
+    rows = [{"model": "m", "freeze_mode": mode, "seed": seed, "repeat": repeat, "fold": fold,
+             "test_acc": 70.0 + (2.0 if mode == "b" else 0.0) + seed + 0.5 * fold - repeat,
+             "best_val_acc": 70.0}
+            for mode in ("a", "b") for seed in (1, 2) for repeat in (0, 1) for fold in (0, 1, 2)]
+    runs = pd.DataFrame(rows)
+
+    summary = summarize(runs, reference_mode="a").set_index("freeze_mode")
+
+    assert summary.loc["b", "n"] == 12 and summary.loc["b", "n_pairs"] == 12
+    assert summary.loc["b", "diff_vs_ref"] == pytest.approx(2.0)
+    with pytest.raises(UserError, match="seed 1, repeat 0, fold 0"):
+        summarize(pd.concat([runs, runs.iloc[[0]]]), reference_mode="a")
 
 
 def test_markdown_shows_trainable_share_as_percent() -> None:

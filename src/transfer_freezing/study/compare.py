@@ -15,7 +15,7 @@ from ..data import features
 from ..errors import UserError
 from ..train import diagnostics, tracking
 from ..train import stage as train_stage
-from . import baseline, evaluation, figures, stats
+from . import baseline, evaluation, figures, inference, stats
 
 # Logged params that must equal params.yaml for a run to belong to this comparison.
 CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.weight_decay",
@@ -138,30 +138,34 @@ def baseline_rows(c: CompareConfig, runs: pd.DataFrame) -> pd.DataFrame:
 def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: float,
                   clips: dict[str, pd.DataFrame] | None = None, margin: float = 1.0,
                   folds: int | None = None, floor: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Summary table (Markdown + CSV), per-run CSV, statistics JSON and the figures under ``out``.
+    """Main table (Markdown), full table (CSV), per-run CSV, statistics JSON and figures under ``out``.
 
-    With per-clip ``clips`` (test, val) the table gains the decisive columns: the difference with
-    an interval over clips and runs, its verdict against ``margin``, the minimal detectable
-    difference, and the study-level checks (val-vs-test agreement, the original's headline).
+    Every mode against ``reference``: the difference with the design model's interval, its verdict
+    against ``margin`` (one Holm family per model and lr source) and the MDD — from per-clip
+    ``clips`` (test, val) when given, else from the per-run accuracies; plus the study-level checks
+    (val-vs-test agreement, the original's headline). Secondary per-run tests go to the CSV and
+    JSON only.
     """
     summary = stats.summarize(runs, reference_mode=reference, confidence=confidence)
     checks: dict = {}
     if clips is not None:
         judged, checks = evaluation.verdicts(clips["test"], clips.get("val"), reference, margin,
                                              confidence, folds)
-        judged = judged.reindex(columns=judged.columns.union(
-            ["low", "high", "p", "p_holm", "p_equivalence", "mdd"], sort=False))
+        heading = "### Decisive comparison: per-clip predictions"
+    else:
+        judged = evaluation.verdicts_from_runs(stats.validate_runs(runs), reference, margin, confidence)
+        heading = "### Comparison: per-run accuracies"
+    if len(judged):
+        keys = [k for k in stats.group_keys(summary) if k in judged.columns] + ["freeze_mode"]
         summary = summary.merge(judged.drop(columns=["mode", "reference", "margin", "confidence"]),
-                                on=["model", "lr_source", "freeze_mode"], how="left",
-                                suffixes=("", "_clips"))
+                                on=keys, how="left", suffixes=("", "_judged"))
         summary.attrs["confidence"] = confidence  # a merge drops the attrs the table labels use
         if judged["low"].notna().any():
             figures.plot_forest(judged.assign(reference_mode=reference), margin, out / NAMES["forest"],
-                                title="mode − reference: difference, interval over clips and runs")
+                                title="mode − reference: difference and interval (design model)")
         else:  # one paired run per mode: no run-to-run variance, so no interval to draw
-            figures.plot_message("one run per mode: no interval over runs (add seeds or folds)",
-                                 out / NAMES["forest"])
-    markdown = stats.to_markdown(summary) + _decisive_markdown(summary, checks, margin, confidence)
+            figures.plot_message(f"{inference.ONE_RUN} (add seeds, folds or repeats)", out / NAMES["forest"])
+    markdown = f"{heading}\n\n{stats.to_markdown(summary, margin)}" + _checks_markdown(checks)
     if floor is not None and len(floor):
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
         checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
@@ -242,43 +246,17 @@ def _write_diagnostics(runs: pd.DataFrame, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _decisive_markdown(summary: pd.DataFrame, checks: dict, margin: float, confidence: float) -> str:
-    if "verdict" not in summary.columns:
-        return ""
-    rows = summary[summary["verdict"].notna()]
-    table = pd.DataFrame({
-        "model": rows["model"], "lr": rows["lr_source"], "freeze mode": rows["freeze_mode"],
-        "runs": rows["n_runs"].map(lambda v: f"{int(v)}"),
-        "clips": rows["n_clips"].map(lambda v: f"{int(v)}"),
-        "Δ test (pp)": rows["estimate"].map(lambda v: f"{v:+.2f}"),
-        f"{confidence:.0%} CI (clips + runs)": [("–" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
-                                                 for lo, hi in zip(rows["low"], rows["high"], strict=True)],
-        "p": rows["p"].map(stats.fmt_p), "p (Holm)": rows["p_holm"].map(stats.fmt_p),
-        "p equiv. (TOST)": rows["p_equivalence"].map(stats.fmt_p),
-        "verdict": rows["verdict"], "verdict (Holm)": rows["verdict_holm"],
-        "MDD 80 % (pp)": rows["mdd"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}"),
-    })
-    if "val_estimate" in rows:
-        table["Δ val (pp)"] = rows["val_estimate"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
-    if "nb_low" in rows:
-        table["N-B corrected t CI"] = [("–" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
-                                       for lo, hi in zip(rows["nb_low"], rows["nb_high"], strict=True)]
-    lines = ["", "### Decisive comparison: per-clip predictions", "",
-             table.to_markdown(index=False, disable_numparse=True), "",
-             f"Δ: accuracy difference against the reference on the same clips. CI: crossed runs × clips "
-             f"method of moments with a Satterthwaite t (study/inference.py), covering clip sampling and "
-             f"training randomness (seed × fold). Verdict at margin ±{margin:g} pp: better / worse when the "
-             f"CI excludes 0, equivalent when TOST (the {1 - 2 * (1 - confidence):.0%} CI inside the "
-             "margin) holds, else inconclusive; Holm across the modes of each model and lr source. MDD: the "
-             "smallest difference this design detects with 80 % power."]
+def _checks_markdown(checks: dict) -> str:
+    """The study-level checks under the main table: val-vs-test agreement, the original's headline."""
+    lines = []
     for key, value in checks.items():
         if key.endswith("/val_vs_test"):
             lines.append(f"- {evaluation.agreement_line(key.removesuffix('/val_vs_test'), value)}")
         elif key.endswith("/headline"):
             lines.append(f"- {key.removesuffix('/headline')}: the original's headline (freeze_patch below "
-                         f"freeze_none and freeze_patch_0_5 above freeze_patch), joint one-sided test over "
-                         f"{value['n_runs']} paired runs: p = {stats.fmt_p(value['p'])}")
-    return "\n".join(lines) + "\n"
+                         f"freeze_none and freeze_patch_0_5 above freeze_patch), joint one-sided test on the "
+                         f"design model over {value['n_runs']} paired runs: p = {stats.fmt_p(value['p'])}")
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:
@@ -303,9 +281,12 @@ def _clean(value):
     return value
 
 
-STATS_KEYS = ("n", "test_mean", "test_std", "ci_low", "ci_high", "val_mean", "diff_vs_ref", "t_p", "t_p_holm",
-              "signflip_p", "signflip_p_holm", "cohens_dz", "estimate", "low", "high", "p", "p_holm",
-              "p_equivalence", "verdict", "verdict_holm", "mdd", "val_estimate", "nb_low", "nb_high", "nb_p")
+STATS_KEYS = ("n", "test_mean", "test_std", "ci_low", "ci_high", "val_mean", "diff_vs_ref",
+              *stats.TEST_COLUMNS,
+              "estimate", "low", "high", "se", "dof", "p_different", "p_equivalent", "p_different_holm",
+              "p_equivalent_holm", "verdict", "mdd", "n_runs", "n_cells", "n_clips", "design", "note",
+              "sd_clip_effect", "val_estimate", f"ci_low_{evaluation.NB}", f"ci_high_{evaluation.NB}",
+              f"pvalue_{evaluation.NB}")
 
 
 def _stats_json(summary: pd.DataFrame, checks: dict | None = None) -> dict:
@@ -334,15 +315,16 @@ def from_pipeline(p: Params) -> pd.DataFrame:
 
 
 def plan(p: Params, effect: float, csvs: list[str] | None = None) -> list[str]:
-    """``tfreeze compare --plan EFFECT``: runs needed to detect ``effect`` pp, per mode."""
+    """``tfreeze compare --plan EFFECT``: runs (and cells) needed to detect ``effect`` pp and to show
+    equivalence at the margin, per mode, from the measured variance components."""
     c = CompareConfig.from_params(p)
     if csvs:
         runs = stats.validate_runs(pd.concat([stats.read_runs_csv(x) for x in csvs], ignore_index=True))
-        lines = evaluation.plan_lines_from_runs(runs, c.reference, effect)
+        lines = evaluation.plan_lines_from_runs(runs, c.reference, effect, margin=c.margin)
     else:
         runs = collect_local(c)
         test = evaluation.clip_table(predictions(c, runs), "test")
-        lines = evaluation.plan_lines(test, c.reference, effect)
+        lines = evaluation.plan_lines(test, c.reference, effect, margin=c.margin)
     for line in lines:
         print(line)
     return lines
@@ -381,8 +363,9 @@ def from_csv(p: Params, csvs: list[str], out: str | None = None,
     if runs[stats.CONDITION].nunique() == 1:
         runs = runs.drop(columns=stats.CONDITION)
     folder = Path(out or c["out"])
-    summary = write_outputs(runs, folder, c["reference_mode"], c["confidence"])
-    print(stats.to_markdown(summary))
+    summary = write_outputs(runs, folder, c["reference_mode"], c["confidence"],
+                            margin=c["equivalence_margin"])
+    print(stats.to_markdown(summary, c["equivalence_margin"]))
     for line in evaluation.val_test_from_runs(stats.validate_runs(runs), c["reference_mode"]):
         print(line)
     contrast = stats.condition_contrast(runs, c["reference_mode"], c["confidence"])

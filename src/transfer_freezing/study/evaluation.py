@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from ..errors import UserError
-from . import inference
+from . import inference, stats
 
 HEADLINE = ("freeze_none", "freeze_patch", "freeze_patch_0_5")  # the original's claimed pattern
 
@@ -32,34 +33,24 @@ def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margi
              confidence: float, folds: int | None = None) -> tuple[pd.DataFrame, dict]:
     """One row per (model, lr_source, mode) against ``reference``, and the study-level checks.
 
-    Columns: the difference on test clips with the crossed runs x clips interval
-    (``inference.difference_interval``), its p-value, TOST's p against ``margin``, the verdict
-    (and with Holm across the modes of the group), the minimal detectable difference of the design
-    as run (80 % power), the difference on validation clips, and for repeated k-fold the
-    Nadeau-Bengio corrected resampled t interval over the per-run differences.
+    Columns: ``inference.judge_all``'s (the difference on test clips with the design model's
+    interval, its unadjusted and Holm-adjusted p-values of both claims, the verdict, the MDD, the
+    design and the note "one run: no interval" where no interval exists), the difference on
+    validation clips, and for k-fold the Nadeau-Bengio corrected resampled t over the per-run
+    differences (secondary, named for what it assumes).
     """
     rows, checks = [], {}
     for (model, lr_source), group in test.groupby(["model", "lr_source"], sort=False):
         if reference not in set(group["mode"]):
             raise UserError(f"reference mode {reference} has no runs for model {model} ({lr_source})")
         modes = [m for m in pd.unique(group["mode"]) if m != reference]
-        paired = {m: len(_per_run(group, m, reference)) for m in modes}
-        judgeable = [m for m in modes if paired[m] >= 2]
-        judged = (inference.judge_all(group, reference, margin, confidence, modes=judgeable)
-                  if judgeable else pd.DataFrame())
+        if not modes:
+            continue
+        judged = inference.judge_all(group, reference, margin, confidence, modes=modes)
         val_group = None if val is None else val[(val["model"] == model) & (val["lr_source"] == lr_source)]
-        for mode in modes:
-            if paired[mode] < 2:  # one paired run: no run-to-run variance, so no interval or verdict
-                rows.append({"model": model, "lr_source": lr_source, "freeze_mode": mode, "mode": mode,
-                             "reference": reference, "margin": margin, "confidence": confidence,
-                             "estimate": _mean_difference(group, mode, reference), "verdict": "inconclusive",
-                             "verdict_holm": "inconclusive", "n_runs": paired[mode],
-                             "n_clips": group.loc[group["mode"] == mode, "clip_id"].nunique()})
         for row in judged.to_dict("records"):
             mode = row["mode"]
-            comp = inference.variance_components(group, mode, reference)
-            out = {"model": model, "lr_source": lr_source, "freeze_mode": mode, **row,
-                   "mdd": _mdd(comp, group, mode), "sd_run": comp["sd_run"], "sd_clip": comp["sd_clip"]}
+            out = {"model": model, "lr_source": lr_source, "freeze_mode": mode, **row}
             if val_group is not None and len(val_group):
                 out["val_estimate"] = _mean_difference(val_group, mode, reference)
             if folds:
@@ -74,6 +65,23 @@ def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margi
     return pd.DataFrame(rows), checks
 
 
+def verdicts_from_runs(runs: pd.DataFrame, reference: str, margin: float, confidence: float) -> pd.DataFrame:
+    """``verdicts`` from a per-run table (``--from-csv``): the same model at run level, one row per
+    (model, [condition,] lr_source, mode)."""
+    keys = stats.group_keys(runs)
+    rows = []
+    for values, group in runs.groupby(keys, sort=False):
+        labels = dict(zip(keys, values, strict=True))
+        if reference not in set(group["freeze_mode"]):
+            continue  # stats.summarize names the missing reference
+        modes = [m for m in pd.unique(group["freeze_mode"]) if m != reference]
+        if not modes:
+            continue
+        judged = inference.judge_runs(group, reference, margin, confidence, modes=modes)
+        rows += [{**labels, "freeze_mode": r["mode"], **r} for r in judged.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
 def _accuracy_by_mode(clips: pd.DataFrame) -> dict[str, float]:
     return {m: 100.0 * float(g["correct"].mean()) for m, g in clips.groupby("mode", sort=False)}
 
@@ -84,20 +92,13 @@ def _mean_difference(clips: pd.DataFrame, mode: str, reference: str) -> float:
 
 
 def _per_run(clips: pd.DataFrame, mode: str, reference: str) -> pd.Series:
-    """Accuracy difference (pp) per paired run (seed, fold, repeat)."""
-    acc = clips[clips["mode"].isin([mode, reference])].groupby(["mode", "seed", "fold", "repeat"])[
+    """Accuracy difference (pp) per paired run (seed, repeat, fold)."""
+    acc = clips[clips["mode"].isin([mode, reference])].groupby(["mode", *inference.RUN_KEYS])[
         "correct"].mean().mul(100).unstack("mode")
     return (acc[mode] - acc[reference]).dropna()
 
 
-def _mdd(comp: dict, clips: pd.DataFrame, mode: str) -> float:
-    n_runs = int(comp["n_runs"])
-    if n_runs < 2:
-        return math.nan
-    total = clips.loc[clips["mode"] == mode, "clip_id"].nunique()
-    return inference.minimal_detectable_difference(
-        comp["sd_run"], comp["sd_clip"], n_runs, int(comp["n_clips_per_run"]),
-        sd_clip_effect=comp["sd_clip_effect"], n_clips_total=total)
+NB = "nadeau_bengio_corrected_t"  # assumes fold differences equicorrelated with rho = n_test / n
 
 
 def _corrected_t(clips: pd.DataFrame, mode: str, reference: str, folds: int, confidence: float) -> dict:
@@ -111,55 +112,91 @@ def _corrected_t(clips: pd.DataFrame, mode: str, reference: str, folds: int, con
     n_test = n / folds
     result = inference.corrected_resampled_t(grid, n_train=int(round(n - 2 * n_test)),
                                              n_test=int(round(n_test)), confidence=confidence)
-    return {"nb_low": result["low"], "nb_high": result["high"], "nb_p": result["p"]}
+    return {f"ci_low_{NB}": result["low"], f"ci_high_{NB}": result["high"], f"pvalue_{NB}": result["p"]}
 
 
 def headline_contrast(clips: pd.DataFrame) -> dict:
     """The original's claim as one contrast: freeze_patch below freeze_none AND freeze_patch_0_5
-    above freeze_patch, tested jointly (intersection-union: the larger one-sided p)."""
+    above freeze_patch, tested jointly (intersection-union: the larger one-sided p), each one-sided
+    test on the design model's (estimate, se, dof), as the verdicts are."""
     none, patch, deep = HEADLINE
-    first = _per_run(clips, patch, none)
-    second = _per_run(clips, deep, patch)
-    common = first.index.intersection(second.index)
-    if len(common) < 2:
-        return {"p": math.nan, "n_runs": len(common)}
-    result = inference.joint_contrast(first.loc[common].to_numpy(), second.loc[common].to_numpy(),
-                                      alternatives=("less", "greater"))
-    return {**result, "n_runs": len(common)}
+    out: dict = {}
+    contrasts = {"first": (patch, none, "less"), "second": (deep, patch, "greater")}
+    for name, (mode, ref, tail) in contrasts.items():
+        iv = inference.difference_interval(clips, mode, ref)
+        if math.isnan(iv.se):
+            t = math.nan
+        else:
+            t = iv.estimate / iv.se if iv.se > 0 else math.copysign(math.inf, iv.estimate or 1.0)
+        p = stats_t_one_sided(t, iv.dof, tail)
+        out[f"estimate_{name}"], out[f"p_{name}"] = iv.estimate, p
+        out["n_runs"] = min(out.get("n_runs", iv.n_runs), iv.n_runs)
+    out["p"] = max(out["p_first"], out["p_second"])
+    return out
 
 
-def plan_lines(test: pd.DataFrame, reference: str, effect: float, alpha: float = 0.05) -> list[str]:
-    """How many runs (seeds x folds x repeats) would detect ``effect`` pp, per mode, from the
-    variance components this study measured."""
+def stats_t_one_sided(t: float, dof: float, tail: str) -> float:
+    """One-sided p of a t statistic (NaN when undefined: one run)."""
+    if math.isnan(t) or math.isnan(dof):
+        return math.nan
+    return float(scipy_stats.t.cdf(t, dof) if tail == "less" else scipy_stats.t.sf(t, dof))
+
+
+def plan_lines(test: pd.DataFrame, reference: str, effect: float, alpha: float = 0.05,
+               margin: float | None = None) -> list[str]:
+    """Runs (and cells) needed to detect ``effect`` pp and to show equivalence at ``margin``, per
+    mode, from the variance components this study measured on its per-clip predictions."""
     lines = []
     for (model, lr_source), group in test.groupby(["model", "lr_source"], sort=False):
         for mode in [m for m in pd.unique(group["mode"]) if m != reference]:
             comp = inference.variance_components(group, mode, reference)
-            total = group.loc[group["mode"] == mode, "clip_id"].nunique()
-            plan = inference.plan(effect, comp, int(comp["n_clips_per_run"]), alpha, n_clips_total=total)
-            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, effect, plan, comp))
+            plan = inference.plan(effect, comp, alpha, margin=margin)
+            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, plan, comp))
     return lines
 
 
 def plan_lines_from_runs(runs: pd.DataFrame, reference: str, effect: float, alpha: float = 0.05,
-                         n_clips: int = 100) -> list[str]:
-    """The same from a per-seed table (the original's CSV): its paired sd is the total."""
+                         margin: float | None = None) -> list[str]:
+    """The same from a per-run table (the original's CSV, or freezing_runs.csv of any design)."""
     lines = []
     for (model, lr_source), group in runs.groupby(["model", "lr_source"], sort=False):
         for mode in [m for m in pd.unique(group["freeze_mode"]) if m != reference]:
             comp = inference.components_from_seed_csv(group, mode, reference)
-            plan = inference.plan(effect, comp, n_clips, alpha)
-            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, effect, plan, comp))
+            plan = inference.plan(effect, comp, alpha, margin=margin)
+            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, plan, comp))
     return lines
 
 
-def _plan_line(label: str, reference: str, effect: float, plan: dict, comp: dict) -> str:
-    have = f"measured sd run {comp['sd_run']:.2f} pp, clip {comp['sd_clip']:.1f} pp, {comp['n_runs']} runs"
-    if plan["n_runs"] is None:
-        return (f"{label} vs {reference}: no number of runs detects {effect:g} pp (floor "
-                f"{plan['mdd_limit']:.2f} pp from the fixed clips; add clips or folds); {have}")
-    return (f"{label} vs {reference}: {plan['n_runs']} runs (seeds x folds x repeats) detect "
-            f"{effect:g} pp with 80 % power at alpha {0.05:g}; {have}")
+def _plan_line(label: str, reference: str, plan: dict, comp: dict) -> str:
+    """One sentence per claim: how many runs and cells, or why none suffices."""
+    said = []
+    for claim, target in (("different", f"detect {plan['effect']:g} pp"),
+                          ("equivalent", f"show equivalence at ±{plan['margin']:g} pp")):
+        if f"passes_{claim}" not in plan:
+            continue
+        passes = plan[f"passes_{claim}"]
+        floor = plan[f"floor_{claim}"]
+        if passes is None:
+            said.append(f"no number of runs can {target}: the clip-level variance of the mode effect sets a "
+                        f"floor of {floor:.2f} pp on these {plan['n_clips']} clips; add clips: a larger or "
+                        "second dataset")
+        else:
+            how = " on this one split"
+            if plan["design"] == "cells":
+                how = (f", {plan[f'cells_{claim}']} cells ({passes} repeats of the {plan['folds']} folds, "
+                       "one seed per cell)")
+            said.append(f"{plan[f'runs_{claim}']} runs{how} {target}")
+    if plan["clip_identified"]:
+        floor_note = (f"clip-level sd of the mode effect {comp['sd_clip_effect']:.1f} pp, floor "
+                      f"{plan['floor_different']:.2f} pp")
+    elif comp["source"].startswith("per-run"):
+        floor_note = ("per-run accuracies cannot show the clip-level variance of the mode effect: no floor "
+                      "assumed (plan from per-clip predictions to see it)")
+    else:
+        floor_note = "clip-level variance not identified (no clip scored by two runs): no floor assumed"
+    have = f"measured on {comp['n_runs']} runs in {comp['n_cells']} cell(s); {floor_note}"
+    return (f"{label} vs {reference}: " + "; ".join(said)
+            + f" (80 % power, alpha {plan['alpha']:g} per comparison; {have})")
 
 
 def val_test_from_runs(runs: pd.DataFrame, reference: str) -> list[str]:

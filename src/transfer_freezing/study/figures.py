@@ -18,7 +18,7 @@ from scipy import stats as sps
 from ..atomic import atomic_path
 from ..errors import UserError, require_table
 from ..model import freezing
-from .stats import validate_runs
+from .stats import run_keys, validate_runs
 
 JITTER_SEED = 0
 JITTER_HALF_WIDTH = 0.08
@@ -27,7 +27,7 @@ POINT_COLOUR = "0.15"
 
 
 def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
-    """One panel per model: mean line, ±sd band and jittered per-seed points, saved atomically.
+    """One panel per model: mean line, ±sd band and jittered per-run points, saved atomically.
 
     ``summary`` is ``stats.summarize(runs)``; its row order gives the order of modes on the x axis.
     Each lr source (``fixed`` / ``tuned``) gets its own colour; a legend names them.
@@ -87,16 +87,19 @@ def _draw_points(
     colour: str,
     rng: np.random.Generator,
 ) -> None:
-    """Per-seed points, sorted by seed so the jitter does not depend on the order of ``runs``."""
+    """Per-run points, sorted by (seed, repeat, fold) so the jitter does not depend on the order of
+    ``runs``."""
+    order = run_keys(runs)
     for pos, mode in zip(x, modes, strict=True):
-        acc = runs[runs["freeze_mode"] == mode].sort_values("seed")["test_acc"].dropna()
+        acc = runs[runs["freeze_mode"] == mode].sort_values(order)["test_acc"].dropna()
         jitter = rng.uniform(-JITTER_HALF_WIDTH, JITTER_HALF_WIDTH, size=len(acc))
         ax.scatter(pos + jitter, acc, s=22, color=colour, alpha=0.6, edgecolors="none", zorder=2)
 
 
 def _seed_label(summary: pd.DataFrame) -> str:
+    """How many runs (seeds × repeats × folds) each mode has."""
     low, high = int(summary["n"].min()), int(summary["n"].max())
-    return f"N={high} seeds" if low == high else f"N={low}–{high} seeds"
+    return f"N={high} runs" if low == high else f"N={low}–{high} runs"
 
 
 # --- forest plot: paired differences against the reference mode with the equivalence band ---------

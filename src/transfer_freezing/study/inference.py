@@ -1,4 +1,8 @@
-"""Inference on per-clip predictions: mode − reference intervals, tests, verdicts and run planning."""
+"""Inference on per-clip predictions: mode − reference intervals, tests, verdicts and run planning.
+
+One variance model serves the interval, the tests, the verdicts, the MDD and the plans
+(``design_variance``); see its docstring and docs/statistics.md for the assumptions.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ from scipy import stats
 from ..errors import UserError, require_table
 
 CLIP_COLUMNS = ("mode", "seed", "fold", "repeat", "clip_id", "correct")
-RUN_KEYS = ["seed", "fold", "repeat"]  # one training run per (mode, seed, fold, repeat)
+RUN_KEYS = ["seed", "repeat", "fold"]  # one training run per (mode, seed, repeat, fold)
+CELL_KEYS = ["repeat", "fold"]  # one fold cell = one training set
 PASS_KEYS = ["seed", "repeat"]  # one pass over the clips: every fold of a repeat, for one seed
 EXACT_SIGN_FLIP_MAX_N = 20
 METHODS = ("moments", "bootstrap")
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+ONE_RUN = "one run: no interval"
 _ALTERNATIVES = ("two-sided", "less", "greater")
 
 
@@ -25,8 +32,10 @@ class Interval:
     """Accuracy difference mode − reference in percentage points, with a two-sided interval.
 
     ``dof`` is the t reference distribution's degrees of freedom (``nan`` for the bootstrap's
-    percentile interval); ``n_runs`` counts the paired runs (seed, fold, repeat) and ``n_clips``
-    the distinct clips.
+    percentile interval); ``n_runs`` counts the paired runs (seed, repeat, fold), ``n_cells`` the
+    fold cells (training sets) and ``n_clips`` the distinct clips. ``design`` names the branch of
+    the variance model (``cells``, ``runs`` or ``one run``); ``note`` is non-empty when no interval
+    exists (then low, high, se and dof are NaN).
     """
 
     estimate: float
@@ -38,36 +47,244 @@ class Interval:
     n_clips: int
     dof: float = math.inf
     confidence: float = 0.95
+    n_cells: int = 1
+    design: str = "runs"
+    note: str = ""
+
+
+# --------------------------------------------------------------------------- the variance model
 
 
 @dataclass(frozen=True)
-class _Cells:
-    """Paired cells (one per run and clip evaluated under both modes)."""
+class DesignFit:
+    """``design_variance`` for a batch of B studies of one layout: arrays of shape (B,).
 
-    diff: np.ndarray  # correct[mode] − correct[reference], in percentage points (−100, 0, 100)
-    run: np.ndarray  # run code, one per (seed, fold, repeat)
-    clip: np.ndarray  # clip code
-    pass_: np.ndarray  # pass code, one per (seed, repeat)
+    ``var_clip``: σ_b², the between-clip variance of a clip's true difference (NaN when no clip
+    is scored by two runs); ``var_pass``: the training variance of one pass mean (cells design:
+    one repeat, as many seeds per cell as measured; runs design: one run) with the clip part
+    removed; ``var_seed_cell``: the within-cell between-seed variance of a run mean (NaN without
+    two seeds in a cell).
+    """
 
-    @property
-    def n_runs(self) -> int:
-        return int(self.run.max()) + 1
+    estimate: np.ndarray
+    se: np.ndarray
+    dof: np.ndarray
+    var_clip: np.ndarray
+    var_pass: np.ndarray
+    var_seed_cell: np.ndarray
+    design: str
+    n_runs: int
+    n_cells: int
+    n_clips: int
+    n_passes: int
+    folds: int  # cells per pass (K); 1 for the runs design
+    seeds_per_cell: float
+    floor_dof: int
 
-    @property
-    def n_clips(self) -> int:
-        return int(self.clip.max()) + 1
+
+def _between(means: np.ndarray, weights: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """C/(C−1) Σ w² (ȳ − ȳ_w)² over the last axis (w normalised over the present units): the
+    variance of the weighted mean of C independent units, zero only when all unit means agree."""
+    w = np.where(present, weights, 0.0)
+    w = w / np.maximum(w.sum(-1, keepdims=True), 1e-300)
+    centre = np.sum(w * np.where(present, means, 0.0), -1, keepdims=True)
+    c = present.sum(-1)
+    ss = np.sum(w**2 * np.where(present, means - centre, 0.0) ** 2, -1)
+    return np.where(c >= 2, ss * c / np.maximum(c - 1, 1), np.nan)
 
 
-@dataclass(frozen=True)
-class _Components:
-    """Method-of-moments variance components of the paired difference, in pp²."""
+def _clip_variance(centred: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """σ_b² from pairs of runs scoring the same clip, and the variance of that estimate.
 
-    run: float  # between-run variance of a run's true difference
-    clip: float  # between-clip variance of a clip's true difference (0 when not identified)
-    residual: float  # run × clip interaction plus the 0/1 outcome noise
-    clip_identified: bool  # False when no clip was scored by two runs (one pass of k-fold)
-    se: float
-    dof: float
+    ``centred`` (B, N, U): each run's differences centred within its fold cell's clips (so a
+    shared cell or run effect drops out), zero where absent. Two runs' centred values at one clip
+    share only the clip's effect b, so the mean product over such pairs estimates σ_b² (up to
+    (N−1)/N); its variance treats clips as the independent units (a ratio estimator).
+    """
+    n_at = present.sum(-1)  # runs scoring each clip
+    total = centred.sum(-1)
+    products = (total**2 - np.sum(centred**2, -1)) / 2  # Σ over pairs of runs at each clip
+    pairs = n_at * (n_at - 1) / 2
+    n = present.any(-1).sum(-1)
+    denom = pairs.sum(-1) * np.maximum(n - 1, 1) / np.maximum(n, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_b = products.sum(-1) / denom
+        resid = products - var_b[:, None] * pairs
+        var_of = np.sum(resid**2, -1) / denom**2 * n / np.maximum(n - 1, 1)
+    identified = denom > 0
+    return np.where(identified, var_b, np.nan), np.where(identified, var_of, np.nan)
+
+
+def design_variance(diff: np.ndarray, fold: np.ndarray, mask: np.ndarray | None = None) -> DesignFit:
+    """Estimate, standard error and degrees of freedom of the mean paired difference.
+
+    ``diff`` (B, S, R, N): mode − reference (pp) for seed s, repeat r, clip i; ``fold`` (B, R, N):
+    the fold that holds clip i out in repeat r (−1 where absent); ``mask`` (B, S, R, N): 1 where
+    the paired cell exists (default: all). One fixed test set is R = 1 with every fold 0.
+
+    The model matches how the grid is built: d = μ + b_clip + c_cell + a_run + e. Clips are
+    crossed with runs (b: the mode effect varies between clips); a fold cell (repeat, fold) is
+    one training set whose effect c every seed of the cell shares; a run (seed within cell) adds
+    its own a, independent between cells (the torch seed derives from seed, repeat and fold); e
+    is the run × clip interaction plus the 0/1 noise. The two arms of a pair share the run and
+    the clips, so d is formed per (run, clip) and they stay paired. The estimate is the mean of
+    d over all paired cells.
+
+    Variance of the mean from between-unit variation of independent units (never zero unless
+    every unit mean is equal), plus the clip part that no number of runs removes:
+
+    * ``cells`` design (k-fold: ≥ 2 fold cells in a repeat). Within one repeat the cells hold
+      disjoint clips and are separate training sets, so the cell means are independent and
+      V_r = C/(C−1) Σ_k (n_k/n_r)² (ȳ_k − ȳ_r)² estimates Var(repeat mean) with C − 1 df, clip,
+      cell, seed and residual noise included. Repeats re-partition the same clips: their means
+      share b̄, so Var(mean) = Σ_r W_r² V_r + (1 − Σ_r W_r²) σ_b²/N with W_r the repeat's share
+      of the cells. A repeat with a single cell makes the cells one pass (an approximation: the
+      clips they share are then ignored).
+    * ``runs`` design (one training set: one fixed split, several seeds). The runs are the
+      independent units (the interval is conditional on the one training set, whose effect is
+      not estimable); they score the same clips, so Var(mean) = between-run variance of the run
+      means (S/(S−1) Σ w_s² (ȳ_s − ȳ)², S − 1 df) + σ_b²/N.
+    * ``one run``: no interval (se and dof NaN).
+
+    σ_b² comes from pairs of runs scoring the same clip (``_clip_variance``), truncated at 0; it
+    is NaN (and unused) when no clip is scored twice. Degrees of freedom: Satterthwaite over the
+    terms (V_r with C_r − 1, σ_b² with 2σ_b⁴/Var(σ̂_b²)), floored at the independent between-unit
+    contrasts (Σ_r (C_r − 1), or S − 1) and at 1. The variance is floored at s_d²/n, the
+    variance of the mean if every paired cell were independent: every shared effect in the
+    model adds positive covariance, so the true variance is never below it.
+    """
+    d = np.asarray(diff, dtype=float)
+    if d.ndim != 4:
+        raise ValueError(f"diff must be (B, S, R, N), got shape {d.shape}")
+    b, s, r, n = d.shape
+    m = np.ones_like(d) if mask is None else np.asarray(mask, dtype=float)
+    fold = np.asarray(fold)
+    k = int(fold.max()) + 1
+    onehot = (fold[..., None] == np.arange(k)).astype(float)  # (B, R, N, K)
+    dm = d * m
+    n_obs = m.sum((1, 2, 3))
+    estimate = dm.sum((1, 2, 3)) / n_obs
+    run_n = np.einsum("bsrn,brnk->bsrk", m, onehot)
+    run_sum = np.einsum("bsrn,brnk->bsrk", dm, onehot)
+    run_mean = run_sum / np.maximum(run_n, 1)
+    cell_n, cell_sum = run_n.sum(1), run_sum.sum(1)  # (B, R, K)
+    runs_present, cells_present = run_n[0] > 0, cell_n[0] > 0
+    n_runs, n_cells = int(runs_present.sum()), int(cells_present.sum())
+    clips_present = m.any((1, 2))  # (B, N)
+    n_clips = int(clips_present[0].sum())
+    # each run's differences centred within its cell's clips: only the clip effect stays shared
+    centre = np.take_along_axis(run_mean, np.broadcast_to(np.maximum(fold, 0)[:, None], d.shape), -1)
+    centred = np.where(m > 0, d - centre, 0.0).reshape(b, s * r, n).transpose(0, 2, 1)
+    var_clip, var_of_var_clip = _clip_variance(centred, m.reshape(b, s * r, n).transpose(0, 2, 1) > 0)
+    clip_part = np.nan_to_num(var_clip) / max(n_clips, 1)  # signed: truncating it would bias se up
+    var_seed = _within_cell_seed_variance(run_mean, run_n)
+    nan = np.full(b, np.nan)
+    if n_runs < 2:
+        return DesignFit(estimate, nan, nan, var_clip, nan, var_seed, "one run", n_runs, n_cells, n_clips,
+                         1, 1, 1.0, 0)
+    if n_cells >= 2:
+        per_repeat = cells_present.sum(-1)
+        if per_repeat[per_repeat > 0].min() < 2:  # a repeat with one cell: all cells one pass
+            cell_n, cell_sum = cell_n.reshape(b, 1, r * k), cell_sum.reshape(b, 1, r * k)
+        present = cell_n > 0
+        n_r = cell_n.sum(-1)
+        v_r = _between(cell_sum / np.maximum(cell_n, 1), cell_n, present)  # (B, R')
+        keep = n_r > 0
+        w_r = n_r / n_r.sum(-1, keepdims=True)
+        terms = np.where(keep, w_r**2 * np.nan_to_num(v_r), 0.0)
+        unit_dof = np.maximum(present.sum(-1) - 1, 1)
+        clip_term = (1.0 - np.sum(w_r**2, -1)) * clip_part
+        train = terms.sum(-1)
+        train_dof_part = np.sum(np.where(keep, terms**2 / unit_dof, 0.0), -1)
+        floor = int(np.sum(np.maximum(present[0].sum(-1) - 1, 0)))
+        passes = int(keep[0].sum())
+        var_pass = np.nanmean(np.where(keep, v_r, np.nan), -1) - clip_part
+        design, folds = "cells", int(round(n_cells / max(passes, 1)))
+        seeds_per_cell = n_runs / n_cells
+    else:  # one training set: the runs are the units
+        flat_n, flat_sum = run_n.reshape(b, s * r * k), run_sum.reshape(b, s * r * k)
+        present = flat_n > 0
+        train = _between(flat_sum / np.maximum(flat_n, 1), flat_n, present)
+        unit_dof = n_runs - 1
+        clip_term = clip_part
+        train_dof_part = train**2 / unit_dof
+        floor, passes, folds, design = n_runs - 1, n_runs, 1, "runs"
+        var_pass = train * n_runs
+        seeds_per_cell = float(n_runs)
+    coef = clip_term / np.where(clip_part != 0, clip_part, 1.0)
+    var_of_clip_term = (coef / max(n_clips, 1)) ** 2 * np.nan_to_num(var_of_var_clip)
+    clip_dof_part = np.where(clip_part != 0, var_of_clip_term / 2, 0.0)
+    variance = train + clip_term
+    with np.errstate(invalid="ignore", divide="ignore"):
+        satterthwaite = variance**2 / (train_dof_part + clip_dof_part)
+    dof = np.maximum(np.nan_to_num(satterthwaite, nan=np.inf), max(floor, 1))
+    # zero only when every unit mean agrees and no clip effect shows: then the variance of the mean
+    # as if every paired cell were independent (a lower bound: the model's shared effects only add)
+    independent = np.sum(m * (d - estimate[:, None, None, None]) ** 2, (1, 2, 3)) / np.maximum(n_obs - 1, 1)
+    variance = np.where(variance > 0, variance, np.where(train > 0, train, independent / n_obs))
+    return DesignFit(estimate, np.sqrt(variance), dof, var_clip, np.maximum(var_pass, 0.0), var_seed, design,
+                     n_runs, n_cells, n_clips, passes, folds, seeds_per_cell, max(floor, 1))
+
+
+def _within_cell_seed_variance(run_mean: np.ndarray, run_n: np.ndarray) -> np.ndarray:
+    """Pooled within-cell variance of the run means (seeds of one cell; NaN without two)."""
+    present = run_n > 0  # (B, S, R, K)
+    count = present.sum(1)
+    mean = np.sum(np.where(present, run_mean, 0.0), 1) / np.maximum(count, 1)
+    ss = np.sum(np.where(present, run_mean - mean[:, None], 0.0) ** 2, 1)
+    dof = np.maximum(count - 1, 0).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dof > 0, ss.sum((1, 2)) / dof, np.nan)
+
+
+def _holm_rows(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment along the last axis (no NaN)."""
+    order = np.argsort(p, axis=-1, kind="stable")
+    ranked = np.take_along_axis(p, order, -1)
+    m = p.shape[-1]
+    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ranked), axis=-1)
+    out = np.empty_like(adjusted)
+    np.put_along_axis(out, order, adjusted, -1)
+    return out
+
+
+def _p_different(estimate, se, dof):
+    """Two-sided t p-value of δ = 0 (vectorised; NaN without an se)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(np.asarray(estimate, float)) / np.asarray(se, float)
+    return np.where(np.asarray(se) > 0, 2 * stats.t.sf(t, dof), np.where(np.asarray(estimate) == 0, 1.0, 0.0))
+
+
+def _p_equivalent(estimate, se, dof, margin: float):
+    """TOST p-value of |δ| ≥ margin (vectorised): the larger of the two one-sided p-values."""
+    estimate, se = np.asarray(estimate, float), np.asarray(se, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lower = stats.t.sf((estimate + margin) / se, dof)
+        upper = stats.t.cdf((estimate - margin) / se, dof)
+    exact = np.where(np.abs(estimate) < margin, 0.0, 1.0)
+    return np.where(se > 0, np.maximum(lower, upper), exact)
+
+
+def _verdict_rule(estimate, p_different, p_equivalent, alpha: float) -> np.ndarray:
+    """better / worse when the (Holm-adjusted) difference test rejects δ = 0, else equivalent when
+    the (Holm-adjusted) TOST rejects |δ| ≥ margin, else inconclusive (NaN p: inconclusive)."""
+    estimate = np.asarray(estimate, float)
+    different = np.nan_to_num(np.asarray(p_different, float), nan=1.0) < alpha
+    equivalent = np.nan_to_num(np.asarray(p_equivalent, float), nan=1.0) < alpha
+    return np.where(different, np.where(estimate > 0, "better", "worse"),
+                    np.where(equivalent, "equivalent", "inconclusive"))
+
+
+def batch_verdicts(fit: DesignFit, margin: float, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """Interval and verdict of every study in ``fit`` for one mode: the family is its two claims
+    (different, equivalent), Holm-adjusted together, exactly as ``judge_all`` does per study."""
+    alpha = 1.0 - confidence
+    half = stats.t.ppf((1 + confidence) / 2, fit.dof) * fit.se
+    p = np.stack([_p_different(fit.estimate, fit.se, fit.dof),
+                  _p_equivalent(fit.estimate, fit.se, fit.dof, margin)], -1)
+    adjusted = _holm_rows(np.nan_to_num(p, nan=1.0))
+    return {"low": fit.estimate - half, "high": fit.estimate + half,
+            "verdict": _verdict_rule(fit.estimate, adjusted[:, 0], adjusted[:, 1], alpha)}
 
 
 # --------------------------------------------------------------------------- input
@@ -94,6 +311,43 @@ def _codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return np.unique(code, return_inverse=True)[1]
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """Paired cells (one per run and clip evaluated under both modes), as codes."""
+
+    diff: np.ndarray  # correct[mode] − correct[reference], in percentage points (−100, 0, 100)
+    seed: np.ndarray
+    repeat: np.ndarray
+    fold: np.ndarray
+    clip: np.ndarray
+    pass_: np.ndarray  # pass code, one per (seed, repeat): for the bootstrap
+
+    @property
+    def run(self) -> np.ndarray:
+        return _codes(pd.DataFrame({"s": self.seed, "r": self.repeat, "f": self.fold}), ["s", "r", "f"])
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.run.max()) + 1
+
+    @property
+    def n_clips(self) -> int:
+        return int(self.clip.max()) + 1
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(diff, fold, mask) in ``design_variance``'s layout, for one study (B = 1)."""
+        s, r, n = int(self.seed.max()) + 1, int(self.repeat.max()) + 1, self.n_clips
+        diff, mask = np.zeros((1, s, r, n)), np.zeros((1, s, r, n))
+        diff[0, self.seed, self.repeat, self.clip] = self.diff
+        mask[0, self.seed, self.repeat, self.clip] = 1.0
+        fold = np.full((1, r, n), -1, dtype=np.int64)
+        fold[0, self.repeat, self.clip] = self.fold
+        if np.any(fold[0, self.repeat, self.clip] != self.fold):
+            raise UserError("a clip is held out by two folds of one repeat (for different seeds); the "
+                            "folds of a repeat must be the same for every seed")
+        return diff, fold, mask
+
+
 def _paired_cells(clips: pd.DataFrame, mode: str, reference: str) -> _Cells:
     """The cells (run, clip) scored under both ``mode`` and ``reference``, with their difference."""
     _check_clip_table(clips)
@@ -116,90 +370,29 @@ def _paired_cells(clips: pd.DataFrame, mode: str, reference: str) -> _Cells:
             row = sub[flag].iloc[np.setdiff1d(np.arange(keys.size), first)[0]]
             raise UserError(
                 f"clip {row['clip_id']} is scored twice by mode {row['mode']} in run "
-                f"(seed {row['seed']}, fold {row['fold']}, repeat {row['repeat']})"
+                f"(seed {row['seed']}, repeat {row['repeat']}, fold {row['fold']})"
             )
     _, at_mode, at_ref = np.intersect1d(
         cell[is_mode], cell[~is_mode], assume_unique=True, return_indices=True
     )
     if at_mode.size == 0:
-        raise UserError(f"modes {mode} and {reference} share no (seed, fold, repeat, clip) cell")
+        raise UserError(f"modes {mode} and {reference} share no (seed, repeat, fold, clip) cell")
 
     def paired(codes: np.ndarray) -> np.ndarray:
         return np.unique(codes[is_mode][at_mode], return_inverse=True)[1]
 
-    cells = _Cells(
+    return _Cells(
         diff=100.0 * (correct[is_mode][at_mode] - correct[~is_mode][at_ref]),
-        run=paired(run),
+        seed=paired(_codes(sub, ["seed"])),
+        repeat=paired(_codes(sub, ["repeat"])),
+        fold=paired(_codes(sub, ["fold"])),
         clip=paired(clip),
         pass_=paired(_codes(sub, PASS_KEYS)),
     )
-    if cells.n_runs < 2:
-        raise UserError(
-            f"{mode} vs {reference}: one paired run only; the run-to-run variance needs at least two"
-        )
-    return cells
 
 
-# --------------------------------------------------------------------------- variance components
-
-
-def _within(diff: np.ndarray, group: np.ndarray) -> tuple[float, float, float]:
-    """For one grouping: Σ (d_i − d_j)² over unordered pairs within a group (= Σ_g n_g SS_g), the
-    number of ordered within-group pairs Σ n_g(n_g − 1), and Σ n_g²."""
-    counts = np.bincount(group).astype(float)
-    means = np.bincount(group, weights=diff) / counts
-    sq_dev = np.bincount(group, weights=(diff - means[group]) ** 2)
-    return float(np.sum(counts * sq_dev)), float(np.sum(counts * (counts - 1))), float(np.sum(counts**2))
-
-
-def _components(cells: _Cells) -> _Components:
-    """Moment estimates for the crossed model d = μ + a_run + b_clip + e (Gao & Owen, 2017).
-
-    Two cells of the same run have E(d_i − d_j)² = 2(σ_b² + σ_e²), two of the same clip
-    2(σ_a² + σ_e²), two sharing neither 2(σ_a² + σ_b² + σ_e²); the sums of (d_i − d_j)² over
-    same-run pairs, same-clip pairs and all pairs give three linear equations. For a balanced
-    runs × clips table the solution is the two-way ANOVA estimator. The se uses the solution as
-    is; the components returned are truncated at 0.
-    """
-    d = cells.diff
-    n = float(d.size)
-    u_run, pairs_run, sq_run = _within(d, cells.run)
-    u_clip, pairs_clip, sq_clip = _within(d, cells.clip)
-    u_all = n * float(np.sum((d - d.mean()) ** 2))
-    if pairs_run == 0:
-        raise UserError("every run scored a single clip: the clip-level variance is not estimable")
-    clip_identified = pairs_clip > 0
-    if clip_identified:
-        system = np.array(
-            [
-                [0.0, pairs_run, pairs_run],
-                [pairs_clip, 0.0, pairs_clip],
-                [n * n - sq_run, n * n - sq_clip, n * n - n],
-            ]
-        )
-        var_run, var_clip, var_res = np.linalg.solve(system, [u_run, u_clip, u_all])
-    else:  # each clip seen by one run (one pass of k-fold): clip effect and residual coincide
-        var_clip, var_res = 0.0, u_run / pairs_run
-        var_run = (u_all - var_res * (n * n - n)) / (n * n - sq_run)
-    # Var(mean) = σ_a² Σn_r²/n² + σ_b² Σn_c²/n² + σ_e²/n from the UNtruncated estimates (unbiased;
-    # truncating would make the interval conservative), with Satterthwaite's degrees of freedom
-    # for the balanced-ANOVA form (MS_run + MS_clip − MS_e) / (RC): run_term + e and clip_term + e
-    # carry R − 1 and C − 1 degrees of freedom, e alone the interaction's.
-    run_term, clip_term, e_term = var_run * sq_run / n**2, var_clip * sq_clip / n**2, var_res / n
-    n_runs, n_clips = cells.n_runs, cells.n_clips
-    if clip_identified:
-        parts = np.array([run_term + e_term, clip_term + e_term, e_term])
-        dofs = np.array([n_runs - 1, n_clips - 1, max(n - n_runs - n_clips + 1, 1.0)])
-    else:
-        parts = np.array([run_term + e_term, 0.0, 0.0])
-        dofs = np.array([n_runs - 1, 1.0, 1.0])
-    variance = float(parts[0] + parts[1] - parts[2])
-    if variance <= 0:  # sampling noise made the combination non-positive: keep the larger part
-        variance = float(max(parts[0], parts[1], 0.0))
-    denom = float(np.sum(parts**2 / dofs))
-    dof = variance**2 / denom if denom > 0 else math.inf
-    var_run, var_clip, var_res = (max(0.0, float(v)) for v in (var_run, var_clip, var_res))
-    return _Components(var_run, var_clip, var_res, clip_identified, math.sqrt(variance), dof)
+def _fit(cells: _Cells) -> DesignFit:
+    return design_variance(*cells.arrays())
 
 
 # --------------------------------------------------------------------------- interval
@@ -218,28 +411,18 @@ def difference_interval(
     """Accuracy difference ``mode − reference`` (pp) with an interval covering clip AND run noise.
 
     Unit of analysis: the paired cell (run, clip) with d = correct[mode] − correct[reference],
-    where a run is (seed, fold, repeat) and both modes score the same clips in it. The estimate is
+    where a run is (seed, repeat, fold) and both modes score the same clips in it. The estimate is
     the mean of d over all paired cells (for k-fold, every clip once per seed and repeat).
 
-    Model and assumptions: d = μ + a_run + b_clip + e. Runs are exchangeable and independent (a
-    run's effect a does not carry over to other runs of the same seed); clips are an exchangeable
-    sample from the population of clips (b); runs and clips are crossed (every clip is scored by
-    several runs: with a single split by every seed, with k-fold once per (seed, repeat)); e is
-    the run × clip interaction plus the 0/1 outcome noise. The interval targets μ, the expected
-    difference over new training runs on new clips.
-
-    ``method="moments"`` (default): the variance components are method-of-moments (pairwise
-    U-statistic) estimates, valid for balanced and unbalanced layouts; se² = σ_a² Σn_r²/n² +
-    σ_b² Σn_c²/n² + σ_e²/n, and the interval is a t-interval with Satterthwaite's degrees of
-    freedom. With one pass of k-fold (no clip scored twice) σ_b and σ_e are not separable and are
-    pooled, which is then exact for the variance of the mean.
+    ``method="moments"`` (default): the design's variance model (``design_variance``: fold cells
+    as independent units, clips crossed, seeds nested in cells) with a t reference. One paired
+    run gives no interval: NaN bounds and ``note`` "one run: no interval".
 
     ``method="bootstrap"``: the two-level (pigeonhole) cluster bootstrap: resample passes (seed,
     repeat, carrying their folds' runs) and clip ids, each with replacement, ``n_boot`` times;
     percentile interval. No resampling scheme is unbiased for a crossed layout (McCullagh, 2000):
-    this one counts σ_e about three times (Owen, 2007), so it is conservative when the 0/1 noise
-    dominates, as it does for per-clip accuracy; it is kept as a cross-check. ``n_boot`` and
-    ``rng`` only matter here.
+    this one counts the 0/1 noise about three times (Owen, 2007), so it is conservative; it is
+    kept as a cross-check. ``n_boot`` and ``rng`` only matter here.
     """
     _check_confidence(confidence)
     if method not in METHODS:
@@ -248,19 +431,16 @@ def difference_interval(
     estimate = float(cells.diff.mean())
     if method == "bootstrap":
         return _bootstrap_interval(cells, estimate, confidence, n_boot, np.random.default_rng(rng))
-    comp = _components(cells)
-    low, high = _t_bounds(estimate, comp.se, comp.dof, confidence)
-    return Interval(
-        estimate=estimate,
-        low=low,
-        high=high,
-        se=comp.se,
-        method="crossed random effects, moment estimates, Satterthwaite t",
-        n_runs=cells.n_runs,
-        n_clips=cells.n_clips,
-        dof=comp.dof,
-        confidence=confidence,
-    )
+    fit = _fit(cells)
+    return _interval(fit, confidence, "design model: fold cells × crossed clips, Satterthwaite t")
+
+
+def _interval(fit: DesignFit, confidence: float, method: str) -> Interval:
+    se, dof = float(fit.se[0]), float(fit.dof[0])
+    low, high = _t_bounds(float(fit.estimate[0]), se, dof, confidence)
+    return Interval(estimate=float(fit.estimate[0]), low=low, high=high, se=se, method=method,
+                    n_runs=fit.n_runs, n_clips=fit.n_clips, dof=dof, confidence=confidence,
+                    n_cells=fit.n_cells, design=fit.design, note=ONE_RUN if fit.design == "one run" else "")
 
 
 def _bootstrap_interval(
@@ -305,11 +485,15 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _t_bounds(estimate: float, se: float, dof: float, confidence: float) -> tuple[float, float]:
+    if math.isnan(se) or math.isnan(dof):
+        return math.nan, math.nan
     half = float(stats.t.ppf((1 + confidence) / 2, dof)) * se if se > 0 else 0.0
     return estimate - half, estimate + half
 
 
 def _t_two_sided_p(estimate: float, se: float, dof: float) -> float:
+    if math.isnan(se):
+        return math.nan
     if se == 0:
         return 1.0 if estimate == 0 else 0.0
     return float(2 * stats.t.sf(abs(estimate) / se, dof))
@@ -444,17 +628,14 @@ def verdict(
     return "inconclusive"
 
 
-def judge(clips: pd.DataFrame, mode: str, reference: str, margin: float, confidence: float = 0.95) -> dict:
-    """Difference, interval, tests and verdict of ``mode`` against ``reference`` (all in pp).
 
-    Uses the moment interval of ``difference_interval``; with α = 1 − confidence, ``p`` is the
-    two-sided t-test of δ = 0 on (estimate, se, dof), so p < α exactly when the interval excludes
-    0; ``p_equivalence`` is TOST against ``margin``, so p_equivalence < α exactly when the
-    (1 − 2α) interval [equivalence_low, equivalence_high] lies inside (−margin, margin).
-    """
-    iv = difference_interval(clips, mode, reference, confidence)
+
+def _judge_row(fit: DesignFit, mode: str, reference: str, margin: float, confidence: float) -> dict:
+    """One comparison's row from its ``design_variance`` fit: interval, tests (unadjusted), MDD."""
     alpha = 1.0 - confidence
+    iv = _interval(fit, confidence, "design model")
     eq_low, eq_high = _t_bounds(iv.estimate, iv.se, iv.dof, 1.0 - 2 * alpha)
+    no_interval = math.isnan(iv.se)
     return {
         "mode": mode,
         "reference": reference,
@@ -463,16 +644,45 @@ def judge(clips: pd.DataFrame, mode: str, reference: str, margin: float, confide
         "high": iv.high,
         "se": iv.se,
         "dof": iv.dof,
-        "p": _t_two_sided_p(iv.estimate, iv.se, iv.dof),
+        "p_different": _t_two_sided_p(iv.estimate, iv.se, iv.dof),
         "equivalence_low": eq_low,
         "equivalence_high": eq_high,
         "margin": margin,
-        "p_equivalence": tost(iv.estimate, iv.se, iv.dof, margin, alpha),
-        "verdict": verdict(iv.low, iv.high, margin, (eq_low, eq_high)),
+        "p_equivalent": math.nan if no_interval else tost(iv.estimate, iv.se, iv.dof, margin, alpha),
+        "mdd": minimal_detectable_difference(iv.se, iv.dof, alpha),
         "n_runs": iv.n_runs,
+        "n_cells": iv.n_cells,
         "n_clips": iv.n_clips,
+        "design": iv.design,
+        "sd_clip_effect": math.sqrt(max(float(fit.var_clip[0]), 0.0)) if not math.isnan(fit.var_clip[0])
+        else math.nan,
+        "note": iv.note,
         "confidence": confidence,
     }
+
+
+def _family(rows: list[dict], confidence: float) -> pd.DataFrame:
+    """The comparisons as one family: Holm over every 'different' and every 'equivalent' claim."""
+    table = pd.DataFrame(rows)
+    m = len(table)
+    family = [table["p_different"].to_numpy(float), table["p_equivalent"].to_numpy(float)]
+    adjusted = holm(np.concatenate(family))
+    table["p_different_holm"], table["p_equivalent_holm"] = adjusted[:m], adjusted[m:]
+    table["verdict"] = _verdict_rule(table["estimate"], table["p_different_holm"], table["p_equivalent_holm"],
+                                     1.0 - confidence)
+    return table
+
+
+def judge(clips: pd.DataFrame, mode: str, reference: str, margin: float, confidence: float = 0.95) -> dict:
+    """Difference, interval, tests and verdict of ``mode`` against ``reference`` (all in pp).
+
+    The family is this comparison's two claims (``judge_all`` with one mode): ``p_different`` is
+    the two-sided t-test of δ = 0 on the design model's (estimate, se, dof), so p < α exactly when
+    the interval excludes 0; ``p_equivalent`` is TOST against ``margin`` (p < α exactly when the
+    (1 − 2α) interval [equivalence_low, equivalence_high] lies inside (−margin, margin)); the
+    verdict applies the rule to their Holm-adjusted values.
+    """
+    return judge_all(clips, reference, margin, confidence, modes=[mode]).iloc[0].to_dict()
 
 
 def judge_all(
@@ -482,29 +692,87 @@ def judge_all(
     confidence: float = 0.95,
     modes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """``judge`` for every non-reference mode, plus Holm-adjusted p-values across those modes.
+    """``judge`` for every non-reference mode as ONE family.
 
-    ``verdict`` is per comparison (as ``judge``); ``verdict_holm`` applies the same rule to the
-    Holm-adjusted p-values (better/worse if p_holm < α, else equivalent if p_equivalence_holm < α),
-    controlling the family-wise error over the modes.
+    Holm adjusts the 2M p-values together (each mode's 'different' and 'equivalent' claim), so
+    the chance of any false claim, of either kind, is at most α. ``verdict``: better / worse if
+    p_different_holm < α, else equivalent if p_equivalent_holm < α, else inconclusive. A mode
+    with one paired run gets no interval, NaN p-values (outside the family) and the note
+    "one run: no interval".
     """
+    _check_confidence(confidence)
+    if not margin > 0:
+        raise UserError(f"equivalence margin must be positive, got {margin}")
     if modes is None:
         modes = [m for m in pd.unique(clips["mode"]) if m != reference]
-    table = pd.DataFrame([judge(clips, m, reference, margin, confidence) for m in modes])
-    if table.empty:
+    if not len(modes):
         raise UserError(f"no mode besides the reference {reference} to judge")
-    alpha = 1.0 - confidence
-    table["p_holm"] = holm(table["p"].to_numpy())
-    table["p_equivalence_holm"] = holm(table["p_equivalence"].to_numpy())
-    table["verdict_holm"] = [
-        ("better" if est > 0 else "worse")
-        if p < alpha
-        else ("equivalent" if p_eq < alpha else "inconclusive")
-        for est, p, p_eq in zip(table["estimate"], table["p_holm"], table["p_equivalence_holm"], strict=True)
-    ]
-    return table
+    rows = [_judge_row(_fit(_paired_cells(clips, m, reference)), m, reference, margin, confidence)
+            for m in modes]
+    return _family(rows, confidence)
 
 
+def run_differences(runs: pd.DataFrame, mode: str, reference: str, column: str = "test_acc") -> pd.Series:
+    """Paired differences mode − reference of a per-run table, indexed by (seed, repeat, fold).
+
+    Missing ``repeat`` / ``fold`` columns (a fixed split, the original's CSV) count as 0.
+    """
+    for col in ("freeze_mode", "seed", column):
+        if col not in runs.columns:
+            raise UserError(f"per-run table lacks column {col}")
+    table = runs.assign(**{k: runs[k] if k in runs.columns else 0 for k in ("repeat", "fold")})
+    table[["repeat", "fold"]] = table[["repeat", "fold"]].fillna(0)
+    keys = ["freeze_mode", *RUN_KEYS]
+    dup = table.duplicated(keys)
+    if dup.any():
+        row = table[dup].iloc[0]
+        raise UserError(f"per-run table has two rows for mode {row['freeze_mode']}, seed {row['seed']}, "
+                        f"repeat {row['repeat']}, fold {row['fold']}")
+    wide = table.pivot_table(index=RUN_KEYS, columns="freeze_mode", values=column, aggfunc="first")
+    for name in (mode, reference):
+        if name not in wide.columns:
+            raise UserError(f"mode {name} is absent from the per-run table")
+    return (wide[mode] - wide[reference]).dropna().astype(float)
+
+
+def run_level_fit(diffs: pd.Series) -> DesignFit:
+    """``design_variance`` on per-run differences (index seed, repeat, fold), each run one unit.
+
+    Per-run accuracies average their clips, so the clip effect cannot be separated: each run is
+    given one pseudo-clip of its own cell (clip variance not identified; equal weights). For
+    k-fold the cell means still carry clip, cell and seed noise; for one fixed split the interval
+    is the paired t over runs, conditional on the test clips.
+    """
+    frame = diffs.rename("diff").reset_index()
+    seed, repeat, fold = (_codes(frame, [k]) for k in RUN_KEYS)
+    s, r, k = int(seed.max()) + 1, int(repeat.max()) + 1, int(fold.max()) + 1
+    clip = repeat * k + fold
+    diff, mask = np.zeros((1, s, r, r * k)), np.zeros((1, s, r, r * k))
+    diff[0, seed, repeat, clip] = frame["diff"].to_numpy(float)
+    mask[0, seed, repeat, clip] = 1.0
+    folds = np.full((1, r, r * k), -1)
+    folds[0, repeat, clip] = fold
+    fit = design_variance(diff, folds, mask)
+    nan = np.full(1, np.nan)
+    return DesignFit(fit.estimate, fit.se, fit.dof, nan, fit.var_pass, fit.var_seed_cell, fit.design,
+                     fit.n_runs, fit.n_cells, 0, fit.n_passes, fit.folds, fit.seeds_per_cell, fit.floor_dof)
+
+
+def judge_runs(runs: pd.DataFrame, reference: str, margin: float, confidence: float = 0.95,
+               modes: Sequence[str] | None = None, column: str = "test_acc") -> pd.DataFrame:
+    """``judge_all`` from a per-run table (no per-clip predictions): the same model at run level."""
+    _check_confidence(confidence)
+    if modes is None:
+        modes = [m for m in pd.unique(runs["freeze_mode"]) if m != reference]
+    if not len(modes):
+        raise UserError(f"no mode besides the reference {reference} to judge")
+    rows = []
+    for mode in modes:
+        diffs = run_differences(runs, mode, reference, column)
+        if diffs.empty:
+            raise UserError(f"{mode} vs {reference}: no paired run")
+        rows.append(_judge_row(run_level_fit(diffs), mode, reference, margin, confidence))
+    return _family(rows, confidence)
 def joint_contrast(
     first: np.ndarray,
     second: np.ndarray,
@@ -547,78 +815,66 @@ def _one_sided_t(d: np.ndarray, alternative: str) -> float:
 # --------------------------------------------------------------------------- planning
 
 
-def variance_components(clips: pd.DataFrame, mode: str, reference: str) -> dict:
-    """Variance components of the paired difference mode − reference, as sds in pp.
-
-    ``sd_run``: between-run sd of a run's true difference (σ_a); ``sd_clip``: per-clip, per-run
-    residual sd (σ_e: run × clip interaction and 0/1 noise); ``sd_clip_effect``: between-clip sd
-    of a clip's true difference (σ_b; 0 and pooled into sd_clip when not identifiable, i.e. no
-    clip scored by two runs). Method-of-moments estimates, see ``difference_interval``.
-    """
-    cells = _paired_cells(clips, mode, reference)
-    comp = _components(cells)
-    per_run = np.bincount(cells.run)
+def _components(fit: DesignFit, source: str) -> dict:
+    """The plan's inputs from a fit: clip variance σ_b², training variance of one pass at one seed
+    per cell (cells design: one repeat of K cells; runs design: one run), the design's shape."""
+    var_pass = float(fit.var_pass[0])
+    seed = float(fit.var_seed_cell[0])
+    if fit.design == "cells" and fit.seeds_per_cell > 1 and not math.isnan(seed):
+        # a repeat mean with S seeds per cell holds seed noise var_seed / (K S); one seed: var_seed / K
+        var_pass += seed / fit.folds * (1.0 - 1.0 / fit.seeds_per_cell)
+    var_clip = float(fit.var_clip[0])
     return {
-        "estimate": float(cells.diff.mean()),
-        "sd_run": math.sqrt(comp.run),
-        "sd_clip": math.sqrt(comp.residual),
-        "sd_clip_effect": math.sqrt(comp.clip),
-        "n_runs": cells.n_runs,
-        "n_clips_per_run": float(np.median(per_run)),
-        "n_clips": cells.n_clips,
-        "source": "per-clip predictions (moment estimates)",
+        "estimate": float(fit.estimate[0]),
+        "se": float(fit.se[0]),
+        "dof": float(fit.dof[0]),
+        "design": fit.design,
+        "folds": fit.folds,
+        "n_runs": fit.n_runs,
+        "n_cells": fit.n_cells,
+        "n_clips": fit.n_clips,
+        "seeds_per_cell": fit.seeds_per_cell,
+        "var_clip": var_clip,
+        "sd_clip_effect": math.sqrt(max(var_clip, 0.0)) if not math.isnan(var_clip) else math.nan,
+        "var_pass": var_pass,
+        "sd_run": math.sqrt(var_pass) if fit.design == "runs" else math.nan,
+        "source": source,
     }
+
+
+def variance_components(clips: pd.DataFrame, mode: str, reference: str) -> dict:
+    """What a plan needs, measured from per-clip predictions (see ``plan``)."""
+    fit = _fit(_paired_cells(clips, mode, reference))
+    if fit.design == "one run":
+        raise UserError(f"{mode} vs {reference}: one paired run only; a plan needs the run-to-run variance")
+    return _components(fit, "per-clip predictions")
 
 
 def components_from_seed_csv(runs: pd.DataFrame, mode: str, reference: str, column: str = "test_acc") -> dict:
-    """Variance components from a per-seed results table (the original's CSV format).
+    """What a plan needs, from a per-run results table (the original's CSV or freezing_runs.csv).
 
-    ``sd_run`` is the sd (ddof=1) of the per-seed paired differences of ``column``. A per-seed
-    accuracy already averages its test clips, so this table cannot separate clip from run noise:
-    the sd is the TOTAL per-run sd and is used as sd_run, with sd_clip = sd_clip_effect = 0
-    (with one fixed test set the shared clip effect is not in it at all).
+    Runs are keyed by (seed, repeat, fold) (absent columns: a fixed split). A run's accuracy
+    averages its clips, so clip and run noise cannot be separated: ``var_clip`` is NaN and the
+    plan has no clip floor (it says so). For a fixed split ``sd_run`` is the sd of the per-seed
+    paired differences.
     """
-    for col in ("freeze_mode", "seed", column):
-        if col not in runs.columns:
-            raise UserError(f"per-seed table lacks column {col}")
     for col in ("model", "lr_source"):
         if col in runs.columns and runs[col].nunique() > 1:
-            raise UserError(f"per-seed table mixes several {col} values; select one first")
-    dup = runs.duplicated(["freeze_mode", "seed"])
-    if dup.any():
-        row = runs[dup].iloc[0]
-        raise UserError(f"per-seed table has two rows for mode {row['freeze_mode']}, seed {row['seed']}")
-    by_mode = runs.pivot(index="seed", columns="freeze_mode", values=column)
-    for name in (mode, reference):
-        if name not in by_mode.columns:
-            raise UserError(f"mode {name} is absent from the per-seed table")
-    diff = (by_mode[mode] - by_mode[reference]).dropna().to_numpy(dtype=float)
-    if diff.size < 2:
-        raise UserError(f"{mode} vs {reference}: fewer than two paired seeds")
-    return {
-        "estimate": float(diff.mean()),
-        "sd_run": float(np.std(diff, ddof=1)),
-        "sd_clip": 0.0,
-        "sd_clip_effect": 0.0,
-        "n_runs": int(diff.size),
-        "source": "per-seed totals (clip and run noise not separable)",
-    }
+            raise UserError(f"per-run table mixes several {col} values; select one first")
+    diffs = run_differences(runs, mode, reference, column)
+    if len(diffs) < 2:
+        raise UserError(f"{mode} vs {reference}: fewer than two paired runs")
+    return _components(run_level_fit(diffs), "per-run accuracies (clip and run noise not separable)")
 
 
-def _mdd(
-    sd_run: float,
-    sd_clip: float,
-    n_runs: np.ndarray,
-    n_clips: int,
-    alpha: float,
-    power: float,
-    sd_clip_effect: float,
-    n_clips_total: int,
-) -> np.ndarray:
-    n_runs = np.asarray(n_runs, dtype=float)
-    se = np.sqrt(sd_run**2 / n_runs + sd_clip**2 / (n_runs * n_clips) + sd_clip_effect**2 / n_clips_total)
-    dof = n_runs - 1
-    return (stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof)) * se
+def minimal_detectable_difference(se: float, dof: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true difference (pp) the two-sided level-α t-test detects with ``power``:
+    (t_{1−α/2, ν} + t_{power, ν}) · se, for a design whose mean difference has standard error
+    ``se`` on ν = ``dof`` degrees of freedom (NaN without an se)."""
+    _check_power(alpha, power)
+    if math.isnan(se) or math.isnan(dof):
+        return math.nan
+    return float((stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof)) * se)
 
 
 def _check_power(alpha: float, power: float) -> None:
@@ -626,66 +882,52 @@ def _check_power(alpha: float, power: float) -> None:
         raise UserError(f"alpha and power must lie in (0, 1), got {alpha} and {power}")
 
 
-def minimal_detectable_difference(
-    sd_run: float,
-    sd_clip: float,
-    n_runs: int,
-    n_clips: int,
-    alpha: float = 0.05,
-    power: float = 0.8,
-    *,
-    sd_clip_effect: float = 0.0,
-    n_clips_total: int | None = None,
-) -> float:
-    """Smallest true difference (pp) a two-sided level-α test detects with the given power.
-
-    MDD = (t_{1−α/2, N−1} + t_{power, N−1}) · se with N = n_runs and se² = sd_run²/N +
-    sd_clip²/(N · n_clips) + sd_clip_effect²/n_clips_total. ``n_clips`` is clips per run;
-    ``n_clips_total`` the distinct clips the runs share (default n_clips: one fixed test set;
-    for k-fold, the dataset). The last term does not shrink with more runs.
-    """
-    _check_power(alpha, power)
-    if n_runs < 2 or n_clips < 1:
-        raise UserError(f"need n_runs ≥ 2 and n_clips ≥ 1, got {n_runs} and {n_clips}")
-    total = n_clips if n_clips_total is None else n_clips_total
-    return float(_mdd(sd_run, sd_clip, np.array(n_runs), n_clips, alpha, power, sd_clip_effect, total))
-
-
 def plan(
     effect: float,
     components: Mapping[str, float],
-    n_clips: int,
     alpha: float = 0.05,
     power: float = 0.8,
     *,
-    n_clips_total: int | None = None,
-    max_runs: int = 100_000,
+    margin: float | None = None,
+    max_passes: int = 100_000,
 ) -> dict:
-    """Fewest runs (seeds × folds × repeats) whose MDD is at most ``|effect|`` (pp).
+    """Fewest runs (and cells) to detect ``effect`` pp, and to show equivalence at ``margin``.
 
-    ``components``: ``variance_components`` or ``components_from_seed_csv`` output (sd_run,
-    sd_clip, optional sd_clip_effect). ``n_runs`` is None when no number up to ``max_runs``
-    suffices (the clip-effect floor ``mdd_limit`` exceeds the effect).
+    Var(mean) with P passes = σ_b²/N + var_pass/P: a pass is one repeat of the K fold cells with
+    one seed per cell (the cheapest way to add independent training sets: more seeds in a cell
+    shrink only the seed part) or, for one fixed split, one run. Degrees of freedom P(K − 1)
+    (cells) or P − 1 (runs). Difference: (t_{1−α/2} + t_{power}) · se ≤ |effect|. Equivalence at
+    a true difference of 0: (t_{1−α} + t_{(1+power)/2}) · se ≤ margin (TOST). The clip term
+    σ_b²/N does not shrink with runs: ``floor_different`` / ``floor_equivalent`` are the
+    smallest effect / margin any number of runs reaches on these N clips; beyond, a plan is
+    None: add clips (a larger or second dataset). Levels are per comparison (no multiplicity).
     """
     _check_power(alpha, power)
-    sd_run, sd_clip = float(components["sd_run"]), float(components["sd_clip"])
-    sd_clip_effect = float(components.get("sd_clip_effect", 0.0))
-    total = n_clips if n_clips_total is None else n_clips_total
-    candidates = np.arange(2, max_runs + 1)
-    mdd = _mdd(sd_run, sd_clip, candidates, n_clips, alpha, power, sd_clip_effect, total)
-    enough = np.flatnonzero(mdd <= abs(effect))
-    limit = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * sd_clip_effect / math.sqrt(total)
-    n_runs = int(candidates[enough[0]]) if enough.size else None
-    return {
-        "effect": float(effect),
-        "n_runs": n_runs,
-        "mdd": float(mdd[enough[0]]) if enough.size else math.nan,
-        "mdd_limit": float(limit),
-        "alpha": alpha,
-        "power": power,
-        "n_clips": n_clips,
-        "n_clips_total": total,
-    }
+    var_clip = float(components.get("var_clip", math.nan))
+    n_clips = max(int(components.get("n_clips", 0) or 0), 1)
+    clip_term = 0.0 if math.isnan(var_clip) else max(var_clip, 0.0) / n_clips
+    folds = int(components.get("folds", 1))
+    cells = components.get("design") == "cells"
+    passes = np.arange(1 if cells else 2, max_passes + 1)
+    dof = passes * (folds - 1) if cells else passes - 1
+    se = np.sqrt(clip_term + float(components["var_pass"]) / passes)
+    out: dict = {"effect": float(effect), "margin": margin, "alpha": alpha, "power": power,
+                 "design": components.get("design"), "folds": folds,
+                 "n_clips": int(components.get("n_clips", 0)),
+                 "clip_identified": not math.isnan(var_clip)}
+    claims = {"different": (abs(effect), stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof),
+                            stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))}
+    if margin is not None:
+        claims["equivalent"] = (margin, stats.t.ppf(1 - alpha, dof) + stats.t.ppf((1 + power) / 2, dof),
+                                stats.norm.ppf(1 - alpha) + stats.norm.ppf((1 + power) / 2))
+    for claim, (target, factor, z) in claims.items():
+        enough = np.flatnonzero(factor * se <= target)
+        p = int(passes[enough[0]]) if enough.size else None
+        out[f"passes_{claim}"] = p
+        out[f"runs_{claim}"] = None if p is None else p * folds
+        out[f"cells_{claim}"] = None if p is None else (p * folds if cells else 1)
+        out[f"floor_{claim}"] = float(z * math.sqrt(clip_term))
+    return out
 
 
 def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:

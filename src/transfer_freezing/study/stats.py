@@ -35,13 +35,18 @@ SUMMARY_COLUMNS = (
     "val_std",
     "n_pairs",
     "diff_vs_ref",
-    "t_p",
-    "t_p_holm",
-    "signflip_p",
-    "signflip_p_holm",
-    "cohens_dz",
+    "pvalue_runs_independent_t",
+    "pvalue_runs_independent_t_holm",
+    "pvalue_runs_independent_signflip",
+    "pvalue_runs_independent_signflip_holm",
+    "cohens_dz_per_run",
 )
-_TEST_COLUMNS = ("t_p", "t_p_holm", "signflip_p", "signflip_p_holm", "cohens_dz")
+# Secondary per-run tests (CSV and JSON only): they treat the paired runs as independent, which
+# runs of one k-fold study are not (they share clips and fold cells); the verdict comes from
+# inference.design_variance instead.
+T_P, SIGNFLIP_P, DZ = "pvalue_runs_independent_t", "pvalue_runs_independent_signflip", "cohens_dz_per_run"
+TEST_COLUMNS = (T_P, f"{T_P}_holm", SIGNFLIP_P, f"{SIGNFLIP_P}_holm", DZ)
+RUN_KEYS = ("seed", "repeat", "fold")  # what identifies a run within (model, lr_source, mode)
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
@@ -78,17 +83,21 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
             out[col] = _numeric(out[col], col)
     if CONDITION in out.columns:
         out[CONDITION] = out[CONDITION].fillna("").astype(str)
-    keys = group_keys(out) + ["freeze_mode", "seed"] + (["fold"] if "fold" in out.columns else [])
-    dup = out.duplicated(keys, keep=False)
+    run = run_keys(out)
+    dup = out.duplicated(group_keys(out) + ["freeze_mode", *run], keep=False)
     if dup.any():
         row = out[dup].iloc[0]
-        condition = f", condition {row[CONDITION]}" if CONDITION in keys else ""
+        condition = f", condition {row[CONDITION]}" if CONDITION in out.columns else ""
         raise UserError(
             f"duplicate run: model {row['model']}{condition}, lr_source {row['lr_source']}, "
-            f"freeze_mode {row['freeze_mode']}, seed {row['seed']}"
-            + (f", fold {row['fold']}" if "fold" in keys else "")
+            f"freeze_mode {row['freeze_mode']}, " + ", ".join(f"{k} {row[k]}" for k in run)
         )
     return out
+
+
+def run_keys(runs: pd.DataFrame) -> list[str]:
+    """The columns that identify a run within a mode: seed, and repeat and fold where present."""
+    return [k for k in RUN_KEYS if k == "seed" or (k in runs.columns and runs[k].notna().all())]
 
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
@@ -162,7 +171,7 @@ def _summarize_group(
         }
         row.update(_paired(_by_run(group, mode), ref, is_reference=mode == reference_mode))
         rows.append(row)
-    for col in ("t_p", "signflip_p"):
+    for col in (T_P, SIGNFLIP_P):
         adjusted = holm([r[col] for r in rows])
         for r, value in zip(rows, adjusted, strict=True):
             r[f"{col}_holm"] = value
@@ -170,10 +179,9 @@ def _summarize_group(
 
 
 def _by_run(group: pd.DataFrame, mode: str) -> pd.Series:
-    """Test accuracy per run, indexed by what pairs runs across modes: the seed (and the fold)."""
+    """Test accuracy per run, indexed by what pairs runs across modes: seed, repeat and fold."""
     sub = group[group["freeze_mode"] == mode].dropna(subset=["test_acc"])
-    keys = ["seed", "fold"] if "fold" in sub.columns and sub["fold"].notna().all() else ["seed"]
-    return sub.set_index(keys)["test_acc"]
+    return sub.set_index(run_keys(group))["test_acc"]
 
 
 def _first(sub: pd.DataFrame, col: str) -> float:
@@ -215,7 +223,8 @@ def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[flo
 
 
 def _paired(mode: pd.Series, ref: pd.Series, is_reference: bool) -> dict:
-    """Paired comparison mode − reference over the runs (seed, fold) both have.
+    """Paired comparison mode − reference over the runs (seed, repeat, fold) both have, treating
+    the runs as independent (secondary: the CSV and JSON only).
 
     Exact sign-flip permutation test instead of Wilcoxon: exact for the small N of seeds, and
     finite (never NaN) when every paired difference is equal.
@@ -223,67 +232,101 @@ def _paired(mode: pd.Series, ref: pd.Series, is_reference: bool) -> dict:
     seeds = mode.index.intersection(ref.index)
     diff = (mode.loc[seeds] - ref.loc[seeds]).to_numpy(dtype=float)
     out = {"n_pairs": len(seeds), "diff_vs_ref": float(diff.mean()) if len(diff) else math.nan}
-    out.update(dict.fromkeys(_TEST_COLUMNS, math.nan))
+    out.update(dict.fromkeys(TEST_COLUMNS, math.nan))
     if is_reference:
         return {**out, "diff_vs_ref": 0.0}
     sd = float(np.std(diff, ddof=1)) if len(diff) >= 2 else 0.0
     if sd > 0:  # zero spread (or < 2 pairs): the t statistic and d_z are undefined
-        out["t_p"] = float(stats.ttest_rel(mode.loc[seeds], ref.loc[seeds]).pvalue)
-        out["cohens_dz"] = float(diff.mean()) / sd
+        out[T_P] = float(stats.ttest_rel(mode.loc[seeds], ref.loc[seeds]).pvalue)
+        out[DZ] = float(diff.mean()) / sd
     if len(diff) >= 2:
-        out["signflip_p"] = sign_flip_test(diff)
+        out[SIGNFLIP_P] = sign_flip_test(diff)
     return out
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    """A rounded Markdown table of ``summarize``'s output plus a line naming the tests."""
+def to_markdown(summary: pd.DataFrame, margin: float | None = None) -> str:
+    """The main table, one row per mode: trainable share, test accuracy, runs × clips, Δ test
+    against the reference with its interval, the verdict and the MDD (80 % power), plus a note on
+    the model. The per-run tests stay in the CSV and JSON (``TEST_COLUMNS``)."""
+    confidence = summary.attrs.get("confidence", 0.95)
+    judged = "verdict" in summary.columns
+    def col(name: str) -> pd.Series:
+        return summary[name] if name in summary.columns else pd.Series(math.nan, index=summary.index)
+
+    is_ref = summary["freeze_mode"] == summary["reference_mode"]
     table = pd.DataFrame(
         {
             "model": summary["model"],
             **({CONDITION: summary[CONDITION]} if CONDITION in summary.columns else {}),
             "lr": summary["lr_source"],
             "freeze mode": summary["freeze_mode"],
-            "frozen blocks": summary["frozen_blocks"].map(lambda v: _fmt(v, "{:d}")),
-            "trainable": summary["trainable_share"].map(_percent),
-            "n": summary["n"],
+            "trainable share": summary["trainable_share"].map(_percent),
             "test acc % (mean ± sd)": [
                 _pm(m, s) for m, s in zip(summary["test_mean"], summary["test_std"], strict=True)
             ],
-            _ci_label(summary): [
-                _ci(lo, hi) for lo, hi in zip(summary["ci_low"], summary["ci_high"], strict=True)
+            "runs × clips": [_runs_clips(n, c) for n, c in zip(summary["n"], _clips(summary, judged),
+                                                                strict=True)],
+            f"Δ test (pp) [{confidence:.0%} CI]": [
+                "reference" if ref else _delta(est, lo, hi, note)
+                for ref, est, lo, hi, note in zip(is_ref, col("estimate"), col("low"), col("high"),
+                                                  col("note"), strict=True)
             ],
-            "val acc %": [
-                _pm(m, s) for m, s in zip(summary["val_mean"], summary["val_std"], strict=True)
-            ],
-            "Δ vs ref": summary["diff_vs_ref"].map(lambda v: _fmt(v, "{:+.1f}")),
-            "p (t)": summary["t_p"].map(_p),
-            "p (t, Holm)": summary["t_p_holm"].map(_p),
-            "p (sign-flip)": summary["signflip_p"].map(_p),
-            "p (sign-flip, Holm)": summary["signflip_p_holm"].map(_p),
-            "d_z": summary["cohens_dz"].map(lambda v: _fmt(v, "{:+.2f}")),
+            "verdict": ["–" if ref or pd.isna(v) else v
+                        for ref, v in zip(is_ref, col("verdict"), strict=True)],
+            "MDD 80 % (pp)": ["–" if ref else _fmt(v, "{:.1f}")
+                              for ref, v in zip(is_ref, col("mdd"), strict=True)],
         }
     )
-    absent = {"frozen blocks": "frozen_blocks", "trainable": "trainable_share"}
-    table = table.drop(columns=[k for k, v in absent.items() if summary[v].isna().all()])
+    if summary["trainable_share"].isna().all():
+        table = table.drop(columns="trainable share")
     markdown = table.to_markdown(index=False, disable_numparse=True)
-    return f"{markdown}\n\n{_footnote(summary)}\n"
+    return f"{markdown}\n\n{_footnote(summary, margin)}\n"
 
 
-def _footnote(summary: pd.DataFrame) -> str:
+def _clips(summary: pd.DataFrame, judged: bool) -> pd.Series:
+    """Distinct test clips per row (the reference: its group's), NaN when unknown."""
+    if not judged or "n_clips" not in summary.columns:
+        return pd.Series(math.nan, index=summary.index)
+    keys = [k for k in ("model", CONDITION, "lr_source") if k in summary.columns]
+    clips = summary["n_clips"].where(summary["n_clips"] > 0)
+    return clips.fillna(clips.groupby([summary[k] for k in keys]).transform("max"))
+
+
+def _runs_clips(runs: float, clips: float) -> str:
+    return f"{int(runs)}" if pd.isna(clips) else f"{int(runs)} × {int(clips)}"
+
+
+def _delta(estimate: float, low: float, high: float, note: object) -> str:
+    if pd.isna(estimate):
+        return "–"
+    if pd.isna(low):
+        return f"{estimate:+.1f} ({note})" if isinstance(note, str) and note else f"{estimate:+.1f}"
+    return f"{estimate:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def _footnote(summary: pd.DataFrame, margin: float | None = None) -> str:
     refs = ", ".join(f"`{r}`" for r in pd.unique(summary.get("reference_mode", pd.Series([]))))
     group = "model, condition and lr source" if CONDITION in summary.columns else "model and lr source"
+    designs = set(summary["design"].dropna()) if "design" in summary.columns else set()
+    units = {"cells": "fold cells (training sets: repeat × fold) are the independent units, seeds nested "
+                      "in them, clips crossed with runs and shared by repeats",
+             "runs": "one training set: its runs (seeds) are the independent units, clips crossed with "
+                     "them (the interval is conditional on that training set)",
+             "one run": "one run: no interval"}
+    model = "; ".join(units[d] for d in ("cells", "runs", "one run") if d in designs)
+    per_clip = "n_clips" in summary.columns and bool((summary["n_clips"] > 0).any())
+    where = " (per-clip predictions)" if per_clip else (
+        " (per-run accuracies: the clip-level variance is not separable)")
+    band = f"±{margin:g} pp" if margin else "the margin"
     return (
-        f"Δ and p: paired by seed against {refs or 'the reference mode'} within each {group}"
-        "; two-sided paired t-test (scipy.stats.ttest_rel) and exact sign-flip "
-        "permutation test of the mean paired difference, p-values Holm-adjusted across the "
-        f"non-reference modes of each {group}. sd: sample standard deviation "
-        "(ddof=1); CI: t-interval of the mean; d_z: mean paired difference / its sd."
+        f"Δ: mean paired difference against {refs or 'the reference mode'} within each {group}, on the "
+        f"same runs and clips; interval from one variance model{where} (study/inference.py, "
+        f"docs/statistics.md){': ' + model if model else ''}. Verdict: better / worse when the difference "
+        f"test rejects 0, equivalent when TOST rejects a difference beyond {band}, else inconclusive; "
+        f"Holm-adjusted over one family holding both claims of every mode of the {group}. MDD: the "
+        "smallest difference this design detects with 80 % power. Per-run tests that treat runs as "
+        "independent (t, sign-flip, d_z) and the Nadeau-Bengio corrected t are in the CSV and JSON only."
     )
-
-
-def _ci_label(summary: pd.DataFrame) -> str:
-    confidence = summary.attrs.get("confidence")
-    return f"{confidence:.0%} CI of mean" if confidence else "CI of mean"
 
 
 def _fmt(value: float, pattern: str) -> str:
@@ -298,10 +341,6 @@ def _pm(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "–"
     return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
-
-
-def _ci(low: float, high: float) -> str:
-    return "–" if pd.isna(low) else f"[{low:.1f}, {high:.1f}]"
 
 
 def fmt_p(p: float) -> str:
