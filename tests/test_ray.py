@@ -9,6 +9,7 @@ the cell resumes. Both nodes are started and stopped by the test (tests/services
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -109,7 +110,8 @@ def _wait_for(driver: subprocess.Popen, ready, what: str, seconds: float = 240) 
     deadline = time.monotonic() + seconds
     while not ready():
         if driver.poll() is not None or time.monotonic() > deadline:
-            os.killpg(driver.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
             raise AssertionError(f"never reached: {what}\n{driver.communicate()}")
         time.sleep(0.2)
 

@@ -65,6 +65,8 @@ SCRATCH_ENV = "TFREEZE_SCRATCH"  # on a node: where scratch workspaces live
 KILL_ONCE_ENV = "TFREEZE_RAY_KILL_ONCE"  # tests: the first task to create this file loses its worker
 FORWARDED = ("TFREEZE_", "MLFLOW_", "OPTUNA_STORAGE")  # driver variables every process gets
 SCRATCH_ABS = ".tfreeze-abs"  # where absolute output paths of params go in a scratch workspace
+PROBE_TIMEOUT_S = 5.0  # --address: how long the head's port may take to accept a connection
+GCS_CONNECT_S = 10  # --address: how long Ray may try to reach a GCS at a port that accepts connections
 PAUSE_ENV = "TFREEZE_PAUSE_AT"  # tests: "<point>=<file>": the driver creates the file and waits there
 STOP_KEY = "tfreeze-stop-{grid}"  # Ray internal KV: the signal that stopped a grid ("SIGINT", "SIGTERM")
 
@@ -159,6 +161,8 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
     """Run ``jobs`` as Ray tasks, ``window`` at a time; bring outputs home; record them in DVC."""
     from . import tracking
 
+    if address:
+        _probe(address)  # before anything is written (the tracking store) or Ray is started
     t = tracking.Tracking.from_params(p)
     if address and not t.uri.startswith(("http://", "https://")):
         tracking.connect(t)  # the experiment (and its artifact folder) is the driver's, not a node's
@@ -204,6 +208,10 @@ def _ray(address: str | None) -> Iterator[None]:
     """Connect to the cluster at ``address``, or start an embedded instance; quiet either way."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address:
+        # Something that is not a Ray head on that port: Ray's GCS connection retries end after
+        # this many seconds (one a second), not after its default of minutes.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_CONNECT_S))
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -225,6 +233,25 @@ def _ray(address: str | None) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+
+
+def _probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One line within seconds when nothing answers at ``address`` (Ray itself retries its GCS
+    connection for minutes, printing a warning each time)."""
+    if address == "auto":  # Ray finds the cluster started on this machine, or says there is none
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(f"--address {address!r} (or RAY_ADDRESS): expected HOST:PORT of a Ray cluster's "
+                        "head, e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err)).lower()
+        raise UserError(f"no Ray cluster at {address} ({why} within {timeout:g} s): start its head there "
+                        f"(ray start --head --port {port}), or leave out --address and RAY_ADDRESS to run "
+                        "on this machine") from err
 
 
 def _brief_ray_messages() -> None:
