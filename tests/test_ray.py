@@ -192,6 +192,33 @@ def test_ctrl_c_while_dvc_commit_runs_lets_it_finish(tiny: Path, tmp_path: Path)
     assert _half_written(tiny) == []
 
 
+def test_a_cells_process_can_be_interrupted_though_ray_workers_block_sigint() -> None:
+    """Ray starts its workers with SIGINT blocked and exec keeps the mask: unless the task's shim
+    unblocks it, a Ctrl-C passed on to the process would never arrive."""
+    report = "import signal; print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))"
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as in a Ray worker
+    try:
+        code, out, _ = executor._supervise([sys.executable, "-c", report], Path.cwd(), dict(os.environ))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    assert code == 0 and int(signal.SIGINT) not in json.loads(out)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_a_cancelled_task_passes_the_drivers_signal_on_and_waits_for_the_process(how) -> None:
+    catch = ("import signal, sys, time\n"
+             "def stop(n, f): time.sleep(0.5); print(signal.Signals(n).name); sys.exit(0)\n"
+             "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, stop)\n"
+             "print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", catch], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+
+    executor._end(proc, how)
+
+    assert proc.returncode == 0 and proc.stdout.read().strip() == how.name
+
+
 def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) -> None:
     import optuna
 
