@@ -180,6 +180,10 @@ CLI_ROWS = [
     pytest.param(argv("train", *sets("train.cells=[vit_demo/freeze_patch_0_5, vit_demo/freeze_patch_0_5]")),
                  "train.cells has 'vit_demo/freeze_patch_0_5' twice; list each cell once",
                  id="params-duplicate-cell"),
+    pytest.param(argv("train", "--jobs", "-2", "--address", "127.0.0.1:1"),
+                 "--jobs -2: expected a number of runs at once >= 1", id="cli-negative-jobs"),
+    pytest.param(argv("sweep", "--workers", "0", "--address", "127.0.0.1:1"),
+                 "--workers 0: expected a number of sweep workers at once >= 1", id="cli-zero-workers"),
     # params: sizes that would exhaust memory, refused before any work
     pytest.param(argv("features", *sets("features.image_size=100000")),
                  "features.image_size = 100000 is not allowed; expected an integer in 1 .. 1,024 (every run "

@@ -12,6 +12,8 @@ runs, so every cell keeps its own process, outputs, MLflow run and per-run deter
   default ``<tmp>/tfreeze-scratch``): the features travel through Ray's object store once per
   node, and the outputs come back to the driver as bytes, written into the workspace atomically.
   MLflow (and Optuna, for sweeps) must then be servers every node reaches.
+- ``--address`` (or ``RAY_ADDRESS``) with no Ray head there: one line within seconds (its port is
+  probed first; Ray's own GCS retries are cut to ``GCS_CONNECT_S``), before anything is written.
 - Afterwards the driver records the finished cells with ``dvc commit -f`` (in a DVC project, when
   the runs used params.yaml unchanged), so ``dvc repro`` finds those stages up to date.
 - Faults: a task whose worker dies, or whose process is killed by SIGKILL (the OOM killer, a
@@ -161,6 +163,9 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
     """Run ``jobs`` as Ray tasks, ``window`` at a time; bring outputs home; record them in DVC."""
     from . import tracking
 
+    if window is not None and window < 1:
+        flag = "--workers" if what == "sweep workers" else "--jobs"
+        raise UserError(f"{flag} {window}: expected a number of {what} at once >= 1")
     if address:
         _probe(address)  # before anything is written (the tracking store) or Ray is started
     t = tracking.Tracking.from_params(p)
