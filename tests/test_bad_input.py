@@ -160,6 +160,60 @@ CLI_ROWS = [
                  "sweep.lr_low = 0.0 is not allowed; expected a number > 0", id="params-zero-lr-low"),
     pytest.param(argv("sweep", *sets("sweep.epochs=0")),
                  "sweep.epochs = 0 is not allowed; expected an integer >= 1", id="params-zero-epochs"),
+    # params: duplicates in a grid axis (each would train the same cells twice)
+    pytest.param(argv("train", *sets("train.seeds=[1,1]")),
+                 "train.seeds = [1, 1] lists 1 more than once; list each once", id="params-duplicate-seed"),
+    pytest.param(argv("train", *sets("train.folds=[0, 0]")),
+                 "train.folds = [0, 0] lists 0 more than once", id="params-duplicate-fold"),
+    pytest.param(argv("train", *sets("train.freeze_modes=[freeze_none, freeze_patch_0_11, freeze_none]")),
+                 "train.freeze_modes = ['freeze_none', 'freeze_patch_0_11', 'freeze_none'] lists "
+                 "'freeze_none' more than once", id="params-duplicate-freeze-mode"),
+    pytest.param(argv("train", *sets("train.models=[vit_demo, vit_demo]")),
+                 "train.models = ['vit_demo', 'vit_demo'] lists 'vit_demo' more than once",
+                 id="params-duplicate-model"),
+    pytest.param(argv("sweep", *sets("sweep.seeds=[101, 102, 101]")),
+                 "sweep.seeds = [101, 102, 101] lists 101 more than once", id="params-duplicate-sweep-seed"),
+    pytest.param(argv("sweep", *sets("sweep.freeze_modes=[freeze_none, freeze_none]")),
+                 "sweep.freeze_modes = ['freeze_none', 'freeze_none'] lists 'freeze_none' more than once",
+                 id="params-duplicate-sweep-mode"),
+    pytest.param(argv("train", *sets("train.cells=[vit_demo/freeze_patch_0_5, vit_demo/freeze_patch_0_5]")),
+                 "train.cells has 'vit_demo/freeze_patch_0_5' twice; list each cell once",
+                 id="params-duplicate-cell"),
+    pytest.param(argv("train", "--jobs", "-2", "--address", "127.0.0.1:1"),
+                 "--jobs -2: expected a number of runs at once >= 1", id="cli-negative-jobs"),
+    pytest.param(argv("sweep", "--workers", "0", "--address", "127.0.0.1:1"),
+                 "--workers 0: expected a number of sweep workers at once >= 1", id="cli-zero-workers"),
+    # params: sizes that would exhaust memory, refused before any work
+    pytest.param(argv("features", *sets("features.image_size=100000")),
+                 "features.image_size = 100000 is not allowed; expected an integer in 1 .. 1,024 (every run "
+                 "holds the feature arrays whole", id="params-huge-image-size"),
+    pytest.param(argv("features", *sets("data.clip_seconds=30", "features.hop_length=1")),
+                 "features.hop_length = 1 makes one clip's STFT 5.1 GiB (1025 bins x 661,501 frames x 8 "
+                 "bytes), over the 1 GiB a feature worker may use; allowed: features.hop_length >= 6",
+                 id="params-hop-of-one"),
+    pytest.param(argv("features", *sets("features.hop_length=4096")),
+                 "features.hop_length = 4096 exceeds features.n_fft = 2048", id="params-hop-beyond-window"),
+    pytest.param(argv("features", *sets("features.n_mels=2000")),
+                 "features.n_mels = 2000 exceeds the 1025 frequency bins of features.n_fft = 2048",
+                 id="params-more-mels-than-bins"),
+    pytest.param(argv("features", *sets("features.n_fft=100000000")),
+                 "features.n_fft = 100000000 is longer than a clip (44,100 samples", id="params-huge-n-fft"),
+    pytest.param(argv("data", *sets("data.clip_seconds=1e6")),
+                 "data.clip_seconds = 1000000.0 is not allowed; expected a number in (0, 600]",
+                 id="params-huge-clip"),
+    pytest.param(argv("data", *sets("data.sample_rate=10000000")),
+                 "data.sample_rate = 10000000 is not allowed; expected an integer in 1 .. 192,000",
+                 id="params-huge-sample-rate"),
+    pytest.param(argv("data", *sets("data.synthetic_clips_per_class=100000000")),
+                 "data.synthetic_clips_per_class = 100000000 is not allowed; expected an integer in "
+                 "1 .. 10,000",
+                 id="params-huge-synthetic-corpus"),
+    pytest.param(argv("features", *sets("features.workers=100000")),
+                 "features.workers = 100000 is not allowed; expected an integer in 0 .. 256",
+                 id="params-huge-worker-count"),
+    pytest.param(argv("features", *sets("split.repeats=1000000")),
+                 "split.repeats = 1000000 is not allowed; expected an integer in 1 .. 100",
+                 id="params-huge-repeats"),
     pytest.param(argv("train", *CELL, *sets("train.batch_size=500")),
                  "train.batch_size = 500 is larger than the train split (20 clips); lower it",
                  id="params-batch-larger-than-train-split"),
@@ -196,6 +250,37 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, cap
     err = one_line(capsys.readouterr().err)
     assert code == 2
     assert err.startswith(f"tfreeze {args[0]}: error: ") and message in err
+    assert snapshot(tiny) == before
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "127.0.0.1"])
+def test_an_address_without_a_ray_cluster_is_one_line_within_seconds(tiny, capsys, address):
+    given = address.format(port=free_port())
+    before = snapshot(tiny)
+    start = time.monotonic()
+
+    code = cli.main(["train", "--jobs", "2", "--address", given])
+
+    err = one_line(capsys.readouterr().err)
+    assert code == 2 and time.monotonic() - start < 15
+    assert (f"no Ray cluster at {given} (connection refused within 5 s)" in err if ":" in given
+            else "expected HOST:PORT of a Ray cluster's head" in err)
+    assert snapshot(tiny) == before
+
+
+def test_feature_arrays_larger_than_memory_are_refused_before_any_work(tiny, capsys, monkeypatch):
+    # 60 clips at 32 x 32 float16 are 122,880 bytes: on a machine with 100,000 the largest image
+    # that fits is isqrt(100000 // (60 * 2)) = 28 pixels a side.
+    monkeypatch.setattr(features, "memory_bytes", lambda: 100_000)
+    before = snapshot(tiny)
+
+    code = cli.main(["features"])
+
+    err = one_line(capsys.readouterr().err)
+    assert code == 2
+    assert ("features.image_size = 32: the feature arrays of 60 clips would take 120.0 KiB (32² x 2 bytes "
+            "each, float16), more than this machine's 97.7 KiB of memory; allowed here: "
+            "features.image_size <= 28 (or features.dtype = uint8)") in err
     assert snapshot(tiny) == before
 
 

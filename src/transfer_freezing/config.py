@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -19,10 +20,12 @@ Params = dict[str, Any]
 
 @dataclass(frozen=True)
 class Rule:
-    """What a key allows: a predicate and the words used when it fails."""
+    """What a key allows: a predicate and the words used when it fails (``distinct``: a list whose
+    items must differ, since each item is a grid axis value and a repeat would run a cell twice)."""
 
     allowed: str
     check: Callable[[Any], bool]
+    distinct: bool = False
 
 
 def _num(x: Any) -> bool:
@@ -35,6 +38,12 @@ def positive_int() -> Rule:
 
 def non_negative_int() -> Rule:
     return Rule("an integer >= 0", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0)
+
+
+def int_range(low: int, high: int, why: str) -> Rule:
+    """An integer in ``low .. high``; ``why`` says where the upper bound comes from."""
+    return Rule(f"an integer in {low} .. {high:,} ({why})",
+                lambda x: isinstance(x, int) and not isinstance(x, bool) and low <= x <= high)
 
 
 def positive_float() -> Rule:
@@ -66,17 +75,37 @@ def boolean() -> Rule:
 
 
 def non_empty_list(item: Rule) -> Rule:
+    """A non-empty list of distinct items (a grid axis)."""
     return Rule(
         f"a non-empty list, each item {item.allowed}",
         lambda x: isinstance(x, list) and len(x) > 0 and all(item.check(i) for i in x),
+        distinct=True,
     )
 
 
 def any_list(item: Rule) -> Rule:
+    """A list, possibly empty, of distinct items (a grid axis)."""
     return Rule(
         f"a list (may be empty), each item {item.allowed}",
         lambda x: isinstance(x, list) and all(item.check(i) for i in x),
+        distinct=True,
     )
+
+
+def repeated(items: list) -> list:
+    """The items of ``items`` that occur more than once, each once, in order of first occurrence."""
+    seen: list = []
+    return [i for n, i in enumerate(items) if i in items[:n] and not (i in seen or seen.append(i))]
+
+
+# Sizes that grow memory with no use beyond these bounds (see ``_check_sizes``).
+MAX_IMAGE_SIZE = 1024  # GTZAN's 1,000 clips at 1024 x 1024 float16: 2 GiB, held whole by every run
+MAX_CLIP_SECONDS = 600.0  # one clip is decoded and transformed whole; GTZAN's are 30 s
+MAX_SAMPLE_RATE = 192_000  # the highest common audio rate
+MAX_SYNTHETIC_CLIPS = 10_000  # per class: 100x GTZAN's 100
+MAX_REPEATS = 100  # the fold table has split.repeats rows per clip
+MAX_FEATURE_WORKERS = 256  # processes
+MAX_STFT_BYTES = 1 << 30  # one clip's complex STFT (n_fft/2 + 1 bins x frames x 8 bytes): GTZAN's is 10.6 MB
 
 
 # Keys (value None: any value) and values that once meant something else: the one line that says
@@ -97,10 +126,12 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "data.path": (None, optional_text()),
     "data.download": (False, boolean()),
     "data.out": ("data/raw", text()),
-    "data.sample_rate": (22050, positive_int()),
-    "data.clip_seconds": (30.0, positive_float()),
+    "data.sample_rate": (22050, int_range(1, MAX_SAMPLE_RATE, "the highest common audio rate")),
+    "data.clip_seconds": (30.0, Rule(f"a number in (0, {MAX_CLIP_SECONDS:g}] (a clip is decoded and "
+                                        "transformed whole; GTZAN's are 30 s)",
+                                        lambda x: _num(x) and 0 < x <= MAX_CLIP_SECONDS)),
     "data.min_seconds": (1.0, non_negative_float()),
-    "data.synthetic_clips_per_class": (100, positive_int()),
+    "data.synthetic_clips_per_class": (100, int_range(1, MAX_SYNTHETIC_CLIPS, "100x GTZAN's 100 per class")),
     "data.synthetic_seed": (0, non_negative_int()),
     "split.scheme": ("stratified", choice("stratified", "filtered", "kfold")),
     "split.train": (0.8, fraction()),
@@ -109,21 +140,23 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "split.seed": (1, non_negative_int()),
     "split.folds": (5, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
                             and x >= 3)),
-    "split.repeats": (1, positive_int()),
+    "split.repeats": (1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat")),
     "split.out": ("data/split.csv", text()),
     "features.n_fft": (2048, positive_int()),
     "features.hop_length": (512, positive_int()),
     "features.n_mels": (128, positive_int()),
     "features.compression": ("log1p", choice("log1p", "db")),
-    "features.image_size": (224, positive_int()),
+    "features.image_size": (224, int_range(1, MAX_IMAGE_SIZE, "every run holds the feature arrays whole; "
+                                                      "they grow with its square: GTZAN at 1024 is 2 GiB")),
     "features.dtype": ("float16", choice("float16", "uint8")),
-    "features.workers": (0, non_negative_int()),
+    "features.workers": (0, int_range(0, MAX_FEATURE_WORKERS, "processes; 0 = one per CPU")),
     "features.out": ("data/features", text()),
     # The fixed-lr grid: an empty list turns it off (the tuned-lr grid is sweep.models x freeze_modes).
     "train.models": (["vit_b_16"], any_list(text())),
     "train.freeze_modes": (["freeze_none"], any_list(text())),
     # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
-    "train.cells": ([], any_list(text())),
+    # Repeats: _check_listed_cells names the cell.
+    "train.cells": ([], dataclasses.replace(any_list(text()), distinct=False)),
     "train.seeds": ([1], non_empty_list(non_negative_int())),
     "train.folds": ([0], non_empty_list(non_negative_int())),
     "train.weights": ("none", choice("none", "imagenet")),
@@ -218,6 +251,11 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
             value = _as_float(value)
         if not rule.check(value):
             raise UserError(f"{source}: {key} = {value!r} is not allowed; expected {rule.allowed}")
+        twice = repeated(value) if rule.distinct else []
+        if twice:
+            listed = ", ".join(map(repr, twice))
+            raise UserError(f"{source}: {key} = {value!r} lists {listed} more than once; list each once "
+                            "(every item is a value of the grid: a repeat would run the same cells twice)")
         _set(tree, key, value)
     _check_relations(tree, source)
     return tree
@@ -244,6 +282,7 @@ def _check_relations(p: Params, source: str) -> None:
                 freezing.check(name, mode)
     _check_listed_cells(p, source)
     _check_reference(p, source)
+    _check_sizes(p, source)
     if p["train"]["weights"] == "imagenet":
         _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
@@ -350,6 +389,33 @@ def _check_lr_study(p: Params, source: str) -> None:
     if len(set(s["seeds"])) * len(set(s["folds"])) < 2:
         raise UserError(f"{source}: sweep.seeds = {s['seeds']} x sweep.folds = {s['folds']} is one run per "
                         "trial; a trial averages at least two (add a seed or a fold)")
+
+
+def _check_sizes(p: Params, source: str) -> None:
+    """The spectrogram recipe against the clip: no empty mel band, no skipped sample, and one clip's
+    STFT within ``MAX_STFT_BYTES`` (a hop of 1 would make GTZAN's 5.4 GB per clip and worker)."""
+    f = p["features"]
+    samples = round(p["data"]["sample_rate"] * p["data"]["clip_seconds"])
+    bins = f["n_fft"] // 2 + 1
+    if f["n_fft"] > samples:
+        raise UserError(f"{source}: features.n_fft = {f['n_fft']} is longer than a clip ({samples:,} "
+                        "samples: data.sample_rate x data.clip_seconds); allowed: up to that")
+    if f["hop_length"] > f["n_fft"]:
+        raise UserError(f"{source}: features.hop_length = {f['hop_length']} exceeds features.n_fft = "
+                        f"{f['n_fft']} (samples between windows would be skipped); "
+                        f"allowed: 1 .. {f['n_fft']}")
+    if f["n_mels"] > bins:
+        raise UserError(f"{source}: features.n_mels = {f['n_mels']} exceeds the {bins} frequency bins "
+                        f"of features.n_fft = {f['n_fft']} (some mel bands would be empty); "
+                        f"allowed: 1 .. {bins}")
+    frames = samples // f["hop_length"] + 1
+    stft = bins * frames * 8
+    if stft > MAX_STFT_BYTES:
+        least = math.ceil(bins * samples * 8 / MAX_STFT_BYTES)
+        raise UserError(f"{source}: features.hop_length = {f['hop_length']} makes one clip's STFT "
+                        f"{stft / 2**30:.1f} GiB ({bins} bins x {frames:,} frames x 8 bytes), over the "
+                        f"{MAX_STFT_BYTES >> 30} GiB a feature worker may use; allowed: "
+                        f"features.hop_length >= {least} for these clips and n_fft")
 
 
 def _check_imagenet(p: Params, source: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -114,6 +115,34 @@ def compute_images(paths: list[str], recipe: Recipe, workers: int, dtype: str) -
     return out
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(clips: int, image_size: int, dtype: str) -> None:
+    """One line, before any work, if the feature arrays of ``clips`` clips would not fit in this
+    machine's memory: they are built in memory and every run loads them whole."""
+    item = np.dtype(dtype).itemsize
+    need, have = clips * image_size**2 * item, memory_bytes()
+    if need <= have:
+        return
+    largest = math.isqrt(have // max(clips * item, 1))
+    raise UserError(f"features.image_size = {image_size}: the feature arrays of {clips:,} clips would take "
+                    f"{_size(need)} ({image_size}² x {item} bytes each, {dtype}), more than this "
+                    f"machine's {_size(have)} of memory; allowed here: features.image_size <= "
+                    f"{largest}" + (" (or features.dtype = uint8)" if item > 1 else ""))
+
+
+def _size(n: float) -> str:
+    """``n`` bytes in binary units, e.g. 7.3 TiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "bytes" else f"{int(n)} bytes"
+        n /= 1024
+    return f"{n:,.1f} TiB"
+
+
 # The params that decide a feature byte (given the raw audio, a DVC dependency of the stage):
 # not where files live (data.path, data.out, features.out) nor how fast they are made (workers).
 BYTE_PARAMS = {
@@ -141,6 +170,7 @@ def build(p: Params) -> dict:
     for note in notes:
         print(f"split: {note}")
     recipe = Recipe.from_params(p)
+    check_memory(int((manifest["status"] == "ok").sum()), recipe.image_size, p["features"]["dtype"])
     classes = sorted(manifest.loc[manifest["status"] == "ok", "genre"].unique())
     files = dict(zip(manifest["clip_id"], manifest["file"], strict=True))
     split = splits.SplitConfig.from_params(p)

@@ -12,13 +12,22 @@ runs, so every cell keeps its own process, outputs, MLflow run and per-run deter
   default ``<tmp>/tfreeze-scratch``): the features travel through Ray's object store once per
   node, and the outputs come back to the driver as bytes, written into the workspace atomically.
   MLflow (and Optuna, for sweeps) must then be servers every node reaches.
+- ``--address`` (or ``RAY_ADDRESS``) with no Ray head there: one line within seconds (its port is
+  probed first; Ray's own GCS retries are cut to ``GCS_CONNECT_S``), before anything is written.
 - Afterwards the driver records the finished cells with ``dvc commit -f`` (in a DVC project, when
   the runs used params.yaml unchanged), so ``dvc repro`` finds those stages up to date.
 - Faults: a task whose worker dies, or whose process is killed by SIGKILL (the OOM killer, a
   lost node), is retried by Ray (``MAX_RETRIES``) and the cell resumes from its checkpoint when
   the retry runs where that checkpoint is; a cell that fails for a real reason is reported in one
-  line and the others go on; Ctrl-C (or SIGTERM) cancels the tasks, whose processes get SIGTERM
-  and end their MLflow runs KILLED.
+  line and the others go on.
+- Stopping: Ctrl-C (SIGINT) or SIGTERM of the driver submits nothing more, records the stop in
+  Ray's key-value store (a task that starts afterwards runs nothing) and cancels the tasks; each
+  task passes the driver's signal on to its process: SIGINT stops it at once, SIGTERM at the end of
+  its epoch with a fresh resumable state. Either way its MLflow run ends KILLED before the driver
+  exits, and the checkpoint stays. While a finished cell's outputs are written into the workspace
+  and while ``dvc commit`` records finished cells, the driver holds the signal until that step is
+  done (``dvc commit`` runs in its own session, out of reach of the terminal's Ctrl-C), so no
+  output or ``dvc.lock`` is left half-written.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +60,17 @@ from ..config import Params, resolve_url
 from ..errors import Terminated, UserError, first_line
 
 MAX_RETRIES = 3  # attempts after the first, for lost workers and SIGKILLed processes
-STOP_GRACE_S = 60.0  # how long a stopped process may take to end its MLflow run
+STOP_GRACE_S = 60.0  # how long a stopped process may take to end its MLflow run (SIGTERM: its epoch)
 LOCAL_OBJECT_STORE = 96 << 20  # embedded Ray moves no data between nodes: keep its store small
 SHARED_ENV = "TFREEZE_SHARED_WORKSPACE"  # on a node: 1 = sees the driver's workspace, 0 = does not
 SCRATCH_ENV = "TFREEZE_SCRATCH"  # on a node: where scratch workspaces live
 KILL_ONCE_ENV = "TFREEZE_RAY_KILL_ONCE"  # tests: the first task to create this file loses its worker
 FORWARDED = ("TFREEZE_", "MLFLOW_", "OPTUNA_STORAGE")  # driver variables every process gets
 SCRATCH_ABS = ".tfreeze-abs"  # where absolute output paths of params go in a scratch workspace
+PROBE_TIMEOUT_S = 5.0  # --address: how long the head's port may take to accept a connection
+GCS_CONNECT_S = 10  # --address: how long Ray may try to reach a GCS at a port that accepts connections
+PAUSE_ENV = "TFREEZE_PAUSE_AT"  # tests: "<point>=<file>": the driver creates the file and waits there
+STOP_KEY = "tfreeze-stop-{grid}"  # Ray internal KV: the signal that stopped a grid ("SIGINT", "SIGTERM")
 
 
 class CellLost(Exception):
@@ -85,6 +100,7 @@ class Context:
     scratch_sets: tuple[str, ...]  # extra --set for scratch workspaces (absolute paths mapped)
     env: dict[str, str]
     code: str
+    grid: str = ""  # this grid's id: the key under which the driver records a stop
     inputs: list = field(default_factory=list)  # [ObjectRef of a tar of the features], or []
     inputs_key: str = ""
 
@@ -147,6 +163,11 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
     """Run ``jobs`` as Ray tasks, ``window`` at a time; bring outputs home; record them in DVC."""
     from . import tracking
 
+    if window is not None and window < 1:
+        flag = "--workers" if what == "sweep workers" else "--jobs"
+        raise UserError(f"{flag} {window}: expected a number of {what} at once >= 1")
+    if address:
+        _probe(address)  # before anything is written (the tracking store) or Ray is started
     t = tracking.Tracking.from_params(p)
     if address and not t.uri.startswith(("http://", "https://")):
         tracking.connect(t)  # the experiment (and its artifact folder) is the driver's, not a node's
@@ -156,8 +177,10 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
 
     def finished(job: Job, outcome: Outcome) -> None:
         if outcome.ok:
-            _bring_home(job, outcome.files)
-            done.append(job)
+            with _signals_held():  # a cell's outputs are written whole, or not at all
+                _pause("home")
+                _bring_home(job, outcome.files)
+                done.append(job)
             where = f" [ran on {outcome.node}; outputs copied back]" if outcome.remote else ""
             again = " (resumed from its checkpoint)" if outcome.resumed else ""
             print(f"{outcome.line}{again}{where}", flush=True)
@@ -174,6 +197,7 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
             print(f"the Ray cluster fits {fits} of the {window} {what} asked for at once "
                   f"({cpus:g} CPU{gpu} each: train.cpus_per_run, train.gpus_per_run)", flush=True)
         ctx = _context(p, params, overrides, env, ship if address else [])
+        _pause("tasks")
         try:
             _schedule(ctx, jobs, cpus, gpus, window, finished)
         finally:
@@ -189,6 +213,10 @@ def _ray(address: str | None) -> Iterator[None]:
     """Connect to the cluster at ``address``, or start an embedded instance; quiet either way."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address:
+        # Something that is not a Ray head on that port: Ray's GCS connection retries end after
+        # this many seconds (one a second), not after its default of minutes.
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_CONNECT_S))
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -196,6 +224,10 @@ def _ray(address: str | None) -> Iterator[None]:
             # "local": a private instance, never a cluster someone started on this machine.
             ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE, **quiet)
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts: stop what it started
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise
     except Exception as err:  # noqa: BLE001 - any failure to start or reach Ray is one line
         where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
         raise UserError(f"could not {where}: {first_line(err)}") from err
@@ -206,6 +238,25 @@ def _ray(address: str | None) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+
+
+def _probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One line within seconds when nothing answers at ``address`` (Ray itself retries its GCS
+    connection for minutes, printing a warning each time)."""
+    if address == "auto":  # Ray finds the cluster started on this machine, or says there is none
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(f"--address {address!r} (or RAY_ADDRESS): expected HOST:PORT of a Ray cluster's "
+                        "head, e.g. 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err)).lower()
+        raise UserError(f"no Ray cluster at {address} ({why} within {timeout:g} s): start its head there "
+                        f"(ray start --head --port {port}), or leave out --address and RAY_ADDRESS to run "
+                        "on this machine") from err
 
 
 def _brief_ray_messages() -> None:
@@ -268,7 +319,7 @@ def _context(p: Params, params: str, overrides: list[str], env: dict[str, str],
                          if os.path.isabs(_layout(p, key)[1]))
     ctx = Context(workspace=os.getcwd(), host=socket.gethostname(), params=params, params_text=params_text,
                   overrides=tuple(overrides), scratch_sets=scratch_sets, env={**forwarded, **env},
-                  code=code_hash())
+                  code=code_hash(), grid=uuid.uuid4().hex)
     if not ship:
         return ctx
     blob = _pack(p, ship)
@@ -303,8 +354,8 @@ def _schedule(ctx: Context, jobs: list[Job], cpus: float, gpus: float, window: i
             for ref in ready:
                 job = running.pop(ref)
                 finished(job, _outcome(ref))
-    except KeyboardInterrupt:
-        _stop(running)
+    except KeyboardInterrupt as err:
+        _stop(ctx, running, "SIGTERM" if isinstance(err, Terminated) else "SIGINT")
         raise
 
 
@@ -319,16 +370,62 @@ def _outcome(ref) -> Outcome:
         return Outcome(False, f"lost its Ray worker in all {MAX_RETRIES + 1} attempts ({first_line(err)})")
 
 
-def _stop(running: dict) -> None:
-    """Ctrl-C / SIGTERM: cancel every task; running ones stop their process with SIGTERM (KILLED)."""
+def _stop(ctx: Context, running: dict, how: str) -> None:
+    """Ctrl-C / SIGTERM: record the stop for tasks yet to start, cancel the running ones (their
+    processes get ``how``) and wait until their MLflow runs have ended KILLED."""
+    from ray.experimental import internal_kv
+
+    with contextlib.suppress(Exception):  # a lost GCS: the cancellations below still go out
+        internal_kv._internal_kv_put(STOP_KEY.format(grid=ctx.grid), how)
     if not running:
         return
-    print(f"stopping {len(running)} task(s): their MLflow runs end KILLED and keep their checkpoints",
+    when = "at once" if how == "SIGINT" else "after their epoch"
+    print(f"stopping {len(running)} task(s) {when}: their MLflow runs end KILLED and keep their checkpoints",
           file=sys.stderr, flush=True)
     for ref in running:
-        ray.cancel(ref, force=False)
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
     with contextlib.suppress(Exception):
         ray.wait(list(running), num_returns=len(running), timeout=STOP_GRACE_S + 10)
+
+
+class _Held:
+    """The signals ``_signals_held`` kept back: the exception each one raises afterwards."""
+
+    def __init__(self) -> None:
+        self.raised: BaseException | None = None
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[_Held]:
+    """Within the block Ctrl-C and SIGTERM are held back; at its end the first one is raised
+    (``KeyboardInterrupt`` / ``Terminated``), so a step that must not be cut short ends whole."""
+    held = _Held()
+
+    def hold(signum, frame) -> None:
+        if held.raised is None:
+            held.raised = KeyboardInterrupt() if signum == signal.SIGINT else Terminated("SIGTERM")
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held.raised is not None:
+        raise held.raised
+
+
+def _pause(point: str) -> None:
+    """Test hook (``TFREEZE_PAUSE_AT=<point>=<file>``): create the file at ``point`` and wait, at most
+    a minute, until the test has removed it, so a signal can be sent at exactly this point."""
+    name, _, marker = os.environ.get(PAUSE_ENV, "").partition("=")
+    if name != point or not marker:
+        return
+    Path(marker).touch()
+    deadline = time.monotonic() + 60
+    while Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _bring_home(job: Job, files: dict[str, bytes]) -> None:
@@ -357,12 +454,18 @@ def _record(stages: list[str], params: str, overrides: list[str]) -> None:
         return
     bindir = str(Path(sys.executable).parent)
     dvc = shutil.which("dvc", path=os.pathsep.join([bindir, os.environ.get("PATH", "")])) or "dvc"
-    proc = subprocess.run([dvc, "commit", "-f", "-q", *stages], capture_output=True, text=True, check=False)
-    if proc.returncode:
-        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
-        raise UserError(f"dvc commit failed ({lines[-1]}); the outputs are in place: "
-                        f"dvc commit -f {' '.join(stages)}")
-    print(f"recorded {len(stages)} stage(s) in dvc.lock (dvc commit)", flush=True)
+    # Its own session: the terminal's Ctrl-C reaches only the driver, which holds it until dvc.lock
+    # is written whole.
+    with _signals_held():
+        proc = subprocess.Popen([dvc, "commit", "-f", "-q", *stages], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _pause("record")
+        out, err = proc.communicate()
+        if proc.returncode:
+            lines = (err.strip() or out.strip() or "no output").splitlines()
+            raise UserError(f"dvc commit failed ({lines[-1]}); the outputs are in place: "
+                            f"dvc commit -f {' '.join(stages)}")
+        print(f"recorded {len(stages)} stage(s) in dvc.lock (dvc commit)", flush=True)
 
 
 def code_hash() -> str:
@@ -377,8 +480,11 @@ def code_hash() -> str:
 
 # Starts the ``tfreeze`` process so that it gets SIGTERM (ends its MLflow run KILLED) when the
 # Ray worker that supervises it dies, instead of training on unsupervised.
+# Ray starts its workers with SIGINT blocked, and a blocked signal stays blocked across exec: the
+# process would never see the SIGINT a Ctrl-C of the grid sends it. Unblock it first.
 _SHIM = """
 import ctypes, os, signal, sys
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 try:
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 except (AttributeError, OSError):
@@ -392,6 +498,8 @@ os.execv(sys.argv[2], sys.argv[2:])
 @ray.remote
 def _execute(ctx: Context, job: Job) -> Outcome:
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    if _stop_signal(ctx):  # the grid was stopped before this task started: start nothing
+        return Outcome(False, "not started: the grid was stopped", node)
     if code_hash() != ctx.code:
         return Outcome(False, f"node {node} runs other tfreeze code ({code_hash()}) than the driver "
                               f"({ctx.code}): install the same version on every node", node)
@@ -408,7 +516,7 @@ def _execute(ctx: Context, job: Job) -> Outcome:
     victim = _take_injected_kill(ctx)
     if victim:
         env["TFREEZE_KILL_AFTER_EPOCH"] = "0"
-    code, out, err = _supervise(cmd, root, env)
+    code, out, err = _supervise(cmd, root, env, lambda: _stop_signal(ctx))
     if code == -signal.SIGKILL:
         if victim:  # the test's worker death: the Ray worker goes the way of its process
             os.kill(os.getpid(), signal.SIGKILL)
@@ -486,8 +594,23 @@ def _take_injected_kill(ctx: Context) -> bool:
     return True
 
 
-def _supervise(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run ``cmd``; on cancellation (KeyboardInterrupt from ray.cancel) stop it with SIGTERM."""
+def _stop_signal(ctx: Context) -> str | None:
+    """The signal that stopped the grid ("SIGINT", "SIGTERM"), None while it runs."""
+    from ray.experimental import internal_kv
+
+    if not ctx.grid:
+        return None
+    try:
+        value = internal_kv._internal_kv_get(STOP_KEY.format(grid=ctx.grid))
+    except Exception:  # noqa: BLE001 - the GCS unreachable: no stop known
+        return None
+    return value.decode() if value else None
+
+
+def _supervise(cmd: list[str], cwd: Path, env: dict[str, str],
+               stop_signal: Callable[[], str | None] = lambda: None) -> tuple[int, str, str]:
+    """Run ``cmd``; on cancellation (KeyboardInterrupt from ray.cancel) pass the driver's signal on
+    (``stop_signal``: SIGINT for Ctrl-C, SIGTERM) and wait until the process has ended its MLflow run."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _SHIM, str(os.getpid()), *cmd], cwd=cwd, env=env,
                                 stdout=out, stderr=err, start_new_session=True)
@@ -499,16 +622,30 @@ def _supervise(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str
                 except subprocess.TimeoutExpired:
                     continue
         except BaseException:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _end(proc, getattr(signal, stop_signal() or "SIGINT"))
             raise
         out.seek(0)
         err.seek(0)
         return code, out.read(), err.read()
+
+
+def _end(proc: subprocess.Popen, how: signal.Signals) -> None:
+    """Send ``how`` to a cancelled task's process and wait for it (a repeated cancellation does not
+    cut the wait short); SIGKILL after ``STOP_GRACE_S``."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(how)
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            continue
 
 
 def _collect(root: Path, job: Job) -> dict[str, bytes]:
