@@ -286,6 +286,92 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     retry_locked(mlflow.log_artifact)(str(path), artifact_path)
 
 
+# The run's logged model (runs:/<run_id>/model) and where a dropped run's record goes (run artifacts).
+MODEL_NAME = "model"
+RECORD_DIR = "checkpoint"
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key: artifacts/model.pt in the logged model
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # not imported here: MLflow runs it
+
+
+def log_checkpoint(path: Path, sha256: str, tags: dict[str, str] | None = None) -> str:
+    """Log ``model.pt`` as the active run's logged model ``MODEL_NAME``; return its model id.
+
+    A pyfunc (``pyfunc_model.py``, models from code) whose one artifact is the checkpoint, so the
+    MLflow UI lists it (runs table's Models column, the run's model page) and
+    ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model")`` loads it through ``checkpoint.load_model``.
+    Once per checkpoint: a resumed run that logged this file (same SHA-256) already logs nothing,
+    and a stale model of the run (another file) is deleted. On a local artifact store the stored
+    file becomes a hard link to ``path`` (``share_inode``): one inode for workspace, DVC cache and
+    MLflow; elsewhere (a server, S3, another filesystem) it stays an uploaded copy.
+    """
+    import mlflow
+    import mlflow.pyfunc
+    import torch
+    import torchvision
+
+    client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    for old in _run_models(client, run.info.experiment_id, run.info.run_id):
+        if old.tags.get("checkpoint_sha256") == sha256:
+            return old.model_id
+        retry_locked(client.delete_logged_model)(old.model_id)
+    info = retry_locked(mlflow.pyfunc.log_model)(
+        name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={CHECKPOINT_ARTIFACT: str(path)},
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}"],
+        tags={"checkpoint_sha256": sha256, **(tags or {})})
+    stored = _local_path(retry_locked(client.get_logged_model)(info.model_id).artifact_location)
+    if stored is not None:
+        share_inode(Path(path), stored / "artifacts" / Path(path).name)
+    return info.model_id
+
+
+def _run_models(client: Any, exp_id: str, run_id: str) -> list[Any]:
+    """The run's live logged models named ``MODEL_NAME``."""
+    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    return list(retry_locked(client.search_logged_models)([exp_id], filter_string=query))
+
+
+def _local_path(uri: str) -> Path | None:
+    """The folder of a ``file:`` (or plain path) artifact location; None for any remote store."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def share_inode(source: Path, copy: Path) -> bool:
+    """Make ``copy`` a hard link to ``source`` when both hold the same bytes; True if they now share one.
+
+    The link replaces the copy atomically (a temporary sibling, then a rename). Both names are made
+    read-only, as DVC protects its cache: the one inode is also the DVC cache's file once the stage
+    is committed, so writing into it in place would change all three. Any failure (another
+    filesystem, a filesystem without hard links, different bytes) keeps the copy.
+    """
+    try:
+        if copy.stat().st_ino == source.stat().st_ino:
+            return True
+        if copy.stat().st_size != source.stat().st_size or _sha256(copy) != _sha256(source):
+            return False
+        tmp = copy.with_name(f".{copy.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, copy)
+        os.chmod(source, 0o444)
+        return True
+    except OSError:
+        return False
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def fetch_runs(t: Tracking, run_ids: list[str]) -> dict[str, Any]:
     """Exactly these runs by id (never a search for the latest); missing ids map to None."""
     import mlflow
