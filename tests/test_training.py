@@ -16,6 +16,11 @@ CELL = ["--model", "vit_demo", "--freeze", "freeze_patch_0_5", "--seed", "1"]
 RUN = Path("models/vit_demo/freeze_patch_0_5/fixed/seed1/fold0")
 
 
+def _logged_models(client, run_id: str) -> list:
+    exp_id = client.get_run(run_id).info.experiment_id
+    return client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run_id}'")
+
+
 def _metrics(root: Path) -> dict:
     return json.loads((root / RUN / "metrics.json").read_text())
 
@@ -36,9 +41,15 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
-    assert client.list_artifacts(run.info.run_id, "checkpoint") == []  # one copy: the DVC output
     assert run.data.tags["checkpoint_path"] == str(RUN / "model.pt")
     assert int(run.data.tags["checkpoint_bytes"]) == (tiny / RUN / "model.pt").stat().st_size
+    # model.pt is the run's logged model, stored as a hard link to the workspace file (one inode)
+    (logged,) = _logged_models(client, run.info.run_id)
+    assert logged.name == "model" and logged.tags["checkpoint_sha256"] == run.data.tags["checkpoint_sha256"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    stored = Path(logged.artifact_location.removeprefix("file://")) / "artifacts" / "model.pt"
+    assert stored.stat().st_ino == (tiny / RUN / "model.pt").stat().st_ino
+    assert not stored.stat().st_mode & 0o222  # read-only, as DVC protects its cache
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -73,6 +84,7 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
     history = mlflow.MlflowClient().get_metric_history(run_id, "val_acc")
     assert sorted(m.step for m in history) == [0, 1, 2]
+    assert len(_logged_models(mlflow.MlflowClient(), run_id)) == 1  # the resumed run logs it once
 
 
 def test_bad_mode_gives_one_line(tiny):
@@ -223,6 +235,8 @@ def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(t
 
     state = torch.load(path, weights_only=True)
     state["frozen_sha256"] = "0" * 64
+    assert not path.stat().st_mode & 0o222  # read-only: its inode is also the run's MLflow artifact
+    path.unlink()
     torch.save(state, path)
     with pytest.raises(UserError, match="other base weights"):
         checkpoint.load_model(path)
@@ -256,6 +270,11 @@ def test_dropped_weights_leave_a_record_that_a_rerun_reproduces(tiny):
     assert run.data.tags["weights_kept"] == "false"
     assert run.data.tags["checkpoint_sha256"] == record["dropped"]["sha256"]
     assert "train.keep_weights" not in run.data.params  # a tag, free to change on a resume
+    client = mlflow.MlflowClient()
+    assert _logged_models(client, run.info.run_id) == []  # no weights, no logged model: the record
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    with pytest.raises(UserError, match="holds no weights: train.keep_weights = 'first_seed'"):
+        checkpoint.load_from_mlflow(run.info.run_id, dst=tiny / "fresh")
 
     train_stage.train(first_seed, "vit_demo", "freeze_patch_0_5", 1)  # the first seed keeps them
     assert checkpoint.read_model(tiny / RUN / "model.pt")["weights"]

@@ -256,7 +256,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
             tracking.log_checkpoint(out / "model.pt", weights_sha, {"dvc_stage": stage})
         else:
             checkpoint.drop_weights(out / "model.pt", weights_sha, drop_weights)
-            tracking.log_artifact(out / "model.pt", tracking.RECORD_DIR)
+            tracking.log_record(out / "model.pt")
     history = pd.DataFrame(result.history).assign(epoch=range(1, len(result.history) + 1))
     atomic.write_text(out / "history.csv", history.to_csv(index=False))
     atomic.write_json(out / "metrics.json", metrics)

@@ -304,26 +304,51 @@ def log_checkpoint(path: Path, sha256: str, tags: dict[str, str] | None = None) 
     file becomes a hard link to ``path`` (``share_inode``): one inode for workspace, DVC cache and
     MLflow; elsewhere (a server, S3, another filesystem) it stays an uploaded copy.
     """
+    return retry_locked(_log_checkpoint_once)(Path(path), sha256, tags)  # a retry first deletes a cut-off one
+
+
+def _log_checkpoint_once(path: Path, sha256: str, tags: dict[str, str] | None) -> str:
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    for old in _run_models(client, run.info.experiment_id, run.info.run_id):
+        if old.tags.get("checkpoint_sha256") == sha256 and old.status == LoggedModelStatus.READY:
+            return old.model_id
+        client.delete_logged_model(old.model_id)  # stale, or cut off while logging
+    with warnings.catch_warnings():  # "Add type hints to predict": it takes an array, as documented
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+        info = _log_pyfunc(path, sha256, tags)
+    stored = _local_path(client.get_logged_model(info.model_id).artifact_location)
+    if stored is not None:
+        share_inode(path, stored / "artifacts" / path.name)
+    client.finalize_logged_model(info.model_id, LoggedModelStatus.READY)
+    return info.model_id
+
+
+def _log_pyfunc(path: Path, sha256: str, tags: dict[str, str] | None) -> Any:
     import mlflow
     import mlflow.pyfunc
     import torch
     import torchvision
 
-    client = mlflow.MlflowClient()
-    run = mlflow.active_run()
-    for old in _run_models(client, run.info.experiment_id, run.info.run_id):
-        if old.tags.get("checkpoint_sha256") == sha256:
-            return old.model_id
-        retry_locked(client.delete_logged_model)(old.model_id)
-    info = retry_locked(mlflow.pyfunc.log_model)(
+    return mlflow.pyfunc.log_model(
         name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={CHECKPOINT_ARTIFACT: str(path)},
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                           f"torchvision=={torchvision.__version__.split('+')[0]}"],
         tags={"checkpoint_sha256": sha256, **(tags or {})})
-    stored = _local_path(retry_locked(client.get_logged_model)(info.model_id).artifact_location)
+
+
+def log_record(path: Path) -> None:
+    """Log a dropped run's ``model.pt`` record as the run artifact ``RECORD_DIR/model.pt`` (no logged
+    model: it holds no weights); on a local store the artifact is a hard link to ``path``."""
+    import mlflow
+
+    log_artifact(path, RECORD_DIR)
+    stored = _local_path(mlflow.active_run().info.artifact_uri)
     if stored is not None:
-        share_inode(Path(path), stored / "artifacts" / Path(path).name)
-    return info.model_id
+        share_inode(Path(path), stored / RECORD_DIR / Path(path).name)
 
 
 def _run_models(client: Any, exp_id: str, run_id: str) -> list[Any]:
