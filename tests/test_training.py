@@ -284,6 +284,36 @@ def test_dropped_weights_leave_a_record_that_a_rerun_reproduces(tiny):
     checkpoint.load_model(dropped)
 
 
+def test_a_checkpoint_is_logged_once_per_run_and_a_stale_one_is_replaced(tiny):
+    # A run resumed after it logged its checkpoint (killed before run.json) logs nothing again;
+    # another file in the same run (a resumed run that trained on) replaces the stale model.
+    import hashlib
+
+    import torch
+
+    from transfer_freezing.train import checkpoint, tracking
+
+    train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_11", 1)
+    path = tiny / "models/vit_demo/freeze_patch_0_11/fixed/seed1/fold0/model.pt"
+    run_id = json.loads((path.parent / "run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    (first,) = _logged_models(client, run_id)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with mlflow.start_run(run_id=run_id):
+        assert tracking.log_checkpoint(path, sha) == first.model_id
+    assert [m.model_id for m in _logged_models(client, run_id)] == [first.model_id]
+
+    other = tiny / "other" / "model.pt"
+    other.parent.mkdir()
+    torch.save({**checkpoint.read_model(path), "note": "trained on"}, other)
+    other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
+    with mlflow.start_run(run_id=run_id):
+        replaced = tracking.log_checkpoint(other, other_sha)
+    (now,) = _logged_models(client, run_id)
+    assert now.model_id == replaced != first.model_id and now.tags["checkpoint_sha256"] == other_sha
+
+
 def test_keep_weights_policies():
     from transfer_freezing.train.checkpoint import keeps_weights
 
