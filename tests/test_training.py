@@ -300,8 +300,9 @@ def test_a_checkpoint_is_logged_once_per_run_and_a_stale_one_is_replaced(tiny):
     client = mlflow.MlflowClient()
     (first,) = _logged_models(client, run_id)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    images = torch.zeros(1, 32, 32, dtype=torch.float16)
     with mlflow.start_run(run_id=run_id):
-        assert tracking.log_checkpoint(path, sha) == first.model_id
+        assert tracking.log_checkpoint(path, sha, images, 10) == first.model_id
     assert [m.model_id for m in _logged_models(client, run_id)] == [first.model_id]
 
     other = tiny / "other" / "model.pt"
@@ -309,7 +310,7 @@ def test_a_checkpoint_is_logged_once_per_run_and_a_stale_one_is_replaced(tiny):
     torch.save({**checkpoint.read_model(path), "note": "trained on"}, other)
     other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
     with mlflow.start_run(run_id=run_id):
-        replaced = tracking.log_checkpoint(other, other_sha)
+        replaced = tracking.log_checkpoint(other, other_sha, images, 10)
     (now,) = _logged_models(client, run_id)
     assert now.model_id == replaced != first.model_id and now.tags["checkpoint_sha256"] == other_sha
 

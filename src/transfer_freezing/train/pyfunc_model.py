@@ -27,7 +27,7 @@ class CheckpointModel(PythonModel):
     def load_context(self, context) -> None:
         self.model = checkpoint.load_model(context.artifacts[CHECKPOINT_ARTIFACT]).eval()
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         images = torch.as_tensor(np.asarray(model_input))
         with torch.no_grad():
             parts = [torch.softmax(self.model(to_model_input(images[i:i + BATCH])), 1)

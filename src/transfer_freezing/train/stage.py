@@ -253,7 +253,8 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
                            "checkpoint_sha256": weights_sha,
                            "checkpoint_bytes": str((out / "model.pt").stat().st_size)})
         if drop_weights is None:
-            tracking.log_checkpoint(out / "model.pt", weights_sha, {"dvc_stage": stage})
+            tracking.log_checkpoint(out / "model.pt", weights_sha, data.test.images, len(meta["classes"]),
+                                    {"dvc_stage": stage})
         else:
             checkpoint.drop_weights(out / "model.pt", weights_sha, drop_weights)
             tracking.log_record(out / "model.pt")

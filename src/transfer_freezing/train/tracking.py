@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from filelock import FileLock
 
@@ -293,8 +294,12 @@ CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key: artifacts/model
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # not imported here: MLflow runs it
 
 
-def log_checkpoint(path: Path, sha256: str, tags: dict[str, str] | None = None) -> str:
+def log_checkpoint(path: Path, sha256: str, images: Any, classes: int,
+                   tags: dict[str, str] | None = None) -> str:
     """Log ``model.pt`` as the active run's logged model ``MODEL_NAME``; return its model id.
+
+    ``images`` (stored feature images, (N, H, W), as the run read them) and ``classes`` give its
+    signature: (-1, H, W) of their dtype in, (-1, classes) float32 probabilities out.
 
     A pyfunc (``pyfunc_model.py``, models from code) whose one artifact is the checkpoint, so the
     MLflow UI lists it (runs table's Models column, the run's model page) and
@@ -304,10 +309,23 @@ def log_checkpoint(path: Path, sha256: str, tags: dict[str, str] | None = None) 
     file becomes a hard link to ``path`` (``share_inode``): one inode for workspace, DVC cache and
     MLflow; elsewhere (a server, S3, another filesystem) it stays an uploaded copy.
     """
-    return retry_locked(_log_checkpoint_once)(Path(path), sha256, tags)  # a retry first deletes a cut-off one
+    signature = _signature(images, classes)
+    # A retry (sqlite locked) first deletes the model the failed attempt left PENDING.
+    return retry_locked(_log_checkpoint_once)(Path(path), sha256, signature, tags)
 
 
-def _log_checkpoint_once(path: Path, sha256: str, tags: dict[str, str] | None) -> str:
+def _signature(images: Any, classes: int) -> Any:
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    shape = (-1, *tuple(images.shape[1:]))
+    dtype = np.dtype(str(images.dtype).removeprefix("torch."))
+    return ModelSignature(inputs=Schema([TensorSpec(dtype, shape, "images")]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes), "probabilities")]))
+
+
+def _log_checkpoint_once(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> str:
     import mlflow
     from mlflow.entities import LoggedModelStatus
 
@@ -317,9 +335,10 @@ def _log_checkpoint_once(path: Path, sha256: str, tags: dict[str, str] | None) -
         if old.tags.get("checkpoint_sha256") == sha256 and old.status == LoggedModelStatus.READY:
             return old.model_id
         client.delete_logged_model(old.model_id)  # stale, or cut off while logging
-    with warnings.catch_warnings():  # "Add type hints to predict": it takes an array, as documented
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
-        info = _log_pyfunc(path, sha256, tags)
+    # A progress bar and "no input example" per stage would bury its output (the signature is given).
+    with _environ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        info = _log_pyfunc(path, sha256, signature, tags)
     stored = _local_path(client.get_logged_model(info.model_id).artifact_location)
     if stored is not None:
         share_inode(path, stored / "artifacts" / path.name)
@@ -327,7 +346,32 @@ def _log_checkpoint_once(path: Path, sha256: str, tags: dict[str, str] | None) -
     return info.model_id
 
 
-def _log_pyfunc(path: Path, sha256: str, tags: dict[str, str] | None) -> Any:
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of a block."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _log_pyfunc(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> Any:
+    import mlflow.utils.environment as environment
+
+    # The requirements are this process's own versions, so MLflow's mismatch check cannot find one;
+    # it scans every installed distribution first (1-3 s, once per stage process): skip it.
+    skip = (mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None)
+            if hasattr(environment, "warn_dependency_requirement_mismatches") else contextlib.nullcontext())
+    with skip:
+        return _log_pyfunc_model(path, sha256, signature, tags)
+
+
+def _log_pyfunc_model(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> Any:
     import mlflow
     import mlflow.pyfunc
     import torch
@@ -337,7 +381,7 @@ def _log_pyfunc(path: Path, sha256: str, tags: dict[str, str] | None) -> Any:
         name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={CHECKPOINT_ARTIFACT: str(path)},
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                           f"torchvision=={torchvision.__version__.split('+')[0]}"],
-        tags={"checkpoint_sha256": sha256, **(tags or {})})
+        signature=signature, tags={"checkpoint_sha256": sha256, **(tags or {})})
 
 
 def log_record(path: Path) -> None:
