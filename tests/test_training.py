@@ -322,3 +322,11 @@ def test_keep_weights_policies():
     assert keeps_weights("all", 3, [1]) and not keeps_weights("none", 1, [1])
     with pytest.raises(ValueError, match="keep_weights must be one of"):
         keeps_weights("some", 1, [1])
+
+
+def test_loading_an_unknown_run_from_mlflow_gives_one_line(tmp_path):
+    from transfer_freezing.train import checkpoint
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(UserError, match=f"MLflow run {'0' * 32} is not in the tracking store"):
+        checkpoint.load_from_mlflow("0" * 32, tracking_uri=uri)
