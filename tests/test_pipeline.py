@@ -138,7 +138,7 @@ def test_a_runs_checkpoint_round_trips_through_mlflow_as_one_inode(repro, tmp_pa
 
     fresh = tmp_path / "fresh"
     from_mlflow = checkpoint.load_from_mlflow(run_id, tracking_uri=uri, dst=fresh).eval()
-    assert (fresh / "artifacts/model.pt").stat().st_ino != stored.stat().st_ino  # a download
+    assert (fresh / "model.pt").stat().st_ino != stored.stat().st_ino  # a download
     monkeypatch.chdir(repro)
     test = Workspace.from_params(config.load("params.yaml")).features.load_cell(0)["test"]
     with torch.no_grad():

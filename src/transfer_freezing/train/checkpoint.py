@@ -166,8 +166,8 @@ def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Pa
                      weights_path: str | None = None) -> nn.Module:
     """The trained model of MLflow run ``run_id`` from its logged model, without the DVC workspace.
 
-    Downloads the run's logged model ``model`` (``tracking.log_checkpoint``) into ``dst`` (a new
-    temporary folder by default) through the MLflow client and loads its ``model.pt`` with
+    Downloads the ``model.pt`` of the run's logged model ``model`` (``tracking.log_checkpoint``) into
+    ``dst`` (a new temporary folder by default) through the MLflow client and loads it with
     ``load_model``, so the frozen-weights hash is checked. A run whose weights were dropped
     (``train.keep_weights``) has no logged model: its record says so in one line.
     """
@@ -186,9 +186,11 @@ def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Pa
     query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
     found = client.search_logged_models([run.info.experiment_id], filter_string=query, max_results=1)
     if found:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{found[0].model_id}",
-                                                    dst_path=str(folder), tracking_uri=client.tracking_uri)
-        return load_model(Path(local) / "artifacts" / "model.pt", weights_path)
+        # the logged model's own location ("models:/<id>" would resolve against the default store)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{found[0].artifact_location.rstrip('/')}/artifacts/model.pt",
+            dst_path=str(folder), tracking_uri=client.tracking_uri)
+        return load_model(local, weights_path)
     if any(a.path == f"{RECORD_DIR}/model.pt" for a in client.list_artifacts(run_id, RECORD_DIR)):
         local = client.download_artifacts(run_id, f"{RECORD_DIR}/model.pt", str(folder))
         return load_model(local, weights_path)  # a record: one line saying the weights were dropped
