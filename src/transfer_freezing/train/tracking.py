@@ -321,8 +321,8 @@ def _signature(images: Any, classes: int) -> Any:
 
     shape = (-1, *tuple(images.shape[1:]))
     dtype = np.dtype(str(images.dtype).removeprefix("torch."))
-    return ModelSignature(inputs=Schema([TensorSpec(dtype, shape, "images")]),
-                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes), "probabilities")]))
+    return ModelSignature(inputs=Schema([TensorSpec(dtype, shape)]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes))]))
 
 
 def _log_checkpoint_once(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> str:
