@@ -11,7 +11,8 @@ project's own DVC and MLflow settings. Then, measured on disk:
 
 - each place's bytes: the workspace's ``models/``, DVC's cache, the MLflow store (``mlruns/``), and
   the three together with every file counted once (hard links share one inode, as ``du`` counts);
-- each cell's ``model.pt`` and what else its folder holds;
+- each cell's ``model.pt``, what else its folder holds, and whether the MLflow store's copy of it
+  (the run's logged model) is the same inode (a hard link);
 - the same after ``dvc config cache.type copy && dvc checkout --relink`` (DVC's behaviour where
   neither reflinks nor the project's hard links are used): what one copy on disk saves.
 
@@ -73,6 +74,11 @@ def measure(work: Path) -> dict:
 
 
 def cells(work: Path, policy: str, seeds: list[int]) -> list[dict]:
+    """Each cell's files; ``mlflow_links``: the MLflow store files that are its ``model.pt`` (same inode)."""
+    inodes: dict[tuple[int, int], int] = {}
+    for path in (work / "mlruns").rglob("model.pt"):
+        key = (path.stat().st_dev, path.stat().st_ino)
+        inodes[key] = inodes.get(key, 0) + 1
     rows = []
     for model_pt in sorted((work / "models").rglob("model.pt")):
         folder = model_pt.parent
@@ -81,7 +87,8 @@ def cells(work: Path, policy: str, seeds: list[int]) -> list[dict]:
         rows.append({"cell": str(folder.relative_to(work / "models")), "mode": folder.parts[-4],
                      "seed": seed, "weights_kept": keeps_weights(policy, seed, seeds),
                      "model_pt_bytes": model_pt.stat().st_size, "other_bytes": others,
-                     "last_pt_left": (folder / "last.pt").exists()})
+                     "last_pt_left": (folder / "last.pt").exists(),
+                     "mlflow_links": inodes.get((model_pt.stat().st_dev, model_pt.stat().st_ino), 0)})
     return rows
 
 
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 text=True).stdout.strip()
     now = measure(work)
     per_cell = cells(work, policy, args.seeds)
+    linked = sum(r["mlflow_links"] > 0 for r in per_cell)
     run(["dvc", "config", "--local", "cache.type", "copy"], work, env)
     run(["dvc", "checkout", "--relink", "--force"], work, env)
     copied = measure(work)
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     scaled["dvc_copy_bytes"] = round(copied["together"]["unique_bytes"] * factor)
     print(f"dvc repro of {len(per_cell)} paper cells ({', '.join(per_mode)}; seeds {args.seeds}; "
           f"train.keep_weights {policy}): {repro_s:.0f} s; DVC cache.type = {cache_type or 'DVC default'}")
+    print(f"  {linked} of {len(per_cell)} cells' model.pt share their inode with an MLflow artifact "
+          "(the logged model's checkpoint, or a dropped run's record)")
     for label, m in (("now", now), ("DVC cache as copies", copied)):
         parts = ", ".join(f"{name} {gb(v['apparent_bytes'])}" for name, v in m["places"].items())
         print(f"  {label:>19}: {parts}; on disk together {gb(m['together']['unique_bytes'])}")

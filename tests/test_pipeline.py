@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,6 +46,7 @@ def repro(tmp_path_factory) -> Path:
     write_params(root, **BOTH)
     sh("git", "init", "-q", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the project's cache type (hard links)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=root)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny", cwd=root)
     sh("dvc", "repro", cwd=root)
@@ -107,6 +109,50 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     split = pd.read_csv(repro / "data/split.csv")
     assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
     assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()
+
+
+def test_a_runs_checkpoint_round_trips_through_mlflow_as_one_inode(repro, tmp_path, monkeypatch):
+    """The run's logged model, downloaded through the MLflow client into a fresh folder, is the
+    workspace model; under `dvc repro` the workspace file, DVC's cache and MLflow share its inode."""
+    import torch
+    from mlflow.entities import LoggedModelStatus
+
+    from transfer_freezing import config
+    from transfer_freezing.data.inputs import to_model_input
+    from transfer_freezing.train import checkpoint
+    from transfer_freezing.train.stage import Workspace
+
+    run_dir = repro / "models/vit_demo/freeze_none/fixed/seed1/fold0"
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    uri = f"sqlite:///{repro}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    (logged,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run_id}'")
+    assert logged.name == "model" and logged.status == LoggedModelStatus.READY
+    assert logged.tags["checkpoint_sha256"] == run.data.tags["checkpoint_sha256"]
+    stored = Path(logged.artifact_location.removeprefix("file://")) / "artifacts/model.pt"
+    cached = [p for p in (repro / ".dvc/cache").rglob("*") if p.is_file()
+              and p.stat().st_ino == (run_dir / "model.pt").stat().st_ino]
+    assert stored.stat().st_ino == (run_dir / "model.pt").stat().st_ino and len(cached) == 1
+    assert (run_dir / "model.pt").stat().st_nlink == 3  # workspace, DVC cache, MLflow: one copy
+
+    fresh = tmp_path / "fresh"
+    from_mlflow = checkpoint.load_from_mlflow(run_id, tracking_uri=uri, dst=fresh).eval()
+    assert (fresh / "model.pt").stat().st_ino != stored.stat().st_ino  # a download
+    monkeypatch.chdir(repro)
+    test = Workspace.from_params(config.load("params.yaml")).features.load_cell(0)["test"]
+    with torch.no_grad():
+        got = from_mlflow(to_model_input(test.images))
+        want = checkpoint.load_model(run_dir / "model.pt").eval()(to_model_input(test.images))
+    assert torch.equal(got, want)
+    preds = pd.read_csv(run_dir / "predictions.csv").query("split == 'test'").set_index("clip_id")
+    classes = [c.removeprefix("p_") for c in preds.filter(regex="^p_").columns]
+    assert [classes[i] for i in got.argmax(1).tolist()] == preds.loc[test.clip_ids, "pred"].tolist()
+    # MLflow's own call: the pyfunc takes stored images and gives the run's probabilities
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    probs = pyfunc.predict(test.images.numpy())
+    assert np.allclose(probs, preds.loc[test.clip_ids].filter(regex="^p_").to_numpy(), atol=1e-5)
 
 
 def test_second_repro_does_nothing_and_status_is_clean(repro):
@@ -292,6 +338,9 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
     assert run_id == orphan.info.run_id
     statuses = {r.info.run_id: r.info.status for r in _stage_runs(work, stage)}
     assert statuses[run_id] == "FINISHED" and "RUNNING" not in statuses.values()
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    exp_id = client.get_run(run_id).info.experiment_id
+    assert len(client.search_logged_models([exp_id], f"source_run_id = '{run_id}'")) == 1  # logged once
     clean = tmp_path / "clean"
     tfreeze("train", "--model", "vit_demo", "--freeze", "freeze_none", "--seed", "1",
             "--set", f"train.out={clean}", cwd=work)

@@ -92,6 +92,10 @@ def check_mlflow(proj: Path, ts, extra_failed: int = 0) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlruns/mlflow.db")
     figures = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert figures == {"lr_vs_val_acc.png", "optimization_history.png"}
+    # trials train no model to keep: no logged model, no checkpoint artifact
+    assert client.search_logged_models([parent.info.experiment_id]) == []
+    for c in children:
+        assert client.list_artifacts(c.info.run_id, "checkpoint") == []
 
 
 def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -> None:

@@ -16,6 +16,11 @@ CELL = ["--model", "vit_demo", "--freeze", "freeze_patch_0_5", "--seed", "1"]
 RUN = Path("models/vit_demo/freeze_patch_0_5/fixed/seed1/fold0")
 
 
+def _logged_models(client, run_id: str) -> list:
+    exp_id = client.get_run(run_id).info.experiment_id
+    return client.search_logged_models([exp_id], filter_string=f"source_run_id = '{run_id}'")
+
+
 def _metrics(root: Path) -> dict:
     return json.loads((root / RUN / "metrics.json").read_text())
 
@@ -36,9 +41,15 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
-    assert client.list_artifacts(run.info.run_id, "checkpoint") == []  # one copy: the DVC output
     assert run.data.tags["checkpoint_path"] == str(RUN / "model.pt")
     assert int(run.data.tags["checkpoint_bytes"]) == (tiny / RUN / "model.pt").stat().st_size
+    # model.pt is the run's logged model, stored as a hard link to the workspace file (one inode)
+    (logged,) = _logged_models(client, run.info.run_id)
+    assert logged.name == "model" and logged.tags["checkpoint_sha256"] == run.data.tags["checkpoint_sha256"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    stored = Path(logged.artifact_location.removeprefix("file://")) / "artifacts" / "model.pt"
+    assert stored.stat().st_ino == (tiny / RUN / "model.pt").stat().st_ino
+    assert not stored.stat().st_mode & 0o222  # read-only, as DVC protects its cache
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -73,6 +84,7 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
     history = mlflow.MlflowClient().get_metric_history(run_id, "val_acc")
     assert sorted(m.step for m in history) == [0, 1, 2]
+    assert len(_logged_models(mlflow.MlflowClient(), run_id)) == 1  # the resumed run logs it once
 
 
 def test_bad_mode_gives_one_line(tiny):
@@ -223,6 +235,8 @@ def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(t
 
     state = torch.load(path, weights_only=True)
     state["frozen_sha256"] = "0" * 64
+    assert not path.stat().st_mode & 0o222  # read-only: its inode is also the run's MLflow artifact
+    path.unlink()
     torch.save(state, path)
     with pytest.raises(UserError, match="other base weights"):
         checkpoint.load_model(path)
@@ -256,6 +270,11 @@ def test_dropped_weights_leave_a_record_that_a_rerun_reproduces(tiny):
     assert run.data.tags["weights_kept"] == "false"
     assert run.data.tags["checkpoint_sha256"] == record["dropped"]["sha256"]
     assert "train.keep_weights" not in run.data.params  # a tag, free to change on a resume
+    client = mlflow.MlflowClient()
+    assert _logged_models(client, run.info.run_id) == []  # no weights, no logged model: the record
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    with pytest.raises(UserError, match="holds no weights: train.keep_weights = 'first_seed'"):
+        checkpoint.load_from_mlflow(run.info.run_id, dst=tiny / "fresh")
 
     train_stage.train(first_seed, "vit_demo", "freeze_patch_0_5", 1)  # the first seed keeps them
     assert checkpoint.read_model(tiny / RUN / "model.pt")["weights"]
@@ -265,6 +284,37 @@ def test_dropped_weights_leave_a_record_that_a_rerun_reproduces(tiny):
     checkpoint.load_model(dropped)
 
 
+def test_a_checkpoint_is_logged_once_per_run_and_a_stale_one_is_replaced(tiny):
+    # A run resumed after it logged its checkpoint (killed before run.json) logs nothing again;
+    # another file in the same run (a resumed run that trained on) replaces the stale model.
+    import hashlib
+
+    import torch
+
+    from transfer_freezing.train import checkpoint, tracking
+
+    train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_11", 1)
+    path = tiny / "models/vit_demo/freeze_patch_0_11/fixed/seed1/fold0/model.pt"
+    run_id = json.loads((path.parent / "run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    (first,) = _logged_models(client, run_id)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    images = torch.zeros(1, 32, 32, dtype=torch.float16)
+    with mlflow.start_run(run_id=run_id):
+        assert tracking.log_checkpoint(path, sha, images, 10) == first.model_id
+    assert [m.model_id for m in _logged_models(client, run_id)] == [first.model_id]
+
+    other = tiny / "other" / "model.pt"
+    other.parent.mkdir()
+    torch.save({**checkpoint.read_model(path), "note": "trained on"}, other)
+    other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
+    with mlflow.start_run(run_id=run_id):
+        replaced = tracking.log_checkpoint(other, other_sha, images, 10)
+    (now,) = _logged_models(client, run_id)
+    assert now.model_id == replaced != first.model_id and now.tags["checkpoint_sha256"] == other_sha
+
+
 def test_keep_weights_policies():
     from transfer_freezing.train.checkpoint import keeps_weights
 
@@ -272,3 +322,11 @@ def test_keep_weights_policies():
     assert keeps_weights("all", 3, [1]) and not keeps_weights("none", 1, [1])
     with pytest.raises(ValueError, match="keep_weights must be one of"):
         keeps_weights("some", 1, [1])
+
+
+def test_loading_an_unknown_run_from_mlflow_gives_one_line(tmp_path):
+    from transfer_freezing.train import checkpoint
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(UserError, match=f"MLflow run {'0' * 32} is not in the tracking store"):
+        checkpoint.load_from_mlflow("0" * 32, tracking_uri=uri)

@@ -160,3 +160,39 @@ def base_model(state: dict, path: str | Path, weights_path: str | None = None) -
         raise UserError(f"{path} was trained on other base weights than {cfg['model']} has here "
                         f"(weights: {cfg['weights']}); its frozen-weights hash does not match")
     return model
+
+
+def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Path | None = None,
+                     weights_path: str | None = None) -> nn.Module:
+    """The trained model of MLflow run ``run_id`` from its logged model, without the DVC workspace.
+
+    Downloads the ``model.pt`` of the run's logged model ``model`` (``tracking.log_checkpoint``) into
+    ``dst`` (a new temporary folder by default) through the MLflow client and loads it with
+    ``load_model``, so the frozen-weights hash is checked. A run whose weights were dropped
+    (``train.keep_weights``) has no logged model: its record says so in one line.
+    """
+    import tempfile
+
+    import mlflow
+
+    from .tracking import MODEL_NAME, RECORD_DIR
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"MLflow run {run_id} is not in the tracking store {client.tracking_uri}") from err
+    folder = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="tfreeze-model-"))
+    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    found = client.search_logged_models([run.info.experiment_id], filter_string=query, max_results=1)
+    if found:
+        # the logged model's own location ("models:/<id>" would resolve against the default store)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{found[0].artifact_location.rstrip('/')}/artifacts/model.pt",
+            dst_path=str(folder), tracking_uri=client.tracking_uri)
+        return load_model(local, weights_path)
+    if any(a.path == f"{RECORD_DIR}/model.pt" for a in client.list_artifacts(run_id, RECORD_DIR)):
+        local = client.download_artifacts(run_id, f"{RECORD_DIR}/model.pt", str(folder))
+        return load_model(local, weights_path)  # a record: one line saying the weights were dropped
+    raise UserError(f"MLflow run {run_id} has no logged model {MODEL_NAME!r} (a sweep trial, or a run "
+                    "from before checkpoints were logged): load its model.pt from the DVC workspace")

@@ -224,13 +224,18 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
                                            training.pick_device(cfg.device), cfg.batch_size)
         diagnostics.write(diag, out / diagnostics.FILE)
         reports.log_diagnostics(diag, diagnostics.metrics(diag), out / diagnostics.FILE)
-        # The checkpoint itself is a DVC output (one copy on disk); MLflow records where it is.
+        # model.pt is a DVC output and the run's logged model (one inode on a local store, see
+        # tracking.log_checkpoint); a run that drops its weights logs the record that replaces them.
         weights_sha = _sha256(out / "model.pt")
         tracking.set_tags({"checkpoint_path": (out / "model.pt").as_posix(),
                            "checkpoint_sha256": weights_sha,
                            "checkpoint_bytes": str((out / "model.pt").stat().st_size)})
-        if drop_weights is not None:
+        if drop_weights is None:
+            tracking.log_checkpoint(out / "model.pt", weights_sha, data.test.images, len(meta["classes"]),
+                                    {"dvc_stage": stage})
+        else:
             checkpoint.drop_weights(out / "model.pt", weights_sha, drop_weights)
+            tracking.log_record(out / "model.pt")
     history = pd.DataFrame(result.history).assign(epoch=range(1, len(result.history) + 1))
     atomic.write_text(out / "history.csv", history.to_csv(index=False))
     atomic.write_json(out / "metrics.json", metrics)

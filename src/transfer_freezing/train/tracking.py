@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from filelock import FileLock
 
@@ -284,6 +285,160 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     retry_locked(mlflow.log_artifact)(str(path), artifact_path)
+
+
+# The run's logged model (runs:/<run_id>/model) and where a dropped run's record goes (run artifacts).
+MODEL_NAME = "model"
+RECORD_DIR = "checkpoint"
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key: artifacts/model.pt in the logged model
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # not imported here: MLflow runs it
+
+
+def log_checkpoint(path: Path, sha256: str, images: Any, classes: int,
+                   tags: dict[str, str] | None = None) -> str:
+    """Log ``model.pt`` as the active run's logged model ``MODEL_NAME``; return its model id.
+
+    ``images`` (stored feature images, (N, H, W), as the run read them) and ``classes`` give its
+    signature: (-1, H, W) of their dtype in, (-1, classes) float32 probabilities out.
+
+    A pyfunc (``pyfunc_model.py``, models from code) whose one artifact is the checkpoint, so the
+    MLflow UI lists it (runs table's Models column, the run's model page) and
+    ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model")`` loads it through ``checkpoint.load_model``.
+    Once per checkpoint: a resumed run that logged this file (same SHA-256) already logs nothing,
+    and a stale model of the run (another file) is deleted. On a local artifact store the stored
+    file becomes a hard link to ``path`` (``share_inode``): one inode for workspace, DVC cache and
+    MLflow; elsewhere (a server, S3, another filesystem) it stays an uploaded copy.
+    """
+    signature = _signature(images, classes)
+    # A retry (sqlite locked) first deletes the model the failed attempt left PENDING.
+    return retry_locked(_log_checkpoint_once)(Path(path), sha256, signature, tags)
+
+
+def _signature(images: Any, classes: int) -> Any:
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    shape = (-1, *tuple(images.shape[1:]))
+    dtype = np.dtype(str(images.dtype).removeprefix("torch."))
+    return ModelSignature(inputs=Schema([TensorSpec(dtype, shape)]),
+                          outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes))]))
+
+
+def _log_checkpoint_once(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> str:
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    for old in _run_models(client, run.info.experiment_id, run.info.run_id):
+        if old.tags.get("checkpoint_sha256") == sha256 and old.status == LoggedModelStatus.READY:
+            return old.model_id
+        client.delete_logged_model(old.model_id)  # stale, or cut off while logging
+    # A progress bar and "no input example" per stage would bury its output (the signature is given).
+    with _environ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        info = _log_pyfunc(path, sha256, signature, tags)
+    stored = _local_path(client.get_logged_model(info.model_id).artifact_location)
+    if stored is not None:
+        share_inode(path, stored / "artifacts" / path.name)
+    client.finalize_logged_model(info.model_id, LoggedModelStatus.READY)
+    return info.model_id
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of a block."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _log_pyfunc(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> Any:
+    import mlflow.utils.environment as environment
+
+    # The requirements are this process's own versions, so MLflow's mismatch check cannot find one;
+    # it scans every installed distribution first (1-3 s, once per stage process): skip it.
+    skip = (mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None)
+            if hasattr(environment, "warn_dependency_requirement_mismatches") else contextlib.nullcontext())
+    with skip:
+        return _log_pyfunc_model(path, sha256, signature, tags)
+
+
+def _log_pyfunc_model(path: Path, sha256: str, signature: Any, tags: dict[str, str] | None) -> Any:
+    import mlflow
+    import mlflow.pyfunc
+    import torch
+    import torchvision
+
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME, python_model=str(PYFUNC_CODE), artifacts={CHECKPOINT_ARTIFACT: str(path)},
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                          f"torchvision=={torchvision.__version__.split('+')[0]}"],
+        signature=signature, tags={"checkpoint_sha256": sha256, **(tags or {})})
+
+
+def log_record(path: Path) -> None:
+    """Log a dropped run's ``model.pt`` record as the run artifact ``RECORD_DIR/model.pt`` (no logged
+    model: it holds no weights); on a local store the artifact is a hard link to ``path``."""
+    import mlflow
+
+    log_artifact(path, RECORD_DIR)
+    stored = _local_path(mlflow.active_run().info.artifact_uri)
+    if stored is not None:
+        share_inode(Path(path), stored / RECORD_DIR / Path(path).name)
+
+
+def _run_models(client: Any, exp_id: str, run_id: str) -> list[Any]:
+    """The run's live logged models named ``MODEL_NAME``."""
+    query = f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+    return list(retry_locked(client.search_logged_models)([exp_id], filter_string=query))
+
+
+def _local_path(uri: str) -> Path | None:
+    """The folder of a ``file:`` (or plain path) artifact location; None for any remote store."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def share_inode(source: Path, copy: Path) -> bool:
+    """Make ``copy`` a hard link to ``source`` when both hold the same bytes; True if they now share one.
+
+    The link replaces the copy atomically (a temporary sibling, then a rename). Both names are made
+    read-only, as DVC protects its cache: the one inode is also the DVC cache's file once the stage
+    is committed, so writing into it in place would change all three. Any failure (another
+    filesystem, a filesystem without hard links, different bytes) keeps the copy.
+    """
+    try:
+        if copy.stat().st_ino == source.stat().st_ino:
+            return True
+        if copy.stat().st_size != source.stat().st_size or _sha256(copy) != _sha256(source):
+            return False
+        tmp = copy.with_name(f".{copy.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, copy)
+        os.chmod(source, 0o444)
+        return True
+    except OSError:
+        return False
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fetch_runs(t: Tracking, run_ids: list[str]) -> dict[str, Any]:
