@@ -63,6 +63,10 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     return runs
 
 
+# With seed, what identifies a run within a mode where the table has them: its fold and repeat.
+RUN_KEYS = ("fold", "repeat")
+
+
 def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Check columns and types; return a copy with ``lr_source`` filled (``fixed`` if absent)."""
     require_table(runs, REQUIRED_COLUMNS, "runs table", "no runs to compare")
@@ -78,7 +82,7 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
             out[col] = _numeric(out[col], col)
     if CONDITION in out.columns:
         out[CONDITION] = out[CONDITION].fillna("").astype(str)
-    keys = group_keys(out) + ["freeze_mode", "seed"] + (["fold"] if "fold" in out.columns else [])
+    keys = group_keys(out) + ["freeze_mode", "seed"] + [k for k in RUN_KEYS if k in out.columns]
     dup = out.duplicated(keys, keep=False)
     if dup.any():
         row = out[dup].iloc[0]
@@ -86,7 +90,7 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
         raise UserError(
             f"duplicate run: model {row['model']}{condition}, lr_source {row['lr_source']}, "
             f"freeze_mode {row['freeze_mode']}, seed {row['seed']}"
-            + (f", fold {row['fold']}" if "fold" in keys else "")
+            + "".join(f", {k} {row[k]}" for k in RUN_KEYS if k in keys)
         )
     return out
 
@@ -170,9 +174,9 @@ def _summarize_group(
 
 
 def _by_run(group: pd.DataFrame, mode: str) -> pd.Series:
-    """Test accuracy per run, indexed by what pairs runs across modes: the seed (and the fold)."""
+    """Test accuracy per run, indexed by what pairs runs across modes: the seed (fold, repeat)."""
     sub = group[group["freeze_mode"] == mode].dropna(subset=["test_acc"])
-    keys = ["seed", "fold"] if "fold" in sub.columns and sub["fold"].notna().all() else ["seed"]
+    keys = ["seed"] + [k for k in RUN_KEYS if k in sub.columns and sub[k].notna().all()]
     return sub.set_index(keys)["test_acc"]
 
 
