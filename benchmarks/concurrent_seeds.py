@@ -97,12 +97,13 @@ def together(args: argparse.Namespace, k: int) -> dict:
             "aggregate_ips": sum(r["images"] for r in runs) / wall}
 
 
-def ensemble_epoch(ens: Ensemble, train: training.Split, batch_size: int, generator: torch.Generator
+def ensemble_epoch(ens: Ensemble, train: training.Split, batch_size: int, shufflers: list[torch.Generator]
                    ) -> torch.Tensor:
-    """One epoch of every seed of ``ens``, each in its own batch order; the last step's losses."""
+    """One epoch of every seed of ``ens``, each in its run's batch order (``training.shuffler``);
+    the last step's losses."""
     n = len(train)
     home = train.labels.device
-    orders = torch.stack([torch.randperm(n, generator=generator) for _ in range(ens.k)]).to(home)
+    orders = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(home)
     ens.train()
     for start in range(0, n, batch_size):
         idx = orders[:, start:start + batch_size]
@@ -121,11 +122,11 @@ def stacked(args: argparse.Namespace, k: int) -> dict:
     prepared = [training.prepare(cfg, m, data, device) for cfg, m in zip(cfgs, models, strict=True)]
     on_device = prepared[0][1]
     ens = Ensemble([net for net, _ in prepared], lr=1e-3, fused=device.type == "cuda")
-    rng = torch.Generator().manual_seed(0)
-    timed(lambda: ensemble_epoch(ens, on_device.train, args.batch_size, rng), device, 0.0, 2)
+    shufflers = [training.shuffler(cfg) for cfg in cfgs]
+    timed(lambda: ensemble_epoch(ens, on_device.train, args.batch_size, shufflers), device, 0.0, 2)
     start = time.perf_counter()
     for _ in range(args.epochs):
-        ensemble_epoch(ens, on_device.train, args.batch_size, rng)
+        ensemble_epoch(ens, on_device.train, args.batch_size, shufflers)
     sync(device)
     wall = time.perf_counter() - start
     images = k * len(on_device.train) * args.epochs

@@ -16,7 +16,8 @@ from transfer_freezing.data import corpus as data
 from transfer_freezing.data import features
 
 REPO = Path(__file__).resolve().parents[1]
-TFREEZE = str(Path(sys.executable).parent / "tfreeze")
+BIN = str(Path(sys.executable).parent)
+TFREEZE = str(Path(BIN) / "tfreeze")
 
 TINY = {
     "data.synthetic_clips_per_class": 6,
@@ -83,3 +84,27 @@ def tfreeze(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
     if check and proc.returncode != 0:
         raise AssertionError(f"tfreeze {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with this venv's commands first on PATH and the project's own MLflow store."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def dvc_project(root: Path) -> Path:
+    """A git + DVC project of this repository's pipeline (dvc.yaml, src/) in ``root``, committed with
+    the ``params.yaml`` already written there."""
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):  # .gitignore: mlruns/ is not in git
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the project's cache type (hard links)
+    sh(*git, "add", "-A", cwd=root)
+    sh(*git, "commit", "-qm", "tiny", cwd=root)
+    return root

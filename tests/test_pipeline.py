@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -14,18 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, tfreeze, write_params
-
-BIN = str(Path(sys.executable).parent)
-
-
-def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
+from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 
 # Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
 # cell of train.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
@@ -40,16 +28,8 @@ KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
 def repro(tmp_path_factory) -> Path:
     """A git + DVC copy of the repository with tiny params (both lr sources), after one `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):  # .gitignore: mlruns/ is not in git
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     write_params(root, **BOTH)
-    sh("git", "init", "-q", cwd=root)
-    sh("dvc", "init", "-q", cwd=root)
-    shutil.copy(REPO / ".dvc/config", root / ".dvc/config")  # the project's cache type (hard links)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=root)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny", cwd=root)
-    sh("dvc", "repro", cwd=root)
+    sh("dvc", "repro", cwd=dvc_project(root))
     return root
 
 
@@ -413,3 +393,51 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
         for run_id in run_ids:
             run = client.get_run(run_id)
             assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
+
+
+# Repeated k-fold: 3 folds x 2 repeats = cells 0..5 (cell = repeat * 3 + fold), 2 seeds, 2 modes.
+REPEATS = {"split.scheme": "kfold", "split.folds": 3, "split.repeats": 2, "train.folds": list(range(6)),
+           "train.freeze_modes": ["freeze_none", "freeze_patch_0_11"], "train.seeds": [1, 2],
+           "train.epochs": 1, "sweep.models": []}
+
+
+@pytest.mark.slow
+def test_a_repeated_kfold_study_runs_through_dvc_repro_ray_status_and_compare(tmp_path):
+    """Issue 22: with split.repeats > 1 every layer keys a run by (seed, repeat, fold): stage names,
+    folders, the Ray executor with its dvc commit, status, MLflow tags and the comparison."""
+    root = tmp_path / "repeats"
+    root.mkdir()
+    write_params(root, **REPEATS)
+    dvc_project(root)
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    sh("dvc", "repro", "features", cwd=root)
+    # One mode's seed-2 cells (all six, both repeats) through Ray; dvc repro trains the other 18.
+    ray = tfreeze("train", "--freeze", "freeze_patch_0_11", "--seed", "2", "--jobs", "2", cwd=root, env=env)
+    assert "recorded 6 stage(s) in dvc.lock (dvc commit)" in ray.stdout
+    ran = sh("dvc", "repro", cwd=root).stdout
+    assert "Running stage 'train@vit_demo-freeze_none-2-5'" in ran
+    assert "Running stage 'train@vit_demo-freeze_patch_0_11-2-5'" not in ran
+
+    status = tfreeze("status", cwd=root, env=env).stdout
+    assert status.splitlines()[-1] == "24 done"
+    runs = pd.read_csv(root / "reports/freezing_runs.csv")
+    assert len(runs) == 24 and set(runs["repeat"]) == {0, 1} and set(runs["fold"]) == {0, 1, 2}
+    assert not runs.duplicated(["freeze_mode", "seed", "repeat", "fold"]).any()
+    assert (runs["cell"] == 3 * runs["repeat"] + runs["fold"]).all()
+    table = pd.read_csv(root / "reports/freezing_comparison.csv").set_index("freeze_mode")
+    assert set(table.index) == {"freeze_none", "freeze_patch_0_11"}
+    assert list(table["n"]) == [12, 12]  # 2 seeds x 3 folds x 2 repeats per mode
+    assert table.loc["freeze_patch_0_11", "n_runs"] == 12 and table.loc["freeze_patch_0_11", "n_clips"] == 60
+    for name in ("freezing_comparison.png", "freezing_forest.png", "freezing_depth.png"):
+        assert (root / "reports" / name).stat().st_size > 10_000
+
+    # A run of repeat 1 (cell 4 = repeat 1, fold 1): its folder, stage name and MLflow tags.
+    cell = root / "models/vit_demo/freeze_none/fixed/seed1/fold4"
+    run = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db").get_run(
+        json.loads((cell / "run.json").read_text())["run_id"])
+    assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_none-1-4"
+    assert (run.data.tags["cell"], run.data.tags["repeat"], run.data.tags["fold"]) == ("4", "1", "1")
+    assert run.info.run_name == "vit_demo/freeze_none/fixed/seed1/fold4"
+
+    printed = tfreeze("compare", cwd=root, env=env).stdout
+    assert re.search(r"^\| vit_demo \| fixed \| freeze_patch_0_11 ", printed, re.M), printed

@@ -330,3 +330,63 @@ def test_loading_an_unknown_run_from_mlflow_gives_one_line(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(UserError, match=f"MLflow run {'0' * 32} is not in the tracking store"):
         checkpoint.load_from_mlflow("0" * 32, tracking_uri=uri)
+
+
+def _run(mode: str, fold: int, seed: int = 1, model: str = "vit_demo", **kw):
+    from transfer_freezing.train import core as training
+
+    return training.RunConfig(model=model, freeze=mode, seed=seed, epochs=1, batch_size=8, lr=0.01,
+                              image_size=32, fold=fold, device="cpu", **kw)
+
+
+def test_a_runs_torch_seed_follows_its_fold_cell_and_is_shared_by_the_arms_of_a_pair():
+    import torch
+
+    from transfer_freezing.train import core as training
+
+    cpu = torch.device("cpu")
+
+    def head(cfg):
+        return training.setup(cfg, cpu)[0].heads.head.weight.detach()
+
+    def order(cfg):
+        return torch.randperm(100, generator=training.shuffler(cfg))
+
+    # Seed 1 in two cells (fold 0 of repeat 0, fold 0 of repeat 1 with 3 folds): another head, another order.
+    assert not torch.equal(head(_run("freeze_none", 0)), head(_run("freeze_none", 3)))
+    assert not torch.equal(order(_run("freeze_none", 0)), order(_run("freeze_none", 3)))
+    assert not torch.equal(head(_run("freeze_none", 3)), head(_run("freeze_none", 3, seed=2)))
+    # Two modes in one cell (the arms of a pair): the same head initialisation and batch order.
+    none, probe = _run("freeze_none", 4), _run("freeze_patch_0_11", 4)
+    assert torch.equal(head(none), head(probe)) and torch.equal(order(none), order(probe))
+    assert _run("freeze_0", 4, model="resnet_demo").torch_seed == none.torch_seed  # model-independent
+    augmented = training.augmenter(_run("freeze_none", 4, augment=True))
+    assert augmented is not None and augmented.seed == none.torch_seed
+    # A stable hash of (seed, cell), never Python's hash(): these values must not change.
+    assert [training.run_seed(1, 0), training.run_seed(1, 1), training.run_seed(2, 0)] == [
+        4271719387712186581, 1213218640620147419, 4440702498803118267]
+    assert _run("freeze_none", 0).key() != _run("freeze_none", 1).key()
+
+
+def test_a_checkpoint_rebuilds_its_base_from_its_cells_seed_and_a_legacy_one_from_its_seed():
+    from dataclasses import asdict
+
+    import torch
+
+    from transfer_freezing.model import freezing
+    from transfer_freezing.model import registry as models
+    from transfer_freezing.train import checkpoint
+
+    cfg = _run("freeze_patch_0_5", 2)  # random frozen blocks: the hash sees the seed
+    for seed, extra in ((cfg.torch_seed, {"torch_seed": cfg.torch_seed}), (cfg.seed, {})):
+        torch.manual_seed(seed)
+        model = models.build("vit_demo", 10, 32, "none", None)
+        freezing.freeze(model, freezing.plan("vit_demo", cfg.freeze).prefixes)
+        state = {"format": checkpoint.FORMAT, "weights": {}, "config": asdict(cfg), **extra,
+                 "frozen_sha256": checkpoint.frozen_hash(model, checkpoint.changed_keys(model))}
+        rebuilt = checkpoint.base_model(state, "model.pt")
+        assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(),
+                                                     model.state_dict().values(), strict=True))
+    with pytest.raises(UserError, match="other base weights"):
+        checkpoint.base_model({**state, "torch_seed": cfg.torch_seed}, "model.pt")
+

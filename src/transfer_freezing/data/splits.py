@@ -104,9 +104,15 @@ FOLD_SCHEMES: dict[str, Callable[[pd.DataFrame, SplitConfig], pd.DataFrame]] = {
 }
 
 
+def repeat_fold(cell: int, folds: int | None) -> tuple[int, int]:
+    """(repeat, fold) of training cell ``cell`` = repeat * ``folds`` + fold; (0, cell) for one split
+    (``folds`` None)."""
+    return divmod(cell, folds) if folds else (0, cell)
+
+
 def cell_roles(table: pd.DataFrame, cell: int, folds: int) -> pd.Series:
     """clip_id -> 'train' | 'val' | 'test' in cell ``cell`` of a K-fold table (see ``kfold``)."""
-    repeat, k = divmod(cell, folds)
+    repeat, k = repeat_fold(cell, folds)
     rows = table[table["repeat"] == repeat]
     role = pd.Series("train", index=rows["clip_id"].to_numpy())
     role[rows.loc[rows["fold"] == k, "clip_id"].to_numpy()] = "test"

@@ -94,9 +94,10 @@ def save(obj: dict, path: Path, io: IO) -> None:
 
 
 def save_model(path: Path, weights: dict[str, torch.Tensor], config: object, frozen: str, io: IO) -> None:
-    """``model.pt``: the best weights' changed part, the run config and the frozen weights' hash."""
-    save({"format": FORMAT, "weights": weights, "frozen_sha256": frozen,
-          "config": asdict(config)}, path, io)
+    """``model.pt``: the best weights' changed part, the run config, the frozen weights' hash and
+    the torch seed the run was built with (``core.run_seed``)."""
+    save({"format": FORMAT, "weights": weights, "frozen_sha256": frozen, "config": asdict(config),
+          "torch_seed": config.torch_seed}, path, io)
 
 
 def drop_weights(path: Path, sha256: str, policy: str) -> None:
@@ -104,8 +105,8 @@ def drop_weights(path: Path, sha256: str, policy: str) -> None:
     and the SHA-256 and size of the file it replaces."""
     state = read_model(path)
     record = {"format": FORMAT, "weights": None, "frozen_sha256": state["frozen_sha256"],
-              "config": state["config"], "dropped": {"sha256": sha256, "bytes": path.stat().st_size,
-                                                     "keep_weights": policy}}
+              "config": state["config"], "torch_seed": torch_seed(state),
+              "dropped": {"sha256": sha256, "bytes": path.stat().st_size, "keep_weights": policy}}
     with atomic.atomic_path(path) as tmp:
         torch.save(record, tmp)
 
@@ -151,7 +152,7 @@ def base_model(state: dict, path: str | Path, weights_path: str | None = None) -
     from ..model import registry as models
 
     cfg = state["config"]
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(torch_seed(state))
     model = models.build(cfg["model"], cfg["num_classes"], cfg["image_size"], cfg["weights"],
                          weights_path or cfg["weights_path"])
     plan = freezing.plan(cfg["model"], cfg["freeze"])
@@ -196,3 +197,9 @@ def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Pa
         return load_model(local, weights_path)  # a record: one line saying the weights were dropped
     raise UserError(f"MLflow run {run_id} has no logged model {MODEL_NAME!r} (a sweep trial, or a run "
                     "from before checkpoints were logged): load its model.pt from the DVC workspace")
+
+
+def torch_seed(state: dict) -> int:
+    """The seed a ``model.pt`` run was built with: its recorded ``torch_seed``; a checkpoint written
+    before seeds were derived per fold cell has none and was seeded by ``train.seeds`` alone."""
+    return int(state["torch_seed"]) if "torch_seed" in state else int(state["config"]["seed"])

@@ -78,8 +78,31 @@ class RunConfig:
     augment_freq_mask: int = 20
     augment_time_mask: int = 30
 
+    @property
+    def torch_seed(self) -> int:
+        """The seed of this run's initialisation, batch order and augmentation (``run_seed``)."""
+        return run_seed(self.seed, self.fold)
+
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        # torch_seed is part of the key: a resumable state written under another seeding rule
+        # (before seeds were derived per cell) is never continued under this one.
+        identity = {**asdict(self), "torch_seed": self.torch_seed}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_seed(seed: int, cell: int = 0) -> int:
+    """The torch seed of run (``seed``, fold ``cell``): its initialisation, batch order, augmentation.
+
+    ``cell`` is the training cell of a fold scheme (repeat * folds + fold; 0 for one split), so a
+    seed starts from another head and sees another batch order in every fold and repeat: its luck
+    does not carry across cells, where the intervals of ``compare`` assume independent runs. Neither
+    the model nor the freeze mode enters it, so the two arms of a pair (a mode and its reference,
+    same seed and cell) start from the same initialisation and shuffle alike. SHA-256 of
+    ``run/<seed>/<cell>`` cut to 63 bits: stable across processes, Python versions and machines
+    (never Python's ``hash()``), and far from the small integers of ``train.seeds``.
+    """
+    digest = hashlib.sha256(f"run/{seed}/{cell}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass
@@ -139,13 +162,14 @@ SCHEDULES = ("none", "cosine")
 
 
 def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, int, int]:
-    """Seeded model with the freeze mode applied, and the optimiser over what stays trainable.
+    """Seeded model (``cfg.torch_seed``) with the freeze mode applied, and the optimiser over what
+    stays trainable.
 
     ``sgd``: SGD with ``momentum`` and ``weight_decay`` (coupled, L2). ``adamw``: AdamW with torch's
     default betas and eps and ``weight_decay`` (decoupled; note torch's own default would be 0.01,
     here it is the configured value, 0 unless set); ``momentum`` does not apply.
     """
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.torch_seed)
     model = models.build(cfg.model, cfg.num_classes, cfg.image_size, cfg.weights, cfg.weights_path)
     plan = freezing.plan(cfg.model, cfg.freeze)
     trainable, total = freezing.freeze(model, plan.prefixes, freeze_bn_stats=cfg.frozen_bn == "eval")
@@ -200,9 +224,14 @@ def _augment_config(cfg: RunConfig) -> augmentation.AugmentConfig | None:
 
 
 def augmenter(cfg: RunConfig) -> augmentation.Augment | None:
-    """The run's training-time augmentation (seeded by the run seed), None when off."""
+    """The run's training-time augmentation (seeded by ``cfg.torch_seed``), None when off."""
     spec = _augment_config(cfg)
-    return augmentation.Augment(spec, cfg.seed) if spec else None
+    return augmentation.Augment(spec, cfg.torch_seed) if spec else None
+
+
+def shuffler(cfg: RunConfig) -> torch.Generator:
+    """The generator of the run's batch order (one ``randperm`` of the train split per epoch)."""
+    return torch.Generator().manual_seed(cfg.torch_seed)
 
 
 class Plain(nn.Module):
@@ -233,7 +262,8 @@ def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
 
     With ``cfg.activation_cache`` and a constant frozen prefix (``prefix_cache``), the data hold the
     prefix's outputs and the module runs only the rest of the model. Caches go to ``cache_dir``
-    only with pretrained weights: a random initialisation differs per seed, so nothing is shared.
+    only with pretrained weights: a random initialisation differs per run seed (seed, cell), so
+    nothing is shared.
     """
     data = data.to(device)
     family = models.spec(cfg.model).family
@@ -375,7 +405,7 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     net, data = prepare(cfg, model, data, device, cache_dir)
     sched = scheduler(cfg, opt, len(data.train))
     augment = augmenter(cfg)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    shuffle = shuffler(cfg)
     state = _resume(workdir, cfg, frozen=frozen) if lean else None
     start, best = 0, {"acc": -1.0, "epoch": -1}
     best_weights: dict[str, torch.Tensor] = {}

@@ -23,7 +23,7 @@ import yaml
 
 from .. import atomic, config
 from ..config import Params, listed_pairs
-from ..data import features
+from ..data import features, splits
 from ..errors import UserError
 from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage's callers
     LISTED_STAGE,
@@ -192,7 +192,9 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source, listed)
     resumed_id = _resumable_run(out, cfg, exp_id, stage)
     feature_hash = ws.features.content_hash()
-    tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "fold": str(cfg.fold),
+    repeat, fold = splits.repeat_fold(cfg.fold, meta.get("folds"))  # cfg.fold is the cell
+    tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "cell": str(cfg.fold),
+            "repeat": str(repeat), "fold": str(fold),
             "lr_source": lr_source, "weights_kept": str(drop_weights is None).lower(), **(extra_tags or {}),
             "dvc_stage": stage, "feature_hash": feature_hash,
             "features_params_hash": meta["params_hash"], **tracking.git_tags()}

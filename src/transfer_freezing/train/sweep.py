@@ -3,8 +3,11 @@
 A trial's value is the mean, over its runs, of the best validation accuracy (never test): one run
 per (seed, fold) of ``sweep.seeds`` x ``sweep.folds``, at least two, so the chosen rate is not one
 run's luck. The seeds are disjoint from ``train.seeds`` (config checks it), so no tuned-lr training
-run replays a trial. With ``split.scheme: kfold``, ``sweep.folds`` names fold cells: a trial then
-also trains on several cells and averages their validation folds (cell c validates on fold c+1).
+run replays a trial. Each run is seeded as a training run is (``core.run_seed(seed, fold cell)``), so
+every trial of a study, and every mode's study, trains the same (seed, cell) runs from the same
+initialisation and batch order: trials differ in their lr only. With ``split.scheme: kfold``,
+``sweep.folds`` names fold cells: a trial then also trains on several cells and averages their
+validation folds (cell c validates on fold c+1).
 Caveat: with k-fold every validation fold is another cell's test fold, so the chosen lr has seen
 those clips' validation labels; more folds dilute this, only a per-cell (nested) sweep removes it.
 

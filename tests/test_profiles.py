@@ -1,0 +1,108 @@
+"""Every shipped profile runs: each ``profiles/*.yaml``, shrunk by the same overrides, through
+`dvc repro` to its comparison table (issue 22: a profile that cannot reach its table is a bug).
+
+The shrink keeps each profile's shape and cuts its size: the demo model of each architecture, no
+pretrained weights, the demo image size, one epoch, one sweep trial, a few two-second clips per
+class; each axis cut to the fewest values that keep its shape (3 folds x 2 repeats where it
+repeats, 2 seeds where it has several, per model the reference plus the last-listed mode of each
+strategy family it uses), every lr source and architecture it has. A GTZAN profile reads the
+session's tiny synthetic corpus (GTZAN's layout and names) as its GTZAN copy.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from transfer_freezing import config
+from transfer_freezing.model import freezing
+from transfer_freezing.model import registry as models
+
+from conftest import REPO, TINY, dvc_project, sh
+
+PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+# Each architecture's offline demo model: the registry's model of that family without weights.
+DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
+# The same for every profile: what makes a run small, never what makes the study what it is.
+SMALL = {"data.clip_seconds": TINY["data.clip_seconds"],
+         "data.synthetic_clips_per_class": TINY["data.synthetic_clips_per_class"],
+         "features.image_size": TINY["features.image_size"], "features.workers": 1,
+         "train.weights": "none", "train.weights_path": None, "train.epochs": 1,
+         "train.batch_size": TINY["train.batch_size"], "sweep.n_trials": 1, "sweep.epochs": 1}
+FOLDS, REPEATS = 3, 2  # a fold scheme's fewest folds (split.folds >= 3), and repeats where it repeats
+
+
+def demo(model: str) -> str:
+    return DEMO[models.spec(model).family]
+
+
+def cut_modes(model: str, modes: list[str], reference: str) -> list[str]:
+    """The reference (when listed) plus the last-listed mode of each strategy family of ``modes``."""
+    last = {freezing.family_of(model, mode): mode for mode in modes if mode != reference}
+    return ([reference] if reference in modes else []) + list(last.values())
+
+
+def cut_cells(cells: list[int], scheme_cells: int, kept_cells: int) -> list[int]:
+    """Fold cells: every kept cell where the profile trains every cell, else those still in range."""
+    if set(cells) == set(range(scheme_cells)):
+        return list(range(kept_cells))
+    return [c for c in cells if c < kept_cells] or [0]
+
+
+def shrink(profile: dict, corpus: Path) -> dict:
+    """``profile`` (a params tree) cut to a tiny study of the same shape (see the module docstring)."""
+    flat = config.flat(profile)
+    out = {**flat, **SMALL}
+    reference = flat.get("compare.reference_mode", "freeze_none")
+    if flat["data.source"] != "synthetic":
+        out["data.path"], out["data.download"] = str(corpus), False
+    scheme_cells, kept_cells = 1, 1
+    if flat["split.scheme"] == "kfold":
+        repeats = REPEATS if flat["split.repeats"] > 1 else 1
+        scheme_cells, kept_cells = flat["split.folds"] * flat["split.repeats"], FOLDS * repeats
+        out["split.folds"], out["split.repeats"] = FOLDS, repeats
+    for section in ("train", "sweep"):
+        out[f"{section}.folds"] = cut_cells(flat[f"{section}.folds"], scheme_cells, kept_cells)
+        out[f"{section}.seeds"] = flat[f"{section}.seeds"][:2]
+        chosen = flat[f"{section}.models"]
+        out[f"{section}.models"] = list(dict.fromkeys(demo(m) for m in chosen))
+        out[f"{section}.freeze_modes"] = (cut_modes(chosen[0], flat[f"{section}.freeze_modes"], reference)
+                                          if chosen else flat[f"{section}.freeze_modes"])
+    by_model: dict[str, list[str]] = {}
+    for cell in flat["train.cells"]:
+        model, _, mode = cell.partition("/")
+        by_model.setdefault(model, []).append(mode)
+    out["train.cells"] = [f"{demo(model)}/{mode}" for model, modes in by_model.items()
+                          for mode in cut_modes(model, modes, reference)]
+    tree: dict = {}
+    for key, value in out.items():
+        section, leaf = key.split(".", 1)
+        tree.setdefault(section, {})[leaf] = value
+    return tree
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, tmp_path):
+    root = tmp_path / profile.stem
+    root.mkdir()
+    small = shrink(yaml.safe_load(profile.read_text()), tiny_built / "data/raw")
+    (root / "params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
+    p = config.load(root / "params.yaml")  # the shrunk profile is itself valid params
+    dvc_project(root)
+    start = time.perf_counter()
+    sh("dvc", "repro", cwd=root)
+    seconds = time.perf_counter() - start
+    table = pd.read_csv(root / p["compare"]["out"] / "freezing_comparison.csv")
+    want = {(m, source, f) for source in ("fixed", "tuned") for m, f in config.pairs(p, source)}
+    assert set(zip(table["model"], table["lr_source"], table["freeze_mode"], strict=True)) == want
+    runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
+    per_pair = len(p["train"]["seeds"]) * len(p["train"]["folds"])
+    assert len(runs) == len(want) * per_pair
+    sweeps = len(config.pairs(p, "tuned"))
+    print(f"\n{profile.name}: dvc repro of {len(runs)} runs and {sweeps} sweeps to the table "
+          f"in {seconds:.0f} s")
