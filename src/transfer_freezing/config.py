@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import UserError, first_line
 
 Params = dict[str, Any]
@@ -219,6 +217,7 @@ def defaults() -> Params:
 
 def load(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
     """Load ``path``, apply ``key=value`` overrides (values parsed as YAML), validate, return."""
+    import yaml  # here, not at the top: the training core reads the grid's names without it
     path = Path(path)
     if not path.is_file():
         raise UserError(f"params file not found: {path} (pass --params FILE)")
