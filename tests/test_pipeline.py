@@ -129,8 +129,12 @@ def test_a_runs_checkpoint_round_trips_through_mlflow_as_one_inode(repro, tmp_pa
     classes = [c.removeprefix("p_") for c in preds.filter(regex="^p_").columns]
     assert [classes[i] for i in got.argmax(1).tolist()] == preds.loc[test.clip_ids, "pred"].tolist()
     # MLflow's own call: the pyfunc takes stored images and gives the run's probabilities
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    previous = mlflow.get_tracking_uri()  # other tests in this process may have set one: it wins over the env
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
     probs = pyfunc.predict(test.images.numpy())
     assert np.allclose(probs, preds.loc[test.clip_ids].filter(regex="^p_").to_numpy(), atol=1e-5)
 
