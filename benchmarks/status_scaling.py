@@ -8,6 +8,9 @@ Builds a git + DVC copy of the repository whose lock holds every stage of a grid
   targets only: its cost per target is printed, and what a whole grid would cost is labelled a
   projection,
 - the whole `tfreeze status` command (wall time, including imports and the MLflow lookup),
+- the executor's recording of finished cells (`train/record.py`: one collection, one write of
+  dvc.lock) over every train stage, and `dvc commit -f` given a few stages as targets (how the
+  executor recorded before): its cost per stage, and the whole grid's labelled a projection,
 
 at two grid sizes, and prints the ratios. Usage: python benchmarks/status_scaling.py [--seeds 6 17]
 """
@@ -80,7 +83,7 @@ def measure(seeds: int, old_targets: int) -> dict:
     from dvc.repo import Repo
 
     from transfer_freezing import config, grid
-    from transfer_freezing.train import status
+    from transfer_freezing.train import record, status
 
     with tempfile.TemporaryDirectory() as tmp:
         root = placeholder_project(Path(tmp), _grid_params(seeds))
@@ -99,8 +102,14 @@ def measure(seeds: int, old_targets: int) -> dict:
             with Repo() as repo:
                 repo.status(targets=names[:old_targets])
             per_target = (time.perf_counter() - t0) / old_targets
+            t0 = time.perf_counter()
+            assert record.record(names) == len(names)
+            recorded = time.perf_counter() - t0
         finally:
             os.chdir(cwd)
+        t0 = time.perf_counter()
+        _run(sys.executable, "-m", "dvc", "commit", "-f", "-q", *names[:old_targets], cwd=root)
+        commit_per_stage = (time.perf_counter() - t0) / old_targets
         t0 = time.perf_counter()
         out = _run(str(Path(BIN) / "tfreeze"), "status", cwd=root)
         command = time.perf_counter() - t0
@@ -108,7 +117,9 @@ def measure(seeds: int, old_targets: int) -> dict:
     return {"seeds": seeds, "dvc_stages": n_stages, "train_cells": len(names),
             "dvc_changed_s": round(one_pass, 3), "per_target_s": round(per_target, 3),
             "per_target_whole_grid_s_projected": round(per_target * len(names), 1),
-            "tfreeze_status_s": round(command, 3)}
+            "tfreeze_status_s": round(command, 3), "record_all_train_stages_s": round(recorded, 2),
+            "dvc_commit_per_stage_s": round(commit_per_stage, 3),
+            "dvc_commit_whole_grid_s_projected": round(commit_per_stage * len(names), 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,11 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = ap.parse_args(argv)
     small, large = (measure(s, args.old_targets) for s in args.seeds)
+
+    def ratio(key: str) -> float:
+        return round(large[key] / small[key], 2)
+
     result = {"small": small, "large": large,
               "cells_ratio": round(large["train_cells"] / small["train_cells"], 2),
               "dvc_changed_ratio": round(large["dvc_changed_s"] / small["dvc_changed_s"], 2),
               "per_target_ratio": round(large["per_target_s"] / small["per_target_s"], 2),
-              "tfreeze_status_ratio": round(large["tfreeze_status_s"] / small["tfreeze_status_s"], 2)}
+              "tfreeze_status_ratio": round(large["tfreeze_status_s"] / small["tfreeze_status_s"], 2),
+              "record_ratio": ratio("record_all_train_stages_s"),
+              "dvc_commit_per_stage_ratio": ratio("dvc_commit_per_stage_s")}
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

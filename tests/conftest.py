@@ -39,6 +39,18 @@ TINY = {
 }
 
 
+# Fixtures too costly to build on every pytest-xdist worker: the tests that use one run on one
+# worker (`--dist loadgroup`, pyproject's addopts), so each is built once per session.
+SHARED = ("repro",)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        for name in SHARED:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
 def write_params(folder: Path, **extra) -> Path:
     """params.yaml for a tiny study: the committed demo profile with TINY and ``extra`` applied."""
     tree = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -11,20 +11,26 @@ session's tiny synthetic corpus (GTZAN's layout and names) as its GTZAN copy.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import time
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
 
-from transfer_freezing import config
+from transfer_freezing import config, grid
 from transfer_freezing.model import freezing
 from transfer_freezing.model import registry as models
 
-from conftest import REPO, TINY, dvc_project, sh
+from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 
-PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+# The demo profile is params.yaml itself (test_config), and the session's `repro` fixture already
+# takes params.yaml, shrunk (conftest.TINY), through `dvc repro` to its table (test_pipeline).
+PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem != "demo")
 # Each architecture's offline demo model: the registry's model of that family without weights.
 DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
 # The same for every profile: what makes a run small, never what makes the study what it is.
@@ -85,6 +91,45 @@ def shrink(profile: dict, corpus: Path) -> dict:
     return tree
 
 
+def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
+    """Issue 22 on a profile that repeats k-fold: one mode's fixed-lr cells (every repeat) go through
+    the Ray executor (`tfreeze train --jobs 2`, recorded with `dvc commit`) before `dvc repro`
+    trains the rest; afterwards status, the runs table, MLflow tags and `tfreeze compare` key each
+    run by (lr source, mode, seed, repeat, fold)."""
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    mode, cells = p["train"]["freeze_modes"][-1], grid.grid(p)
+    by_ray = [c for c in cells if c.freeze == mode and c.lr_source == "fixed"]
+    sh("dvc", "repro", "features", cwd=root)
+    ray = tfreeze("train", "--lr-source", "fixed", "--freeze", mode, "--jobs", "2", cwd=root, env=env)
+    assert f"recorded {len(by_ray)} stage(s) in dvc.lock (dvc commit)" in ray.stdout, ray.stdout
+    ran = sh("dvc", "repro", cwd=root).stdout
+    names = grid.stages(p)
+    assert all(f"Running stage '{names[c]}'" not in ran for c in by_ray)
+    assert f"Running stage '{names[cells[0]]}'" in ran
+
+    status = tfreeze("status", cwd=root, env=env).stdout
+    assert status.splitlines()[-1] == f"{len(cells)} done", status
+    runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
+    folds = p["split"]["folds"]
+    assert set(runs["repeat"]) == set(range(p["split"]["repeats"])) and set(runs["fold"]) == set(range(folds))
+    assert not runs.duplicated(["lr_source", "freeze_mode", "seed", "repeat", "fold"]).any()
+    assert (runs["cell"] == folds * runs["repeat"] + runs["fold"]).all()
+    for name in ("freezing_comparison.png", "freezing_forest.png", "freezing_depth.png"):
+        assert (root / p["compare"]["out"] / name).stat().st_size > 10_000
+
+    # A run of the second repeat (cell folds + 1 = repeat 1, fold 1): its stage name and MLflow tags.
+    cell = next(c for c in cells if c.lr_source == "fixed" and c.fold == folds + 1)
+    folder = grid.run_dir(root / p["train"]["out"], *cell)
+    run = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db").get_run(
+        json.loads((folder / "run.json").read_text())["run_id"])
+    assert run.data.tags["dvc_stage"] == names[cell]
+    tags = run.data.tags
+    assert (tags["cell"], tags["repeat"], tags["fold"]) == (str(folds + 1), "1", "1")
+    assert run.info.run_name == grid.cell_name(*cell)
+    printed = tfreeze("compare", cwd=root, env=env).stdout
+    assert re.search(rf"^\| {cell.model} \| fixed \| {mode} ", printed, re.M), printed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, tmp_path):
@@ -95,7 +140,10 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
     p = config.load(root / "params.yaml")  # the shrunk profile is itself valid params
     dvc_project(root)
     start = time.perf_counter()
-    sh("dvc", "repro", cwd=root)
+    if p["split"]["scheme"] == "kfold" and p["split"]["repeats"] > 1:
+        _repeated_design_through_ray_status_and_mlflow(root, p)
+    else:
+        sh("dvc", "repro", cwd=root)
     seconds = time.perf_counter() - start
     table = pd.read_csv(root / p["compare"]["out"] / "freezing_comparison.csv")
     want = {(m, source, f) for source in ("fixed", "tuned") for m, f in config.pairs(p, source)}

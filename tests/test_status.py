@@ -21,3 +21,25 @@ def test_a_recorded_run_is_done_and_a_changed_stage_is_stale(tmp_path: Path):
     assert status._classify("train@m-f-1-0", tmp_path, changed=set(), runs=[]).state == "done"
     assert status._classify("train@m-f-1-0", tmp_path, changed={"train@m-f-1-0"}, runs=[]).state == "stale"
     assert status._classify("train@m-f-1-0", tmp_path / "absent", changed=set(), runs=[]).state == "missing"
+
+
+def test_mlflow_is_asked_only_about_the_cells_that_are_not_done(tmp_path: Path, monkeypatch):
+    from transfer_freezing import config, grid
+
+    p = config.validate({"train.out": str(tmp_path / "models"), "sweep.models": []})
+    stages = grid.stages(p)
+    first, *rest = stages.items()
+    for cell, _ in rest:
+        folder = grid.run_dir(tmp_path / "models", *cell)
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text('{"run_id": "r"}')
+    asked: list[list[str]] = []
+    monkeypatch.setattr(status, "dvc_changed", lambda names: set())
+    monkeypatch.setattr(status, "mlflow_runs", lambda t, names: asked.append(names) or {})
+    rows = status.cells(p)
+    assert asked == [[first[1]]]
+    assert [r.state for r in rows] == ["missing"] + ["done"] * len(rest)
+    (grid.run_dir(tmp_path / "models", *first[0])).mkdir(parents=True)
+    (grid.run_dir(tmp_path / "models", *first[0]) / "run.json").write_text('{"run_id": "r"}')
+    asked.clear()
+    assert {r.state for r in status.cells(p)} == {"done"} and asked == []  # no MLflow at all

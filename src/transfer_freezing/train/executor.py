@@ -452,13 +452,13 @@ def _record(stages: list[str], params: str, overrides: list[str]) -> None:
         print(f"not recorded in dvc.lock: the runs used {used}, not params.yaml "
               f"(if they match it: dvc commit -f {' '.join(stages)})", flush=True)
         return
-    bindir = str(Path(sys.executable).parent)
-    dvc = shutil.which("dvc", path=os.pathsep.join([bindir, os.environ.get("PATH", "")])) or "dvc"
-    # Its own session: the terminal's Ctrl-C reaches only the driver, which holds it until dvc.lock
-    # is written whole.
+    # `dvc commit -f` of every stage after one collection and with one write of dvc.lock (record.py),
+    # in its own session: the terminal's Ctrl-C reaches only the driver, which holds it until
+    # dvc.lock is written whole.
     with _signals_held():
-        proc = subprocess.Popen([dvc, "commit", "-f", "-q", *stages], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "transfer_freezing.train.record", *stages],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         _pause("record")
         out, err = proc.communicate()
         if proc.returncode:

@@ -3,7 +3,8 @@ running / missing.
 
 Read from the records that decide it, never from guesses: DVC's own status of each train stage
 (are its outputs those of its current deps and params?), the cell's resumable checkpoint
-(``last.pt``) and the MLflow runs tagged with the cell's DVC stage.
+(``last.pt``) and, for the cells that are not done, the MLflow runs tagged with the cell's DVC
+stage.
 """
 
 from __future__ import annotations
@@ -67,13 +68,26 @@ def mlflow_runs(t: tracking.Tracking, stages: list[str]) -> dict[str, list]:
 
 
 def cells(p: Params) -> list[CellStatus]:
-    """Every train cell (fixed-lr ``train@…`` and ``train_cells@…``, then tuned-lr ``train_tuned@…``)."""
+    """Every train cell (fixed-lr ``train@…`` and ``train_cells@…``, then tuned-lr ``train_tuned@…``).
+
+    A cell is done on DVC's word (its outputs are those of its current deps and params) and its
+    ``run.json``; MLflow is asked only why the other cells are not (failed, running), so the status
+    of a finished study imports no MLflow. That a done cell's run is still in the store is
+    ``tfreeze compare``'s check (it reads every run).
+    """
     stages = grid.stages(p)
     changed = dvc_changed(list(stages.values()))
-    runs = mlflow_runs(tracking.Tracking.from_params(p), list(stages.values()))
     out = Path(p["train"]["out"])
-    return [_classify(stage, grid.run_dir(out, *cell), changed, runs.get(stage, []))
-            for cell, stage in stages.items()]
+    folders = {stage: grid.run_dir(out, *cell) for cell, stage in stages.items()}
+    open_cells = [stage for stage, folder in folders.items() if not _recorded(stage, folder, changed)]
+    runs = mlflow_runs(tracking.Tracking.from_params(p), open_cells) if open_cells else {}
+    return [_classify(stage, folder, changed, runs.get(stage, [])) for stage, folder in folders.items()]
+
+
+def _recorded(stage: str, folder: Path, changed: set[str] | None) -> bool:
+    """The cell's outputs are recorded and current: no resumable state, a run.json, DVC clean."""
+    return (not (folder / LAST).is_file() and (folder / "run.json").is_file()
+            and (changed is None or stage not in changed))
 
 
 def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) -> CellStatus:
@@ -92,9 +106,6 @@ def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) ->
         except (ValueError, KeyError, TypeError):
             return CellStatus(stage, "stale", f"{run_json} is unreadable or names no run; "
                                               f"`dvc repro {stage}` re-runs the cell")
-        recorded = next((r for r in runs if r.info.run_id == run_id), None)
-        if recorded is None and runs:
-            return CellStatus(stage, "stale", f"run {run_id} of run.json is not in the MLflow store")
         return CellStatus(stage, "done", f"MLflow run {run_id}")
     if latest is not None and latest.info.status in ("FAILED", "KILLED"):
         why = latest.data.tags.get("error") or latest.data.tags.get("stopped") or ""
