@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import torchaudio
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .. import atomic
+from .. import atomic, provenance
 from ..config import Params
 from ..errors import UserError
 from . import splits
@@ -156,7 +155,7 @@ BYTE_PARAMS = {
 def params_hash(p: Params) -> str:
     """Hash of the params that decide the feature arrays (``BYTE_PARAMS``)."""
     keys = {s: {k: p[s][k] for k in names} for s, names in BYTE_PARAMS.items()}
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+    return provenance.json_hash(keys)
 
 
 def build(p: Params) -> dict:
@@ -262,10 +261,6 @@ class Store:
 
     def content_hash(self) -> str:
         """SHA-256 (16 hex digits) of the arrays and meta: the identity of what a run trained on."""
-        digest = hashlib.sha256()
         arrays = sorted(p.name for p in self.root.glob("*.npy"))
-        for name in (META, *arrays, *([FOLDS] if (self.root / FOLDS).is_file() else [])):
-            with open(self.root / name, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-        return digest.hexdigest()[:16]
+        names = (META, *arrays, *([FOLDS] if (self.root / FOLDS).is_file() else []))
+        return provenance.files_hash(self.root / name for name in names)

@@ -58,6 +58,7 @@ from filelock import FileLock
 from .. import atomic
 from ..config import Params, resolve_url
 from ..errors import Terminated, UserError, first_line
+from ..provenance import code_hash  # every node must run the driver's code
 
 MAX_RETRIES = 3  # attempts after the first, for lost workers and SIGKILLed processes
 STOP_GRACE_S = 60.0  # how long a stopped process may take to end its MLflow run (SIGTERM: its epoch)
@@ -466,14 +467,6 @@ def _record(stages: list[str], params: str, overrides: list[str]) -> None:
             raise UserError(f"dvc commit failed ({lines[-1]}); the outputs are in place: "
                             f"dvc commit -f {' '.join(stages)}")
         print(f"recorded {len(stages)} stage(s) in dvc.lock (dvc commit)", flush=True)
-
-
-def code_hash() -> str:
-    """The package's source hash (the sweep's study identity uses it too): every node must run the
-    same code."""
-    from .sweep import code_hash as package_hash
-
-    return package_hash()
 
 
 # --------------------------------------------------------------------------- worker

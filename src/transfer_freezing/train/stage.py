@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .. import atomic, config
+from .. import atomic, config, provenance
 from ..config import Params, listed_pairs
 from ..data import features, splits
 from ..errors import UserError
@@ -228,7 +228,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
         reports.log_diagnostics(diag, diagnostics.metrics(diag), out / diagnostics.FILE)
         # model.pt is a DVC output and the run's logged model (one inode on a local store, see
         # tracking.log_checkpoint); a run that drops its weights logs the record that replaces them.
-        weights_sha = _sha256(out / "model.pt")
+        weights_sha = provenance.file_sha256(out / "model.pt")
         tracking.set_tags({"checkpoint_path": (out / "model.pt").as_posix(),
                            "checkpoint_sha256": weights_sha,
                            "checkpoint_bytes": str((out / "model.pt").stat().st_size)})
@@ -296,10 +296,3 @@ def summary_metrics(result: training.Result, freeze: str, model: str) -> dict:
         "checkpoint_bytes": result.checkpoint_bytes,
         "checkpoint_io_share": round(result.checkpoint_seconds / max(result.wall_seconds, 1e-9), 4),
     }
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from ..config import Params, resolve_path, resolve_url
 from ..errors import UserError, first_line
+from ..provenance import file_sha256
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -422,7 +423,7 @@ def share_inode(source: Path, copy: Path) -> bool:
     try:
         if copy.stat().st_ino == source.stat().st_ino:
             return True
-        if copy.stat().st_size != source.stat().st_size or _sha256(copy) != _sha256(source):
+        if copy.stat().st_size != source.stat().st_size or file_sha256(copy) != file_sha256(source):
             return False
         tmp = copy.with_name(f".{copy.name}.link")
         tmp.unlink(missing_ok=True)
@@ -432,13 +433,6 @@ def share_inode(source: Path, copy: Path) -> bool:
         return True
     except OSError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fetch_runs(t: Tracking, run_ids: list[str]) -> dict[str, Any]:
