@@ -41,6 +41,7 @@ import yaml
 from common import save
 from pipeline import clean_copy
 
+from transfer_freezing import config
 from transfer_freezing.train.checkpoint import KEEP_WEIGHTS, keeps_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tfreeze-disk-"))
     clean_copy(work)
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    p = config.load(REPO / "profiles" / "paper.yaml")  # the profile over the schema defaults, in full
     if args.keep_weights:
         p["train"]["keep_weights"] = args.keep_weights
     policy = p["train"]["keep_weights"]

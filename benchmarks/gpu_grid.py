@@ -65,7 +65,7 @@ SCALES: dict[str, dict[str, object]] = {
 
 def scratch_params(scale: str, seeds: list[int], device: str, workers: int) -> dict:
     """The paper profile with the scale's substitutions, every path inside the scratch folder."""
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    p = paper_profile()
     # The original's grid: fixed lr only (sweep.models [] turns the sweep and the tuned-lr grid off;
     # with them on, compare would wait for tuned-lr cells no route trains).
     changes = {**SCALES[scale], "train.seeds": seeds, "train.folds": [0], "train.device": device,
@@ -76,6 +76,14 @@ def scratch_params(scale: str, seeds: list[int], device: str, workers: int) -> d
         section, name = key.split(".")
         p[section][name] = value
     return p
+
+
+def paper_profile() -> dict:
+    """profiles/paper.yaml over the schema defaults: the full params tree (every section present)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from transfer_freezing import config
+
+    return config.load(REPO / "profiles" / "paper.yaml")
 
 
 def tfreeze(*args: str) -> list[str]:

@@ -87,11 +87,10 @@ def test_disk_footprint_counts_a_hard_linked_file_once_and_a_copy_twice(tmp_path
 
 def test_disk_footprint_params_are_the_paper_grid_with_sizes_unchanged():
     import disk_footprint
-    import yaml
 
     from transfer_freezing import config
 
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    p = config.load(REPO / "profiles" / "paper.yaml")
     flat = {**config.flat(p), **disk_footprint.CHANGES}
     checked = config.validate(flat, source="disk_footprint")
     assert checked["train"]["models"] == ["vit_b_16"] and checked["features"]["image_size"] == 224

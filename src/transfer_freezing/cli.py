@@ -93,6 +93,16 @@ def cmd_models(p: config.Params, args: argparse.Namespace) -> None:
     print(catalogue.describe(args.model, num_classes=args.num_classes, counts=args.describe))
 
 
+def cmd_profile(p: None, args: argparse.Namespace) -> None:
+    from . import profiles
+
+    text = profiles.write(args.name, args.params, args.overrides)
+    if args.params == "-":
+        print(text, end="")
+    else:
+        print(f"{args.params} written from profile {args.name}")
+
+
 def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -115,6 +125,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "status": (cmd_status, "every train cell: done, resumable, failed, running or missing"),
     "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 and print the study's runs link"),
     "models": (cmd_models, "list architectures and freeze modes with trainable shares"),
+    "profile": (cmd_profile, "write the full params file (--params, default params.yaml; - for stdout) "
+                             "from profiles/NAME.yaml over the schema defaults"),
 }
 
 
@@ -160,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--plan", type=float, metavar="EFFECT",
                          help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
                               "variance this study measured (or the --from-csv table)")
+    subs.choices["profile"].add_argument(
+        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo) or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)
@@ -179,8 +193,8 @@ def _error(command: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        # `models` describes the registries and works without a params file.
-        needs_params = args.command != "models" or args.overrides
+        # `models` describes the registries and works without a params file; `profile` writes one.
+        needs_params = args.command != "profile" and (args.command != "models" or args.overrides)
         p = config.load(args.params, args.overrides) if needs_params else None
         COMMANDS[args.command][0](p, args)
     except UserError as err:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UserError, first_line
 
@@ -117,101 +117,141 @@ RETIRED: dict[tuple[str, str | None], str] = {
 }
 
 
-# Every key params.yaml may hold, its default (the offline demo profile) and what it allows.
-# Model and freeze-mode names are checked against their registries in ``validate``.
-SCHEMA: dict[str, tuple[Any, Rule]] = {
-    "data.source": ("synthetic", choice("synthetic", "gtzan", "folder")),
-    "data.path": (None, optional_text()),
-    "data.download": (False, boolean()),
-    "data.out": ("data/raw", text()),
-    "data.sample_rate": (22050, int_range(1, MAX_SAMPLE_RATE, "the highest common audio rate")),
-    "data.clip_seconds": (30.0, Rule(f"a number in (0, {MAX_CLIP_SECONDS:g}] (a clip is decoded and "
-                                        "transformed whole; GTZAN's are 30 s)",
-                                        lambda x: _num(x) and 0 < x <= MAX_CLIP_SECONDS)),
-    "data.min_seconds": (1.0, non_negative_float()),
-    "data.synthetic_clips_per_class": (100, int_range(1, MAX_SYNTHETIC_CLIPS, "100x GTZAN's 100 per class")),
-    "data.synthetic_seed": (0, non_negative_int()),
-    "split.scheme": ("stratified", choice("stratified", "filtered", "kfold")),
-    "split.train": (0.8, fraction()),
-    "split.val": (0.1, fraction()),
-    "split.test": (0.1, fraction()),
-    "split.seed": (1, non_negative_int()),
-    "split.folds": (5, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
-                            and x >= 3)),
-    "split.repeats": (1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat")),
-    "split.out": ("data/split.csv", text()),
-    "features.n_fft": (2048, positive_int()),
-    "features.hop_length": (512, positive_int()),
-    "features.n_mels": (128, positive_int()),
-    "features.compression": ("log1p", choice("log1p", "db")),
-    "features.image_size": (224, int_range(1, MAX_IMAGE_SIZE, "every run holds the feature arrays whole; "
-                                                      "they grow with its square: GTZAN at 1024 is 2 GiB")),
-    "features.dtype": ("float16", choice("float16", "uint8")),
-    "features.workers": (0, int_range(0, MAX_FEATURE_WORKERS, "processes; 0 = one per CPU")),
-    "features.out": ("data/features", text()),
+class Setting(NamedTuple):
+    """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
+    ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
+
+    default: Any
+    rule: Rule
+    doc: str = ""
+
+
+S = Setting
+# Every key params.yaml may hold, its default and what it allows. The defaults are the study's
+# recipe on the offline-safe inputs (the synthetic corpus, no pretrained weights) with a one-cell
+# grid; each profile (profiles/*.yaml) holds only what it changes. Model and freeze-mode names are
+# checked against their registries in ``validate``.
+SCHEMA: dict[str, Setting] = {
+    "data.source": S("synthetic", choice("synthetic", "gtzan", "folder"),
+                     "synthetic (generated, GTZAN-shaped) | gtzan | folder (a folder per class)"),
+    "data.path": S(None, optional_text(), "the audio tree for gtzan / folder"),
+    "data.download": S(False, boolean(),
+                       "gtzan only: fetch the tarball when path is missing (needs network)"),
+    "data.out": S("data/raw", text()),
+    "data.sample_rate": S(22050, int_range(1, MAX_SAMPLE_RATE, "the highest common audio rate")),
+    "data.clip_seconds": S(30.0, Rule(f"a number in (0, {MAX_CLIP_SECONDS:g}] (a clip is decoded and "
+                                         "transformed whole; GTZAN's are 30 s)",
+                                         lambda x: _num(x) and 0 < x <= MAX_CLIP_SECONDS),
+                           "GTZAN clips are 30 s"),
+    "data.min_seconds": S(1.0, non_negative_float(), "shorter files are skipped (listed in the manifest)"),
+    "data.synthetic_clips_per_class": S(100, int_range(1, MAX_SYNTHETIC_CLIPS, "100x GTZAN's 100 per class")),
+    "data.synthetic_seed": S(0, non_negative_int()),
+    "split.scheme": S("stratified", choice("stratified", "filtered", "kfold"),
+                      "stratified | filtered (GTZAN's fault-filtered lists) | kfold"),
+    "split.train": S(0.8, fraction()),
+    "split.val": S(0.1, fraction()),
+    "split.test": S(0.1, fraction()),
+    "split.seed": S(1, non_negative_int(),
+                    "one split for every training seed (k-fold: repeat r uses seed + r)"),
+    "split.folds": S(10, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
+                             and x >= 3), "kfold: K folds; cell r*K + k tests fold k, validates on fold k+1"),
+    "split.repeats": S(1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat"),
+                       "kfold: R re-partitions"),
+    "split.out": S("data/split.csv", text()),
+    "features.n_fft": S(2048, positive_int()),
+    "features.hop_length": S(512, positive_int()),
+    "features.n_mels": S(128, positive_int()),
+    "features.compression": S("log1p", choice("log1p", "db"), "log1p (the original) | db"),
+    "features.image_size": S(224, int_range(1, MAX_IMAGE_SIZE, "every run holds the feature arrays "
+                                            "whole; they grow with its square: GTZAN at 1024 is 2 GiB")),
+    "features.dtype": S("float16", choice("float16", "uint8"), "float16 | uint8"),
+    "features.workers": S(0, int_range(0, MAX_FEATURE_WORKERS, "processes; 0 = one per CPU"),
+                          "0 = all cores"),
+    "features.out": S("data/features", text()),
     # The fixed-lr grid: an empty list turns it off (the tuned-lr grid is sweep.models x freeze_modes).
-    "train.models": (["vit_b_16"], any_list(text())),
-    "train.freeze_modes": (["freeze_none"], any_list(text())),
+    "train.models": S(["vit_b_16"], any_list(text()),
+                      "fixed-lr grid (train.lr): models x freeze_modes; [] turns it off"),
+    "train.freeze_modes": S(["freeze_none"], any_list(text())),
     # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
     # Repeats: _check_listed_cells names the cell.
-    "train.cells": ([], dataclasses.replace(any_list(text()), distinct=False)),
-    "train.seeds": ([1], non_empty_list(non_negative_int())),
-    "train.folds": ([0], non_empty_list(non_negative_int())),
-    "train.weights": ("none", choice("none", "imagenet")),
-    "train.weights_path": (None, optional_text()),
-    "train.epochs": (20, positive_int()),
-    "train.batch_size": (32, positive_int()),
-    "train.lr": (1e-3, positive_float()),
-    "train.momentum": (0.9, non_negative_float()),
-    "train.weight_decay": (0.0, non_negative_float()),
-    "train.frozen_bn": ("eval", choice("eval", "train")),
-    "train.activation_cache": (True, boolean()),
-    "train.optimizer": ("sgd", choice("sgd", "adamw")),
-    "train.schedule": ("none", choice("none", "cosine")),
-    "train.warmup_epochs": (0, non_negative_int()),
-    "train.augment": (False, boolean()),
-    "train.augment_time_shift": (10, non_negative_int()),
-    "train.augment_freq_mask": (20, non_negative_int()),
-    "train.augment_time_mask": (30, non_negative_int()),
-    "train.device": ("auto", choice("auto", "cpu", "cuda")),
-    "train.compile": (False, boolean()),
-    "train.checkpoint_seconds": (60.0, non_negative_float()),
+    "train.cells": S([], dataclasses.replace(any_list(text()), distinct=False),
+                     'more fixed-lr cells outside models x freeze_modes: "<model>/<mode>"'),
+    "train.seeds": S([1], non_empty_list(non_negative_int())),
+    "train.folds": S([0], non_empty_list(non_negative_int()),
+                     "training cells (kfold: 0 .. folds*repeats-1; one split: [0])"),
+    "train.weights": S("none", choice("none", "imagenet"),
+                       "none | imagenet (torch hub cache or weights_path)"),
+    "train.weights_path": S(None, optional_text()),
+    "train.epochs": S(20, positive_int()),
+    "train.batch_size": S(32, positive_int()),
+    "train.lr": S(1e-3, positive_float(),
+                  "every recorded run of the original used 1e-3 (its README's 1e-4 is a typo)"),
+    "train.momentum": S(0.9, non_negative_float()),
+    "train.weight_decay": S(0.0, non_negative_float()),
+    "train.frozen_bn": S("eval", choice("eval", "train"),
+                         "eval: frozen BatchNorm stops its statistics | train: the original's behaviour"),
+    "train.activation_cache": S(True, boolean()),
+    "train.optimizer": S("sgd", choice("sgd", "adamw"),
+                         "sgd (momentum, weight_decay) | adamw (weight_decay, default betas)"),
+    "train.schedule": S("none", choice("none", "cosine"),
+                        "none | cosine: per step, to 0 at the end of the last epoch"),
+    "train.warmup_epochs": S(0, non_negative_int(),
+                             "linear warm-up of the lr over this many epochs (per step), either schedule"),
+    "train.augment": S(False, boolean(),
+                       "the original's augmentation of training batches (on: activation cache off)"),
+    "train.augment_time_shift": S(10, non_negative_int(),
+                                  "circular shift along time, up to +- this many frames (0: off)"),
+    "train.augment_freq_mask": S(20, non_negative_int(),
+                                 "torchaudio FrequencyMasking(this): up to this-1 mel rows zeroed (0: off)"),
+    "train.augment_time_mask": S(30, non_negative_int(),
+                                 "torchaudio TimeMasking(this): up to this-1 frames zeroed (0: off)"),
+    "train.device": S("auto", choice("auto", "cpu", "cuda"), "auto | cpu | cuda"),
+    "train.compile": S(False, boolean()),
+    "train.checkpoint_seconds": S(60.0, non_negative_float(),
+                                  "resumable state at most this often (and on SIGTERM); 0 = every epoch"),
     # Which runs keep their trained weights in model.pt; the others keep a record (train/checkpoint.py).
-    "train.keep_weights": ("all", choice("all", "first_seed", "none")),
-    "train.diagnostics_clips": (256, non_negative_int()),
-    "train.out": ("models", text()),
-    "train.cpus_per_run": (1.0, positive_float()),
-    "train.gpus_per_run": (1.0, fraction()),
+    "train.keep_weights": S("all", choice("all", "first_seed", "none"),
+                            "all | first_seed | none: which runs keep trained weights in model.pt"),
+    "train.diagnostics_clips": S(256, non_negative_int(), "test clips for the per-block CKA in "
+                                 "diagnostics.json (0: weight change only)"),
+    "train.out": S("models", text()),
+    "train.cpus_per_run": S(1.0, positive_float(),
+                            "Ray resources per run (train --jobs, sweep --workers): no effect on results"),
+    "train.gpus_per_run": S(1.0, fraction(), "on GPU nodes; 0.25 packs four runs per GPU"),
     # The swept (and tuned-lr trained) grid: an empty list turns the sweep and train_tuned off.
-    "sweep.models": (["vit_b_16"], any_list(text())),
-    "sweep.freeze_modes": (["freeze_none"], any_list(text())),
-    "sweep.n_trials": (20, positive_int()),
-    "sweep.lr_low": (1e-5, positive_float()),
-    "sweep.lr_high": (1e-1, positive_float()),
-    "sweep.epochs": (20, positive_int()),
-    "sweep.seeds": ([101, 102], non_empty_list(non_negative_int())),
-    "sweep.folds": ([0], non_empty_list(non_negative_int())),
-    "sweep.sampler_seed": (0, non_negative_int()),
-    "sweep.pruner_warmup_epochs": (1, non_negative_int()),
-    "sweep.pruner_startup_trials": (3, non_negative_int()),
-    "sweep.storage": ("sqlite:///optuna.db", text()),
-    "sweep.heartbeat_seconds": (60, positive_int()),
-    "sweep.out": ("reports/sweep", text()),
-    "tracking.uri": ("sqlite:///mlruns/mlflow.db", text()),
-    "tracking.artifacts": ("mlruns/artifacts", text()),
-    "tracking.experiment": ("transfer-freezing", text()),
-    "compare.reference_mode": ("freeze_none", text()),
-    "compare.confidence": (0.95, fraction()),
-    "compare.equivalence_margin": (1.0, positive_float()),
-    "compare.out": ("reports", text()),
+    "sweep.models": S(["vit_b_16"], any_list(text()),
+                      "swept and tuned-lr grid (stage train_tuned); [] turns both off"),
+    "sweep.freeze_modes": S(["freeze_none"], any_list(text())),
+    "sweep.n_trials": S(20, positive_int()),
+    "sweep.lr_low": S(1e-5, positive_float()),
+    "sweep.lr_high": S(1e-1, positive_float()),
+    "sweep.epochs": S(20, positive_int()),
+    "sweep.seeds": S([101, 102], non_empty_list(non_negative_int()),
+                     "the trials' training seeds: disjoint from train.seeds (no trial is replayed)"),
+    "sweep.folds": S([0], non_empty_list(non_negative_int()),
+                     "the trials' fold cells; a trial's value is the mean best val acc over seeds x folds"),
+    "sweep.sampler_seed": S(0, non_negative_int()),
+    "sweep.pruner_warmup_epochs": S(3, non_negative_int()),
+    "sweep.pruner_startup_trials": S(5, non_negative_int()),
+    "sweep.storage": S("sqlite:///optuna.db", text()),
+    "sweep.heartbeat_seconds": S(60, positive_int()),
+    "sweep.out": S("reports/sweep", text()),
+    "tracking.uri": S("sqlite:///mlruns/mlflow.db", text()),
+    "tracking.artifacts": S("mlruns/artifacts", text()),
+    "tracking.experiment": S("transfer-freezing", text()),
+    "compare.reference_mode": S("freeze_none", text()),
+    "compare.confidence": S(0.95, fraction()),
+    "compare.equivalence_margin": S(1.0, positive_float(),
+                                    "pp: |difference| below this counts as no practical difference"),
+    "compare.out": S("reports", text()),
 }
 
 
 def defaults() -> Params:
     """The full nested params tree with every default filled in."""
     tree: Params = {}
-    for key, (default, _) in SCHEMA.items():
-        _set(tree, key, copy.deepcopy(default))
+    for key, setting in SCHEMA.items():
+        _set(tree, key, copy.deepcopy(setting.default))
     return tree
 
 
@@ -245,7 +285,7 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
             raise UserError(f"{source}: {retired}")
         if key not in SCHEMA:
             raise UserError(f"{source}: unknown key {key!r}{_did_you_mean(key)}")
-        rule = SCHEMA[key][1]
+        rule = SCHEMA[key].rule
         if rule.allowed.startswith("a number"):
             value = _as_float(value)
         if not rule.check(value):
