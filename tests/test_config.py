@@ -50,7 +50,7 @@ def test_tfreeze_profile_writes_params_whole_and_refuses_bad_input_in_one_line(t
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  no_such_key: 1\n")  # a stale params.yaml does not block a profile
     tfreeze("profile", "depth_demo", cwd=tmp_path)
-    assert config.load(params)["train"]["cells"][0] == "resnet_demo/freeze_none"
+    assert config.load(params)["grid"]["cells"][0] == "resnet_demo/freeze_none"
     written = params.read_text()
     bad = tfreeze("profile", "papr", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == ""
@@ -66,16 +66,33 @@ def test_tfreeze_profile_writes_params_whole_and_refuses_bad_input_in_one_line(t
 
 def test_paper_profile_has_the_study_settings():
     p = config.load(REPO / "profiles" / "paper.yaml")
-    assert p["train"]["models"] == ["vit_b_16"]
-    assert p["train"]["seeds"] == [1, 8, 16, 24, 32, 40, 48, 56, 64, 72]
+    assert p["grid"]["models"] == ["vit_b_16"]
+    assert p["grid"]["seeds"] == [1, 8, 16, 24, 32, 40, 48, 56, 64, 72]
     assert (p["train"]["epochs"], p["train"]["batch_size"], p["train"]["lr"]) == (20, 32, 1e-3)
     assert p["train"]["weights"] == "imagenet" and p["features"]["image_size"] == 224
 
 
+@pytest.mark.parametrize(("old", "new", "value"), [
+    ("train.models", "grid.models", "[vit_demo]"), ("sweep.freeze_modes", "grid.tuned_freeze_modes", "[]"),
+    ("train.device", "runtime.device", "cpu"), ("features.workers", "runtime.feature_workers", "2"),
+    ("train.keep_weights", "keep.weights", "none")])
+def test_a_moved_key_in_the_file_or_set_says_where_it_went_in_one_line(tmp_path, old, new, value):
+    assert new in config.SCHEMA and set(config.MOVED).isdisjoint(config.SCHEMA)
+    section, leaf = old.split(".")
+    tree = yaml.safe_load(write_params(tmp_path).read_text())
+    tree[section][leaf] = yaml.safe_load(value)
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(UserError, match=rf"^.*old.yaml: {old} is now {new} \(params are grouped by role"):
+        config.load(tmp_path / "old.yaml")
+    bad = tfreeze("status", "--set", f"{old}={value}", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith(f"tfreeze status: error: params.yaml: {old} is now {new} ")
+
+
 def test_set_overrides_parse_values_as_yaml(tmp_path):
     path = write_params(tmp_path)
-    p = config.load(path, ["train.epochs=7", "train.seeds=[4, 5]", "train.lr=0.05"])
-    assert p["train"]["epochs"] == 7 and p["train"]["seeds"] == [4, 5] and p["train"]["lr"] == 0.05
+    p = config.load(path, ["train.epochs=7", "grid.seeds=[4, 5]", "train.lr=0.05"])
+    assert p["train"]["epochs"] == 7 and p["grid"]["seeds"] == [4, 5] and p["train"]["lr"] == 0.05
 
 
 @pytest.mark.parametrize(
@@ -85,14 +102,14 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
         ("train.epochs=0", "train.epochs = 0 is not allowed; expected an integer >= 1"),
         ("train.lr=0", "train.lr = 0.0 is not allowed"),
         ("train.lr=-1e-3", "train.lr = -0.001 is not allowed"),
-        ("train.seeds=[]", "train.seeds = [] is not allowed; expected a non-empty list"),
+        ("grid.seeds=[]", "grid.seeds = [] is not allowed; expected a non-empty list"),
         ("split.train=1.5", "split.train = 1.5 is not allowed; expected a number in (0, 1]"),
         ("split.val=0", "split.val = 0.0 is not allowed"),
         ("split.scheme=random",
          "split.scheme = 'random' is not allowed; expected one of stratified, filtered, kfold"),
         ("split.scheme=filtered", "split.scheme = 'filtered' needs data.source = 'gtzan'"),
-        ("train.models=[vit_z]", "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50"),
-        ("train.freeze_modes=[freeze_all]", "unknown freeze mode 'freeze_all' for vit_demo; valid:"),
+        ("grid.models=[vit_z]", "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50"),
+        ("grid.freeze_modes=[freeze_all]", "unknown freeze mode 'freeze_all' for vit_demo; valid:"),
         ("data.source=gtzan", "data.source = 'gtzan' needs data.path"),
         ("sweep.lr_low=1.0", "sweep.lr_low = 1 must be below sweep.lr_high"),
         ("sweep.n_trials=0", "sweep.n_trials = 0 is not allowed"),

@@ -106,8 +106,8 @@ def test_run_config_carries_the_optimiser_schedule_and_augmentation_params(tmp_p
     ("train.warmup_epochs=2", "train.warmup_epochs = 2 must be below train.epochs = 2"),
     ("train.augment=yes please", "train.augment = 'yes please' is not allowed; expected true or false"),
     ("train.augment_time_mask=2.5", "train.augment_time_mask = 2.5 is not allowed; expected an integer"),
-    ("train.keep_weights=some",
-     "train.keep_weights = 'some' is not allowed; expected one of all, first_seed, none"),
+    ("keep.weights=some",
+     "keep.weights = 'some' is not allowed; expected one of all, first_seed, none"),
 ])
 def test_bad_values_give_one_line(tmp_path, override, message):
     with pytest.raises(UserError) as err:
@@ -122,7 +122,7 @@ def test_a_warm_up_longer_than_the_sweep_trials_gives_one_line(tmp_path):
     assert "train.warmup_epochs = 2 must be below sweep.epochs = 2" in str(err.value)
     assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=3"])
     assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=2",
-                                "sweep.models=[]"])  # no tuned-lr grid: no sweep trials
+                                "grid.tuned_models=[]"])  # no tuned-lr grid: no sweep trials
 
 
 def test_sweep_trials_take_the_optimiser_and_schedule_and_start_their_own_study(tmp_path):

@@ -45,8 +45,8 @@ def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
     if args.seed is not None:
         raise UserError(f"tfreeze sweep --seed {args.seed}: a trial trains every seed of sweep.seeds; "
                         f"set them with --set 'sweep.seeds=[{args.seed}, ...]'")
-    models = [args.model] if args.model else p["sweep"]["models"]
-    modes = [args.freeze] if args.freeze else p["sweep"]["freeze_modes"]
+    models = [args.model] if args.model else p["grid"]["tuned_models"]
+    modes = [args.freeze] if args.freeze else p["grid"]["tuned_freeze_modes"]
     studies = [(model, freeze) for model in models for freeze in modes]
     if args.address or args.workers > 1:
         from .train import executor
@@ -142,9 +142,9 @@ def parser() -> argparse.ArgumentParser:
         _common(sub)
         if name in ("train", "sweep"):
             _cell(sub)
-    subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: train.folds)")
+    subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: grid.folds)")
     subs.choices["train"].add_argument(
-        "--cell", metavar="MODEL/MODE", help="one (model, freeze mode) pair, as train.cells lists them")
+        "--cell", metavar="MODEL/MODE", help="one (model, freeze mode) pair, as grid.cells lists them")
     subs.choices["train"].add_argument(
         "--lr-source", choices=("fixed", "tuned"),
         help="fixed-lr cells (train.lr) or tuned-lr ones (the sweep's best lr); default: both grids, "

@@ -99,7 +99,7 @@ def run_seed(seed: int, cell: int = 0) -> int:
     the model nor the freeze mode enters it, so the two arms of a pair (a mode and its reference,
     same seed and cell) start from the same initialisation and shuffle alike. SHA-256 of
     ``run/<seed>/<cell>`` cut to 63 bits: stable across processes, Python versions and machines
-    (never Python's ``hash()``), and far from the small integers of ``train.seeds``.
+    (never Python's ``hash()``), and far from the small integers of ``grid.seeds``.
     """
     digest = hashlib.sha256(f"run/{seed}/{cell}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
