@@ -99,6 +99,25 @@ def test_run_config_carries_the_optimiser_schedule_and_augmentation_params(tmp_p
                                                "freeze_none", 1, 0.01, 3).key()
 
 
+def test_label_smoothing_is_the_training_loss_only_and_comes_from_the_recipe(tmp_path):
+    p = config.load(write_params(tmp_path), ["train.label_smoothing=0.2"])
+    assert train_stage.run_config(p, "vit_demo", "freeze_none", 1, 0.01, 3).label_smoothing == 0.2
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 3))
+    split = _data().train
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)  # a training pass that leaves the weights as they are
+    with torch.no_grad():
+        logits = net(split.images.float())
+    cpu = torch.device("cpu")
+    x = Split(split.images.float(), split.labels, split.clip_ids)
+    smoothed, _, _ = training.run_epoch(net, x, 8, cpu, frozen, label_smoothing=0.2)
+    want = torch.nn.functional.cross_entropy(logits, split.labels, label_smoothing=0.2).item()
+    assert smoothed == pytest.approx(want, rel=1e-6)
+    plain, _, _ = training.run_epoch(net, x, 8, cpu)  # evaluation: the plain cross-entropy
+    assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-6)
+    assert smoothed != pytest.approx(plain, rel=1e-6)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train.optimizer=adam", "train.optimizer = 'adam' is not allowed; expected one of sgd, adamw"),
     ("train.schedule=step", "train.schedule = 'step' is not allowed; expected one of none, cosine"),

@@ -222,6 +222,8 @@ SCHEMA: dict[str, Setting] = {
                                  "torchaudio FrequencyMasking(this): up to this-1 mel rows zeroed (0: off)"),
     "train.augment_time_mask": S(30, non_negative_int(),
                                  "torchaudio TimeMasking(this): up to this-1 frames zeroed (0: off)"),
+    "train.label_smoothing": S(0.0, Rule("a number in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
+                               "label smoothing of the training loss (0: none); evaluation stays plain"),
     "train.diagnostics_clips": S(256, non_negative_int(), "test clips for the per-block CKA in "
                                  "diagnostics.json (0: weight change only)"),
     "train.out": S("models", text()),
