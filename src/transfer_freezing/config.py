@@ -117,16 +117,6 @@ RETIRED: dict[tuple[str, str | None], str] = {
 }
 
 
-class Setting(NamedTuple):
-    """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
-    ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
-
-    default: Any
-    rule: Rule
-    doc: str = ""
-
-
-S = Setting
 # Keys that moved when params were grouped by role (grid: which cells exist; train: the recipe;
 # keep: what is stored; runtime: how it runs): old key -> new key, named in one line.
 MOVED: dict[str, str] = {
@@ -141,6 +131,16 @@ MOVED: dict[str, str] = {
 }
 
 
+class Setting(NamedTuple):
+    """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
+    ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
+
+    default: Any
+    rule: Rule
+    doc: str = ""
+
+
+S = Setting
 # Every key params.yaml may hold, its default and what it allows. The defaults are the study's
 # recipe on the offline-safe inputs (the synthetic corpus, no pretrained weights) with a one-cell
 # grid; each profile (profiles/*.yaml) holds only what it changes. Model and freeze-mode names are
