@@ -7,7 +7,7 @@
 # GPU: torch==2.14.1 from PyPI is itself a CUDA build (the CUDA runtime comes in its
 # nvidia-* wheels) that also runs on CPU, so this same image uses a GPU when started on a
 # host with the NVIDIA Container Toolkit:  docker run --rm --gpus all transfer-freezing
-# (params.yaml's train.device: auto picks cuda when one is visible).
+# (params.yaml's runtime.device: auto picks cuda when one is visible).
 #
 # BASE_IMAGE may name another Debian bookworm image with Python 3.11 as `python`
 # (e.g. python:3.11-bookworm). A CUDA base such as nvidia/cuda:12.x-runtime-ubuntu22.04 has

@@ -5,7 +5,7 @@
 Runs ``train.core.fit`` (the training core the train stage runs) for each freeze mode twice in one
 process, on the same random features: ``checkpoints="full"`` (what this project wrote before:
 the whole model and optimiser after every epoch, the whole best model at every improvement) and
-``checkpoints="lean"`` with ``train.checkpoint_seconds`` (what it writes now: the changed part,
+``checkpoints="lean"`` with ``runtime.checkpoint_seconds`` (what it writes now: the changed part,
 rarely, the best weights once). Prints bytes written per cell, the seconds spent writing and
 their share of the cell's wall time, and the ratios measured in this run.
 

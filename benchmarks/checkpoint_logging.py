@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     t = tracking.Tracking(f"sqlite:///{work}/mlflow.db", work / "artifacts", "checkpoint-logging")
     tracking.connect(t)
     rows = []
-    for model in p["train"]["models"]:
-        for freeze in p["train"]["freeze_modes"]:
+    for model in p["grid"]["models"]:
+        for freeze in p["grid"]["freeze_modes"]:
             path = work / "models" / model / freeze / "model.pt"
             path.parent.mkdir(parents=True)
             sha = lean_checkpoint(p, model, freeze, path)

@@ -7,7 +7,7 @@ Each process is one seed's optimised training loop (``training.prepare`` + ``tra
 on synthetic features: they all warm up, start together, and train for the same number of epochs.
 Aggregate throughput = all images / (last finish - first start). When one run leaves the GPU idle
 (small model, batch 32, launch-bound steps), running the seeds of a mode side by side
-(``tfreeze train --jobs N``, ``train.gpus_per_run`` = 1/N) fills it; the ratio to one process says by
+(``tfreeze train --jobs N``, ``runtime.gpus_per_run`` = 1/N) fills it; the ratio to one process says by
 how much. ``--ensemble K ...`` adds the other candidate, measured in the same run: K seeds in one
 process as one stacked model (``ensemble.Ensemble``: torch.func ``stack_module_state`` + ``vmap``,
 the frozen weights shared as pretrained ones are), the same images and epochs per seed. Needs only

@@ -16,7 +16,7 @@ project's own DVC and MLflow settings. Then, measured on disk:
 - the same after ``dvc config cache.type copy && dvc checkout --relink`` (DVC's behaviour where
   neither reflinks nor the project's hard links are used): what one copy on disk saves.
 
-``train.keep_weights`` is the paper profile's (``first_seed``: the first seed's runs keep their
+``keep.weights`` is the paper profile's (``first_seed``: the first seed's runs keep their
 weights, the others a record) unless ``--keep-weights`` says otherwise; the default seeds, the
 paper's first two, measure one cell of each kind per mode. The 10-seed grid's footprint is then
 each mode's measured bytes per kept cell times the paper seeds that keep weights, plus its bytes
@@ -41,17 +41,18 @@ import yaml
 from common import save
 from pipeline import clean_copy
 
+from transfer_freezing import config
 from transfer_freezing.train.checkpoint import KEEP_WEIGHTS, keeps_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_SEEDS = [1, 8, 16, 24, 32, 40, 48, 56, 64, 72]  # profiles/paper.yaml's train.seeds
+PAPER_SEEDS = [1, 8, 16, 24, 32, 40, 48, 56, 64, 72]  # profiles/paper.yaml's grid.seeds
 TARGET_BYTES = 5e9
 PLACES = {"workspace models/": "models", "DVC cache": ".dvc/cache", "MLflow store": "mlruns"}
 # What differs from profiles/paper.yaml: nothing that changes a checkpoint's size.
 CHANGES = {"data.source": "synthetic", "data.path": None, "data.clip_seconds": 3.0,
            "data.synthetic_clips_per_class": 10, "train.weights": "none", "train.epochs": 1,
-           "train.batch_size": 16, "train.diagnostics_clips": 0, "sweep.models": [],
-           "features.workers": 0}
+           "train.batch_size": 16, "train.diagnostics_clips": 0, "grid.tuned_models": [],
+           "runtime.feature_workers": 0}
 
 
 def footprint(folders: list[Path]) -> dict[str, int]:
@@ -102,7 +103,7 @@ def scale(per_cell: list[dict], policy: str) -> dict[str, dict[str, int]]:
                  for kept in need}
         if None in sizes.values():
             sys.exit(f"--seeds must train a cell that keeps and one that drops its weights under "
-                     f"train.keep_weights = {policy!r} (e.g. --seeds 1 8)")
+                     f"keep.weights = {policy!r} (e.g. --seeds 1 8)")
         out[mode] = {"kept_cell_bytes": sizes.get(True, 0), "dropped_cell_bytes": sizes.get(False, 0),
                      "ten_seed_bytes": sum(sizes[keeps_weights(policy, s, PAPER_SEEDS)] for s in PAPER_SEEDS)}
     return out
@@ -124,16 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", nargs="+", type=int, default=PAPER_SEEDS[:2],
                     help="seeds to train (default: the paper's first two)")
-    ap.add_argument("--keep-weights", choices=KEEP_WEIGHTS, help="train.keep_weights (default: the paper's)")
+    ap.add_argument("--keep-weights", choices=KEEP_WEIGHTS, help="keep.weights (default: the paper's)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch project")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tfreeze-disk-"))
     clean_copy(work)
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    p = config.load(REPO / "profiles" / "paper.yaml")  # the profile over the schema defaults, in full
     if args.keep_weights:
-        p["train"]["keep_weights"] = args.keep_weights
-    policy = p["train"]["keep_weights"]
-    for key, value in {**CHANGES, "train.seeds": args.seeds}.items():
+        p["keep"]["weights"] = args.keep_weights
+    policy = p["keep"]["weights"]
+    for key, value in {**CHANGES, "grid.seeds": args.seeds}.items():
         section, name = key.split(".")
         p[section][name] = value
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     scaled["now_bytes"] = round(now["together"]["unique_bytes"] * factor)
     scaled["dvc_copy_bytes"] = round(copied["together"]["unique_bytes"] * factor)
     print(f"dvc repro of {len(per_cell)} paper cells ({', '.join(per_mode)}; seeds {args.seeds}; "
-          f"train.keep_weights {policy}): {repro_s:.0f} s; DVC cache.type = {cache_type or 'DVC default'}")
+          f"keep.weights {policy}): {repro_s:.0f} s; DVC cache.type = {cache_type or 'DVC default'}")
     print(f"  {linked} of {len(per_cell)} cells' model.pt share their inode with an MLflow artifact "
           "(the logged model's checkpoint, or a dropped run's record)")
     for label, m in (("now", now), ("DVC cache as copies", copied)):

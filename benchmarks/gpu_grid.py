@@ -16,7 +16,7 @@ once; then each route trains the grid in its own fresh workspace with its own ML
 - ``one-process``: ``tfreeze train`` with no cell arguments: the whole grid in one process, so the
   imports, CUDA start and data load are paid once;
 - ``side-by-side``: ``--procs-per-mode`` ``tfreeze train --freeze F`` processes per freeze mode
-  (default 1; each trains a share of the mode's seeds through ``--set train.seeds=[...]``), all at
+  (default 1; each trains a share of the mode's seeds through ``--set grid.seeds=[...]``), all at
   once on the one device; ``tfreeze train --jobs N`` is the same placement through
   Ray, but Ray's wheel (79 MB) does not fit a device call's 64 MiB, so this route uses processes.
 
@@ -56,8 +56,8 @@ SCALES: dict[str, dict[str, object]] = {
     "paper": {"data.source": "synthetic", "data.path": None, "data.clip_seconds": 30.0,
               "data.synthetic_clips_per_class": 100, "train.weights": "none"},
     "smoke": {"data.source": "synthetic", "data.path": None, "data.clip_seconds": 3.0,
-              "data.synthetic_clips_per_class": 10, "train.weights": "none", "train.models": ["vit_demo"],
-              "train.freeze_modes": ["freeze_none", "freeze_patch_0_5", "freeze_patch_0_11"],
+              "data.synthetic_clips_per_class": 10, "train.weights": "none", "grid.models": ["vit_demo"],
+              "grid.freeze_modes": ["freeze_none", "freeze_patch_0_5", "freeze_patch_0_11"],
               "train.epochs": 2, "train.batch_size": 16, "features.image_size": 32, "features.n_fft": 512,
               "features.hop_length": 256, "features.n_mels": 32},
 }
@@ -65,17 +65,25 @@ SCALES: dict[str, dict[str, object]] = {
 
 def scratch_params(scale: str, seeds: list[int], device: str, workers: int) -> dict:
     """The paper profile with the scale's substitutions, every path inside the scratch folder."""
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
-    # The original's grid: fixed lr only (sweep.models [] turns the sweep and the tuned-lr grid off;
+    p = paper_profile()
+    # The original's grid: fixed lr only (grid.tuned_models [] turns the sweep and the tuned-lr grid off;
     # with them on, compare would wait for tuned-lr cells no route trains).
-    changes = {**SCALES[scale], "train.seeds": seeds, "train.folds": [0], "train.device": device,
-               "sweep.models": [],
-               "features.workers": workers, "tracking.uri": "sqlite:///mlruns/mlflow.db",
+    changes = {**SCALES[scale], "grid.seeds": seeds, "grid.folds": [0], "runtime.device": device,
+               "grid.tuned_models": [],
+               "runtime.feature_workers": workers, "tracking.uri": "sqlite:///mlruns/mlflow.db",
                "tracking.artifacts": "mlruns/artifacts", "tracking.experiment": f"gpu-grid-{scale}"}
     for key, value in changes.items():
         section, name = key.split(".")
         p[section][name] = value
     return p
+
+
+def paper_profile() -> dict:
+    """profiles/paper.yaml over the schema defaults: the full params tree (every section present)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from transfer_freezing import config
+
+    return config.load(REPO / "profiles" / "paper.yaml")
 
 
 def tfreeze(*args: str) -> list[str]:
@@ -114,7 +122,7 @@ def workspace(base: Path, route: str, params: dict) -> Path:
 
 
 def cells(p: dict) -> list[tuple[str, str, int]]:
-    t = p["train"]
+    t = p["grid"]
     return [(m, f, s) for m in t["models"] for f in t["freeze_modes"] for s in t["seeds"]]
 
 
@@ -130,13 +138,13 @@ def run_route(route: str, root: Path, p: dict, procs_per_mode: int = 1) -> dict:
         process_seconds.append(check(tfreeze("train"), root, log))
     else:  # side-by-side: procs_per_mode processes per freeze mode (seeds split), all at once
         procs = []
-        seeds = p["train"]["seeds"]
+        seeds = p["grid"]["seeds"]
         groups = [seeds[i::procs_per_mode] for i in range(min(procs_per_mode, len(seeds)))]
-        for model in p["train"]["models"]:
-            for freeze in p["train"]["freeze_modes"]:
+        for model in p["grid"]["models"]:
+            for freeze in p["grid"]["freeze_modes"]:
                 for i, group in enumerate(groups):
                     fh = open(root / f"{model}-{freeze}-{i}.log", "w")
-                    only = ["--set", f"train.seeds=[{','.join(map(str, group))}]"] if len(groups) > 1 else []
+                    only = ["--set", f"grid.seeds=[{','.join(map(str, group))}]"] if len(groups) > 1 else []
                     procs.append((fh, time.perf_counter(), subprocess.Popen(
                         tfreeze("train", "--model", model, "--freeze", freeze, *only), cwd=root, env=env(),
                         stdout=fh, stderr=subprocess.STDOUT)))
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
     ap.add_argument("--seeds", nargs="+", type=int, help="a subset of seeds (default: the paper's 10)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--workers", type=int, default=0, help="features.workers (0 = all cores)")
+    ap.add_argument("--workers", type=int, default=0, help="runtime.feature_workers (0 = all cores)")
     ap.add_argument("--procs-per-mode", type=int, default=1,
                     help="side-by-side: processes per freeze mode, each training a share of the seeds")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")

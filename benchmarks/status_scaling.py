@@ -73,7 +73,7 @@ def placeholder_project(root: Path, params: dict) -> Path:
 
 def _grid_params(seeds: int) -> dict:
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
-    tree["train"]["seeds"] = list(range(1, seeds + 1))
+    tree["grid"]["seeds"] = list(range(1, seeds + 1))
     tree["sweep"]["seeds"] = [1000 + s for s in (1, 2)]
     return tree
 
@@ -124,7 +124,7 @@ def measure(seeds: int, old_targets: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs=2, default=[6, 17], help="two grid sizes (train.seeds)")
+    ap.add_argument("--seeds", type=int, nargs=2, default=[6, 17], help="two grid sizes (grid.seeds)")
     ap.add_argument("--old-targets", type=int, default=5, help="targets timed the old way, per size")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = ap.parse_args(argv)

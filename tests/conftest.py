@@ -23,16 +23,16 @@ TINY = {
     "data.synthetic_clips_per_class": 6,
     "data.clip_seconds": 2.0,
     "features.image_size": 32,
-    "features.workers": 1,
-    "train.models": ["vit_demo"],
-    "train.freeze_modes": ["freeze_none", "freeze_patch_0_11"],
-    "train.seeds": [1, 2],
-    "train.folds": [0],  # the demo's k-fold split (3 folds), one cell
-    "train.checkpoint_seconds": 0,  # resumable state after every epoch: the kill tests need it
+    "runtime.feature_workers": 1,
+    "grid.models": ["vit_demo"],
+    "grid.freeze_modes": ["freeze_none", "freeze_patch_0_11"],
+    "grid.seeds": [1, 2],
+    "grid.folds": [0],  # the demo's k-fold split (3 folds), one cell
+    "runtime.checkpoint_seconds": 0,  # resumable state after every epoch: the kill tests need it
     "train.epochs": 2,
     "train.batch_size": 16,
-    "sweep.models": ["vit_demo"],
-    "sweep.freeze_modes": ["freeze_none"],
+    "grid.tuned_models": ["vit_demo"],
+    "grid.tuned_freeze_modes": ["freeze_none"],
     "sweep.n_trials": 2,
     "sweep.epochs": 2,
     "tracking.experiment": "tiny",

@@ -102,8 +102,8 @@ def gtzan_tree(root: Path, empty: str = "", undecodable: str = "") -> Path:
 # --------------------------------------------------------------------------- the CLI table
 
 CELL = ["--model", "vit_demo", "--freeze", "freeze_none", "--seed", "1"]
-RESNET50 = ["train.models=[resnet50]", "train.freeze_modes=[freeze_none]",
-            "sweep.models=[resnet50]", "sweep.freeze_modes=[freeze_none]"]
+RESNET50 = ["grid.models=[resnet50]", "grid.freeze_modes=[freeze_none]",
+            "grid.tuned_models=[resnet50]", "grid.tuned_freeze_modes=[freeze_none]"]
 
 
 def sets(*items: str) -> list[str]:
@@ -129,7 +129,7 @@ CLI_ROWS = [
     # params
     pytest.param(typo_in_file, "params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)",
                  id="params-unknown-key-in-file"),
-    pytest.param(argv("train", *sets("train.models=[vit_z]")),
+    pytest.param(argv("train", *sets("grid.models=[vit_z]")),
                  "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50, resnet_demo",
                  id="params-unknown-model"),
     pytest.param(argv("sweep", "--model", "vit_demo", "--freeze", "freeze_all"),
@@ -144,8 +144,8 @@ CLI_ROWS = [
     pytest.param(argv("compare", *sets("compare.confidence=1.5")),
                  "compare.confidence = 1.5 is not allowed; expected a number in (0, 1]",
                  id="params-fraction-above-one"),
-    pytest.param(argv("train", *sets("train.seeds=[]")),
-                 "train.seeds = [] is not allowed; expected a non-empty list, each item an integer >= 0",
+    pytest.param(argv("train", *sets("grid.seeds=[]")),
+                 "grid.seeds = [] is not allowed; expected a non-empty list, each item an integer >= 0",
                  id="params-empty-seed-list"),
     pytest.param(argv("train", *sets("train.lr=-0.1")),
                  "train.lr = -0.1 is not allowed; expected a number > 0",
@@ -154,30 +154,31 @@ CLI_ROWS = [
                  "train.lr = 'sweep' is retired: tuned-lr cells are their own stage (train_tuned",
                  id="params-retired-lr-sweep"),
     pytest.param(argv("sweep", *sets("sweep.seeds=[1, 101]")),
-                 "sweep.seeds = [1, 101] shares [1] with train.seeds = [1, 2]; a sweep trial must not "
+                 "sweep.seeds = [1, 101] shares [1] with grid.seeds = [1, 2]; a sweep trial must not "
                  "replay a training run: use other seeds", id="params-sweep-seed-is-a-training-seed"),
     pytest.param(argv("sweep", *sets("sweep.lr_low=0")),
                  "sweep.lr_low = 0.0 is not allowed; expected a number > 0", id="params-zero-lr-low"),
     pytest.param(argv("sweep", *sets("sweep.epochs=0")),
                  "sweep.epochs = 0 is not allowed; expected an integer >= 1", id="params-zero-epochs"),
     # params: duplicates in a grid axis (each would train the same cells twice)
-    pytest.param(argv("train", *sets("train.seeds=[1,1]")),
-                 "train.seeds = [1, 1] lists 1 more than once; list each once", id="params-duplicate-seed"),
-    pytest.param(argv("train", *sets("train.folds=[0, 0]")),
-                 "train.folds = [0, 0] lists 0 more than once", id="params-duplicate-fold"),
-    pytest.param(argv("train", *sets("train.freeze_modes=[freeze_none, freeze_patch_0_11, freeze_none]")),
-                 "train.freeze_modes = ['freeze_none', 'freeze_patch_0_11', 'freeze_none'] lists "
+    pytest.param(argv("train", *sets("grid.seeds=[1,1]")),
+                 "grid.seeds = [1, 1] lists 1 more than once; list each once", id="params-duplicate-seed"),
+    pytest.param(argv("train", *sets("grid.folds=[0, 0]")),
+                 "grid.folds = [0, 0] lists 0 more than once", id="params-duplicate-fold"),
+    pytest.param(argv("train", *sets("grid.freeze_modes=[freeze_none, freeze_patch_0_11, freeze_none]")),
+                 "grid.freeze_modes = ['freeze_none', 'freeze_patch_0_11', 'freeze_none'] lists "
                  "'freeze_none' more than once", id="params-duplicate-freeze-mode"),
-    pytest.param(argv("train", *sets("train.models=[vit_demo, vit_demo]")),
-                 "train.models = ['vit_demo', 'vit_demo'] lists 'vit_demo' more than once",
+    pytest.param(argv("train", *sets("grid.models=[vit_demo, vit_demo]")),
+                 "grid.models = ['vit_demo', 'vit_demo'] lists 'vit_demo' more than once",
                  id="params-duplicate-model"),
     pytest.param(argv("sweep", *sets("sweep.seeds=[101, 102, 101]")),
                  "sweep.seeds = [101, 102, 101] lists 101 more than once", id="params-duplicate-sweep-seed"),
-    pytest.param(argv("sweep", *sets("sweep.freeze_modes=[freeze_none, freeze_none]")),
-                 "sweep.freeze_modes = ['freeze_none', 'freeze_none'] lists 'freeze_none' more than once",
+    pytest.param(argv("sweep", *sets("grid.tuned_freeze_modes=[freeze_none, freeze_none]")),
+                 "grid.tuned_freeze_modes = ['freeze_none', 'freeze_none'] lists 'freeze_none' more "
+                 "than once",
                  id="params-duplicate-sweep-mode"),
-    pytest.param(argv("train", *sets("train.cells=[vit_demo/freeze_patch_0_5, vit_demo/freeze_patch_0_5]")),
-                 "train.cells has 'vit_demo/freeze_patch_0_5' twice; list each cell once",
+    pytest.param(argv("train", *sets("grid.cells=[vit_demo/freeze_patch_0_5, vit_demo/freeze_patch_0_5]")),
+                 "grid.cells has 'vit_demo/freeze_patch_0_5' twice; list each cell once",
                  id="params-duplicate-cell"),
     pytest.param(argv("train", "--jobs", "-2", "--address", "127.0.0.1:1"),
                  "--jobs -2: expected a number of runs at once >= 1", id="cli-negative-jobs"),
@@ -208,8 +209,8 @@ CLI_ROWS = [
                  "data.synthetic_clips_per_class = 100000000 is not allowed; expected an integer in "
                  "1 .. 10,000",
                  id="params-huge-synthetic-corpus"),
-    pytest.param(argv("features", *sets("features.workers=100000")),
-                 "features.workers = 100000 is not allowed; expected an integer in 0 .. 256",
+    pytest.param(argv("features", *sets("runtime.feature_workers=100000")),
+                 "runtime.feature_workers = 100000 is not allowed; expected an integer in 0 .. 256",
                  id="params-huge-worker-count"),
     pytest.param(argv("features", *sets("split.repeats=1000000")),
                  "split.repeats = 1000000 is not allowed; expected an integer in 1 .. 100",

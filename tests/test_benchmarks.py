@@ -46,7 +46,7 @@ def test_gpu_grid_scratch_params_are_valid_paper_profiles():
         p = gpu_grid.scratch_params(scale, [1, 8], "cpu", 0)
         checked = config.validate(dict(config.flat(p)), source=f"gpu_grid {scale}")
         assert checked["data"]["source"] == "synthetic" and checked["train"]["weights"] == "none"
-        assert checked["train"]["seeds"] == [1, 8] and checked["tracking"]["uri"].startswith("sqlite:///")
+        assert checked["grid"]["seeds"] == [1, 8] and checked["tracking"]["uri"].startswith("sqlite:///")
         assert config.pairs(checked, "tuned") == []  # compare waits for no tuned-lr cells
     paper = gpu_grid.scratch_params("paper", gpu_grid.PAPER_SEEDS, "cuda", 0)
     assert paper["features"]["image_size"] == 224 and paper["train"]["epochs"] == 20
@@ -87,15 +87,14 @@ def test_disk_footprint_counts_a_hard_linked_file_once_and_a_copy_twice(tmp_path
 
 def test_disk_footprint_params_are_the_paper_grid_with_sizes_unchanged():
     import disk_footprint
-    import yaml
 
     from transfer_freezing import config
 
-    p = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    p = config.load(REPO / "profiles" / "paper.yaml")
     flat = {**config.flat(p), **disk_footprint.CHANGES}
     checked = config.validate(flat, source="disk_footprint")
-    assert checked["train"]["models"] == ["vit_b_16"] and checked["features"]["image_size"] == 224
-    assert len(checked["train"]["freeze_modes"]) == 5 and checked["sweep"]["models"] == []
+    assert checked["grid"]["models"] == ["vit_b_16"] and checked["features"]["image_size"] == 224
+    assert len(checked["grid"]["freeze_modes"]) == 5 and checked["grid"]["tuned_models"] == []
 
 
 def test_disk_footprint_scales_kept_and_dropped_cells_by_the_policy():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer_freezing import cli, config
+from transfer_freezing import cli, config, profiles
 
 from conftest import REPO
 
@@ -36,7 +36,10 @@ def _check(command: str) -> None:
         prog, args = words[0], words[1:]
         if prog == "tfreeze":
             parsed = cli.parser().parse_args(args)  # SystemExit(2) on an unknown option
-            config.load(REPO / "params.yaml", parsed.overrides)
+            if parsed.command == "profile":
+                profiles.render(parsed.name, parsed.overrides)  # the profile exists and validates
+            else:
+                config.load(REPO / "params.yaml", parsed.overrides)
         elif prog == "dvc" and args[:2] == ["exp", "run"]:
             overrides = [args[i + 1] for i, a in enumerate(args) if a == "-S"]
             config.load(REPO / "params.yaml", overrides)

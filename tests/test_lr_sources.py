@@ -24,29 +24,29 @@ from conftest import REPO
 
 
 def _params(**flat) -> dict:
-    return config.validate({"train.models": ["vit_demo"], "sweep.models": ["vit_demo"], **flat})
+    return config.validate({"grid.models": ["vit_demo"], "grid.tuned_models": ["vit_demo"], **flat})
 
 
 # --------------------------------------------------------------------------- params
 
 
 @pytest.mark.parametrize(("flat", "message"), [
-    ({"train.seeds": [1, 2], "sweep.seeds": [2, 3]},
-     "sweep.seeds = [2, 3] shares [2] with train.seeds = [1, 2]; a sweep trial must not replay a "
+    ({"grid.seeds": [1, 2], "sweep.seeds": [2, 3]},
+     "sweep.seeds = [2, 3] shares [2] with grid.seeds = [1, 2]; a sweep trial must not replay a "
      "training run"),
     ({"sweep.seeds": [101], "sweep.folds": [0]},
      "sweep.seeds = [101] x sweep.folds = [0] is one run per trial; a trial averages at least two"),
     ({"train.lr": "sweep"}, "train.lr = 'sweep' is retired: tuned-lr cells are their own stage (train_tuned"),
     ({"sweep.seed": 1}, "sweep.seed is now sweep.seeds"),
-    ({"train.freeze_modes": [], "sweep.freeze_modes": []}, "nothing to train"),
+    ({"grid.freeze_modes": [], "grid.tuned_freeze_modes": []}, "nothing to train"),
     ({"sweep.folds": [0, 1]}, "sweep.folds = [0, 1] has [1]; allowed: [0]"),
     # compare judges every model's modes against the reference: each grid must train it.
-    ({"sweep.freeze_modes": ["freeze_patch"]}, "compare.reference_mode = 'freeze_none', but the tuned-lr "
-     "grid has no vit_demo/freeze_none cells to judge vit_demo's modes against; add it to "
-     "sweep.freeze_modes"),
-    ({"train.freeze_modes": ["freeze_patch"]}, "add it to train.freeze_modes"),
-    ({"train.cells": ["resnet_demo/freeze_0"]}, "no resnet_demo/freeze_none cells to judge resnet_demo's "
-                                                "modes against; add it to train.cells"),
+    ({"grid.tuned_freeze_modes": ["freeze_patch"]}, "compare.reference_mode = 'freeze_none', but the "
+     "tuned-lr grid has no vit_demo/freeze_none cells to judge vit_demo's modes against; add it to "
+     "grid.tuned_freeze_modes"),
+    ({"grid.freeze_modes": ["freeze_patch"]}, "add it to grid.freeze_modes"),
+    ({"grid.cells": ["resnet_demo/freeze_0"]}, "no resnet_demo/freeze_none cells to judge resnet_demo's "
+                                                "modes against; add it to grid.cells"),
 ])
 def test_bad_lr_study_params_are_one_line(flat, message):
     with pytest.raises(UserError, match="^params: ") as err:
@@ -55,35 +55,35 @@ def test_bad_lr_study_params_are_one_line(flat, message):
 
 
 def test_either_grid_can_be_turned_off():
-    both = _params(**{"sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    both = _params(**{"grid.tuned_freeze_modes": ["freeze_none"], "grid.seeds": [1], "grid.folds": [0]})
     assert train_stage.grid(both) == [("vit_demo", "freeze_none", 1, 0, "fixed"),
                                       ("vit_demo", "freeze_none", 1, 0, "tuned")]
-    tuned_only = _params(**{"train.freeze_modes": [], "train.seeds": [1]})
+    tuned_only = _params(**{"grid.freeze_modes": [], "grid.seeds": [1]})
     assert {c[4] for c in train_stage.grid(tuned_only)} == {"tuned"}
-    fixed_only = _params(**{"sweep.models": [], "train.seeds": [1]})
+    fixed_only = _params(**{"grid.tuned_models": [], "grid.seeds": [1]})
     assert {c[4] for c in train_stage.grid(fixed_only)} == {"fixed"}
 
 
 @pytest.mark.parametrize(("cells", "message"), [
-    (["resnet_demo"], "train.cells has 'resnet_demo'; each item is '<model>/<freeze mode>'"),
-    (["resnet_demo/freeze_0", "resnet_demo/freeze_0"], "train.cells has 'resnet_demo/freeze_0' twice"),
-    (["vit_demo/freeze_none"], "train.cells has 'vit_demo/freeze_none', which train.models x "
-                               "train.freeze_modes already holds"),
-    (["resnet_demo/freeze_patch_0_5"], "train.cells has 'resnet_demo/freeze_patch_0_5': unknown freeze "
+    (["resnet_demo"], "grid.cells has 'resnet_demo'; each item is '<model>/<freeze mode>'"),
+    (["resnet_demo/freeze_0", "resnet_demo/freeze_0"], "grid.cells has 'resnet_demo/freeze_0' twice"),
+    (["vit_demo/freeze_none"], "grid.cells has 'vit_demo/freeze_none', which grid.models x "
+                               "grid.freeze_modes already holds"),
+    (["resnet_demo/freeze_patch_0_5"], "grid.cells has 'resnet_demo/freeze_patch_0_5': unknown freeze "
                                        "mode 'freeze_patch_0_5' for resnet_demo"),
-    (["nope/freeze_none"], "train.cells has 'nope/freeze_none': unknown model"),
+    (["nope/freeze_none"], "grid.cells has 'nope/freeze_none': unknown model"),
 ])
 def test_bad_listed_cells_are_one_line(cells, message):
     with pytest.raises(UserError, match="^params: ") as err:
-        _params(**{"train.cells": cells})
+        _params(**{"grid.cells": cells})
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
-    p = _params(**{"train.freeze_modes": ["freeze_none"], "sweep.freeze_modes": ["freeze_none"],
-                   "train.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"],
-                   "train.seeds": [1], "train.folds": [0]})
+    p = _params(**{"grid.freeze_modes": ["freeze_none"], "grid.tuned_freeze_modes": ["freeze_none"],
+                   "grid.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"],
+                   "grid.seeds": [1], "grid.folds": [0]})
     assert train_stage.grid(p) == [("vit_demo", "freeze_none", 1, 0, "fixed"),
                                    ("resnet_demo", "freeze_none", 1, 0, "fixed"),
                                    ("resnet_demo", "freeze_0", 1, 0, "fixed"),
@@ -106,8 +106,8 @@ def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
         _select(p, cli.parser().parse_args(["train", "--cell", "resnet_demo"]))
     with pytest.raises(UserError, match="not both"):
         _select(p, cli.parser().parse_args(["train", "--cell", "a/b", "--model", "a"]))
-    only = _params(**{"train.freeze_modes": [], "sweep.models": [],
-                      "train.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"]})
+    only = _params(**{"grid.freeze_modes": [], "grid.tuned_models": [],
+                      "grid.cells": ["resnet_demo/freeze_none", "resnet_demo/freeze_0"]})
     assert {c[:2] for c in train_stage.grid(only)} == {("resnet_demo", "freeze_none"),
                                                        ("resnet_demo", "freeze_0")}
 
@@ -120,7 +120,7 @@ def _select(p, args) -> list:
 def test_every_profile_keeps_sweep_and_training_seeds_apart():
     for path in sorted((REPO / "profiles").glob("*.yaml")):
         p = config.load(path)
-        assert not set(p["sweep"]["seeds"]) & set(p["train"]["seeds"]), path.name
+        assert not set(p["sweep"]["seeds"]) & set(p["grid"]["seeds"]), path.name
 
 
 # --------------------------------------------------------------------------- cells: names and folders
@@ -139,8 +139,8 @@ def test_each_lr_source_has_its_own_stage_run_name_and_folder(monkeypatch):
 
 
 def test_cli_picks_both_grids_or_the_source_asked_for():
-    p = _params(**{"train.freeze_modes": ["freeze_none", "freeze_patch"],
-                   "sweep.freeze_modes": ["freeze_none"], "train.seeds": [1], "train.folds": [0]})
+    p = _params(**{"grid.freeze_modes": ["freeze_none", "freeze_patch"],
+                   "grid.tuned_freeze_modes": ["freeze_none"], "grid.seeds": [1], "grid.folds": [0]})
     args = cli.parser().parse_args(["train"])
     assert [(c[1], c[4]) for c in _select(p, args)] == [
         ("freeze_none", "fixed"), ("freeze_patch", "fixed"), ("freeze_none", "tuned")]
@@ -171,13 +171,13 @@ def test_a_tuned_cell_reads_its_sweep_and_refuses_one_that_used_its_seed(tmp_pat
 def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     fixed, tuned = stages["train"], stages["train_tuned"]
-    assert fixed["matrix"] == {"model": "${train.models}", "freeze": "${train.freeze_modes}",
-                               "seed": "${train.seeds}", "fold": "${train.folds}"}
-    assert tuned["matrix"] == {"model": "${sweep.models}", "freeze": "${sweep.freeze_modes}",
-                               "seed": "${train.seeds}", "fold": "${train.folds}"}
+    assert fixed["matrix"] == {"model": "${grid.models}", "freeze": "${grid.freeze_modes}",
+                               "seed": "${grid.seeds}", "fold": "${grid.folds}"}
+    assert tuned["matrix"] == {"model": "${grid.tuned_models}", "freeze": "${grid.tuned_freeze_modes}",
+                               "seed": "${grid.seeds}", "fold": "${grid.folds}"}
     assert "--lr-source fixed" in fixed["cmd"] and "--lr-source tuned" in tuned["cmd"]
     # A fixed cell never depends on a sweep; a tuned cell on its own sweep's JSON, not on train.lr.
-    assert not any("sweep" in d for d in fixed["deps"]) and "train.lr" in fixed["params"]
+    assert not any("sweep" in d for d in fixed["deps"]) and "train" in fixed["params"]  # the recipe, lr too
     assert "${sweep.out}/${item.model}-${item.freeze}.json" in tuned["deps"]
     assert "train.lr" not in tuned["params"] and not any(p.startswith("sweep") for p in tuned["params"])
     assert [d for d in fixed["deps"] if "sweep" not in d] == [d for d in tuned["deps"] if "sweep" not in d]
@@ -186,10 +186,10 @@ def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
                 for key in ("outs", "metrics", "plots") for o in stages[name][key]]
         folder = "${train.out}/${item.model}/${item.freeze}/" + source + "/seed${item.seed}/fold${item.fold}/"
         assert all(o.startswith(folder) for o in outs), name
-    assert {"sweep.models", "sweep.freeze_modes", "train.cells"} <= set(stages["compare"]["params"])
-    # train.cells: the fixed-lr stage's code and params, one "<model>/<mode>" axis, the same layout.
+    assert "grid" in stages["compare"]["params"]  # both grids and grid.cells
+    # grid.cells: the fixed-lr stage's code and params, one "<model>/<mode>" axis, the same layout.
     listed = stages["train_cells"]
-    assert listed["matrix"] == {"cell": "${train.cells}", "seed": "${train.seeds}", "fold": "${train.folds}"}
+    assert listed["matrix"] == {"cell": "${grid.cells}", "seed": "${grid.seeds}", "fold": "${grid.folds}"}
     assert "--lr-source fixed --cell ${item.cell}" in listed["cmd"]
     assert listed["deps"] == fixed["deps"] and listed["params"] == fixed["params"]
     def outs(stage: dict) -> list[str]:
@@ -197,10 +197,13 @@ def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
                 for key in ("outs", "metrics", "plots") for o in stage[key]]
     assert [o.replace("${item.cell}", "${item.model}/${item.freeze}") for o in outs(listed)] == outs(fixed)
     # A sweep re-runs on its own settings, not when another mode joins the grid.
-    swept = {k for k in stages["sweep"]["params"] if k.startswith("sweep")}
-    grid = {"sweep.models", "sweep.freeze_modes"}
-    runtime = {"sweep.heartbeat_seconds"}  # how a dead worker is detected, not the sweep's result
-    assert swept == {k for k in config.SCHEMA if k.startswith("sweep.")} - grid - runtime
+    # Its own section whole (the grid and the heartbeat live elsewhere), the recipe less what a sweep
+    # sets itself (lr, epochs) or does not make (diagnostics, the models folder).
+    swept = stages["sweep"]["params"]
+    assert "sweep" in swept and not any(k.startswith(("grid", "runtime")) for k in swept)
+    assert [k for k in swept if k.startswith("train.")] == [
+        k for k in config.SCHEMA if k.startswith("train.")
+        and k not in ("train.lr", "train.epochs", "train.diagnostics_clips", "train.out")]
 
 
 # --------------------------------------------------------------------------- the sweep's objective

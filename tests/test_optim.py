@@ -99,6 +99,25 @@ def test_run_config_carries_the_optimiser_schedule_and_augmentation_params(tmp_p
                                                "freeze_none", 1, 0.01, 3).key()
 
 
+def test_label_smoothing_is_the_training_loss_only_and_comes_from_the_recipe(tmp_path):
+    p = config.load(write_params(tmp_path), ["train.label_smoothing=0.2"])
+    assert train_stage.run_config(p, "vit_demo", "freeze_none", 1, 0.01, 3).label_smoothing == 0.2
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, 3))
+    split = _data().train
+    frozen = torch.optim.SGD(net.parameters(), lr=0.0)  # a training pass that leaves the weights as they are
+    with torch.no_grad():
+        logits = net(split.images.float())
+    cpu = torch.device("cpu")
+    x = Split(split.images.float(), split.labels, split.clip_ids)
+    smoothed, _, _ = training.run_epoch(net, x, 8, cpu, frozen, label_smoothing=0.2)
+    want = torch.nn.functional.cross_entropy(logits, split.labels, label_smoothing=0.2).item()
+    assert smoothed == pytest.approx(want, rel=1e-6)
+    plain, _, _ = training.run_epoch(net, x, 8, cpu)  # evaluation: the plain cross-entropy
+    assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-6)
+    assert smoothed != pytest.approx(plain, rel=1e-6)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train.optimizer=adam", "train.optimizer = 'adam' is not allowed; expected one of sgd, adamw"),
     ("train.schedule=step", "train.schedule = 'step' is not allowed; expected one of none, cosine"),
@@ -106,8 +125,8 @@ def test_run_config_carries_the_optimiser_schedule_and_augmentation_params(tmp_p
     ("train.warmup_epochs=2", "train.warmup_epochs = 2 must be below train.epochs = 2"),
     ("train.augment=yes please", "train.augment = 'yes please' is not allowed; expected true or false"),
     ("train.augment_time_mask=2.5", "train.augment_time_mask = 2.5 is not allowed; expected an integer"),
-    ("train.keep_weights=some",
-     "train.keep_weights = 'some' is not allowed; expected one of all, first_seed, none"),
+    ("keep.weights=some",
+     "keep.weights = 'some' is not allowed; expected one of all, first_seed, none"),
 ])
 def test_bad_values_give_one_line(tmp_path, override, message):
     with pytest.raises(UserError) as err:
@@ -122,7 +141,7 @@ def test_a_warm_up_longer_than_the_sweep_trials_gives_one_line(tmp_path):
     assert "train.warmup_epochs = 2 must be below sweep.epochs = 2" in str(err.value)
     assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=3"])
     assert config.load(params, ["train.epochs=4", "train.warmup_epochs=2", "sweep.epochs=2",
-                                "sweep.models=[]"])  # no tuned-lr grid: no sweep trials
+                                "grid.tuned_models=[]"])  # no tuned-lr grid: no sweep trials
 
 
 def test_sweep_trials_take_the_optimiser_and_schedule_and_start_their_own_study(tmp_path):

@@ -16,9 +16,9 @@ import pytest
 from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 
 # Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
-# cell of train.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
-BOTH = {"sweep.freeze_modes": ["freeze_none", "freeze_patch_0_11"], "train.freeze_modes": ["freeze_none"],
-        "train.cells": ["vit_demo/freeze_patch_0_11"]}
+# cell of grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+BOTH = {"grid.tuned_freeze_modes": ["freeze_none", "freeze_patch_0_11"], "grid.freeze_modes": ["freeze_none"],
+        "grid.cells": ["vit_demo/freeze_patch_0_11"]}
 CELLS = [(freeze, source, seed) for source in ("fixed", "tuned")
          for freeze in ("freeze_none", "freeze_patch_0_11") for seed in (1, 2)]
 KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
@@ -242,9 +242,10 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     shutil.copytree(repro, work, symlinks=True)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=work)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock", cwd=work)
-    # sweep.models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops its rows.
-    ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "sweep.models=[]",
-             "-S", "train.seeds=[1]", cwd=work).stdout
+    # grid.tuned_models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops
+    # its rows.
+    ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "grid.tuned_models=[]",
+             "-S", "grid.seeds=[1]", cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran and "Running stage 'features'" not in ran
     assert "Running stage 'train_tuned@" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
@@ -259,9 +260,9 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     `dvc commit` itself; `dvc repro` then runs only the rest."""
     work = tmp_path / "jobs"
     shutil.copytree(repro, work, symlinks=True)
-    write_params(work, **BOTH, **{"train.epochs": 1, "sweep.models": []})  # fixed cells only
+    write_params(work, **BOTH, **{"train.epochs": 1, "grid.tuned_models": []})  # fixed cells only
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    # The listed probe (train.cells): its stages are named train_cells@<model>/<mode>-<seed>-<fold>.
+    # The listed probe (grid.cells): its stages are named train_cells@<model>/<mode>-<seed>-<fold>.
     out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--jobs", "2", cwd=work, env=env)
     assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
     cells = ["train_cells@vit_demo/freeze_patch_0_11-1-0", "train_cells@vit_demo/freeze_patch_0_11-2-0"]
@@ -335,7 +336,7 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
 
 
 def test_settings_that_cannot_change_a_feature_byte_retrain_nothing(repro, tmp_path):
-    work = _copy(repro, tmp_path / "knobs", **{"features.workers": 2, "data.path": "/elsewhere/audio"})
+    work = _copy(repro, tmp_path / "knobs", **{"runtime.feature_workers": 2, "data.path": "/elsewhere/audio"})
     ran = sh("dvc", "repro", cwd=work).stdout
     assert "Running stage 'features'" not in ran and "Running stage 'train" not in ran
     assert "Running stage 'sweep@" not in ran and "Running stage 'compare'" not in ran
@@ -377,7 +378,7 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
 
     work = _copy(repro, tmp_path / "exps")
     _commit(work, "lock")
-    one = ["-S", "train.epochs=1", "-S", "train.seeds=[1]", "-S", "sweep.models=[]"]  # two fixed-lr cells
+    one = ["-S", "train.epochs=1", "-S", "grid.seeds=[1]", "-S", "grid.tuned_models=[]"]  # two fixed-lr cells
     sh("dvc", "exp", "run", "--temp", "-n", "temp-exp", *one, cwd=work)
     sh("dvc", "exp", "run", "--queue", "-n", "queued-exp", *one, "-S", "train.momentum=0.8", cwd=work)
     sh("dvc", "queue", "start", "-j", "1", cwd=work)

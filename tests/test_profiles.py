@@ -36,7 +36,7 @@ DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weig
 # The same for every profile: what makes a run small, never what makes the study what it is.
 SMALL = {"data.clip_seconds": TINY["data.clip_seconds"],
          "data.synthetic_clips_per_class": TINY["data.synthetic_clips_per_class"],
-         "features.image_size": TINY["features.image_size"], "features.workers": 1,
+         "features.image_size": TINY["features.image_size"], "runtime.feature_workers": 1,
          "train.weights": "none", "train.weights_path": None, "train.epochs": 1,
          "train.batch_size": TINY["train.batch_size"], "sweep.n_trials": 1, "sweep.epochs": 1}
 FOLDS, REPEATS = 3, 2  # a fold scheme's fewest folds (split.folds >= 3), and repeats where it repeats
@@ -71,19 +71,19 @@ def shrink(profile: dict, corpus: Path) -> dict:
         repeats = REPEATS if flat["split.repeats"] > 1 else 1
         scheme_cells, kept_cells = flat["split.folds"] * flat["split.repeats"], FOLDS * repeats
         out["split.folds"], out["split.repeats"] = FOLDS, repeats
-    for section in ("train", "sweep"):
+    for section in ("grid", "sweep"):  # the training runs' and the sweep trials' seeds and folds
         out[f"{section}.folds"] = cut_cells(flat[f"{section}.folds"], scheme_cells, kept_cells)
         out[f"{section}.seeds"] = flat[f"{section}.seeds"][:2]
-        chosen = flat[f"{section}.models"]
-        out[f"{section}.models"] = list(dict.fromkeys(demo(m) for m in chosen))
-        out[f"{section}.freeze_modes"] = (cut_modes(chosen[0], flat[f"{section}.freeze_modes"], reference)
-                                          if chosen else flat[f"{section}.freeze_modes"])
+    for axis in ("", "tuned_"):  # the fixed-lr and the tuned-lr grid
+        chosen, modes = flat[f"grid.{axis}models"], flat[f"grid.{axis}freeze_modes"]
+        out[f"grid.{axis}models"] = list(dict.fromkeys(demo(m) for m in chosen))
+        out[f"grid.{axis}freeze_modes"] = cut_modes(chosen[0], modes, reference) if chosen else modes
     by_model: dict[str, list[str]] = {}
-    for cell in flat["train.cells"]:
+    for cell in flat["grid.cells"]:
         model, _, mode = cell.partition("/")
         by_model.setdefault(model, []).append(mode)
-    out["train.cells"] = [f"{demo(model)}/{mode}" for model, modes in by_model.items()
-                          for mode in cut_modes(model, modes, reference)]
+    out["grid.cells"] = [f"{demo(model)}/{mode}" for model, modes in by_model.items()
+                         for mode in cut_modes(model, modes, reference)]
     tree: dict = {}
     for key, value in out.items():
         section, leaf = key.split(".", 1)
@@ -97,7 +97,7 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     trains the rest; afterwards status, the runs table, MLflow tags and `tfreeze compare` key each
     run by (lr source, mode, seed, repeat, fold)."""
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    mode, cells = p["train"]["freeze_modes"][-1], grid.grid(p)
+    mode, cells = p["grid"]["freeze_modes"][-1], grid.grid(p)
     by_ray = [c for c in cells if c.freeze == mode and c.lr_source == "fixed"]
     sh("dvc", "repro", "features", cwd=root)
     ray = tfreeze("train", "--lr-source", "fixed", "--freeze", mode, "--jobs", "2", cwd=root, env=env)
@@ -135,7 +135,7 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
 def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, tmp_path):
     root = tmp_path / profile.stem
     root.mkdir()
-    small = shrink(yaml.safe_load(profile.read_text()), tiny_built / "data/raw")
+    small = shrink(config.load(profile), tiny_built / "data/raw")  # the profile over the defaults
     (root / "params.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
     p = config.load(root / "params.yaml")  # the shrunk profile is itself valid params
     dvc_project(root)
@@ -149,7 +149,7 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
     want = {(m, source, f) for source in ("fixed", "tuned") for m, f in config.pairs(p, source)}
     assert set(zip(table["model"], table["lr_source"], table["freeze_mode"], strict=True)) == want
     runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
-    per_pair = len(p["train"]["seeds"]) * len(p["train"]["folds"])
+    per_pair = len(p["grid"]["seeds"]) * len(p["grid"]["folds"])
     assert len(runs) == len(want) * per_pair
     sweeps = len(config.pairs(p, "tuned"))
     print(f"\n{profile.name}: dvc repro of {len(runs)} runs and {sweeps} sweeps to the table "

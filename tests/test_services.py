@@ -42,7 +42,7 @@ def test_two_workers_share_one_study(tiny: Path, servers) -> None:
     import optuna
 
     pg, tracking_url = servers
-    write_params(tiny, **{"sweep.n_trials": N, "sweep.epochs": 2, "sweep.heartbeat_seconds": 2,
+    write_params(tiny, **{"sweep.n_trials": N, "sweep.epochs": 2, "runtime.sweep_heartbeat_seconds": 2,
                           "tracking.experiment": "scale-out"})
     env = {**os.environ, "OPTUNA_STORAGE": pg.url("optuna"), "MLFLOW_TRACKING_URI": tracking_url,
            "OMP_NUM_THREADS": "1"}

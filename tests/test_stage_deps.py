@@ -39,7 +39,7 @@ def _dvc(*args: str, cwd: Path) -> str:
 def committed(tmp_path_factory) -> Path:
     """A git + DVC copy of the repository (tiny grid, both lr sources) whose lock holds every stage."""
     root = tmp_path_factory.mktemp("deps")
-    params = yaml.safe_load(write_params(root, **{"train.cells": ["vit_demo/freeze_patch_0_5"]}).read_text())
+    params = yaml.safe_load(write_params(root, **{"grid.cells": ["vit_demo/freeze_patch_0_5"]}).read_text())
     status_scaling.placeholder_project(root, params)
     assert _stale(root) == set()
     return root
@@ -79,9 +79,9 @@ def test_editing_the_cli_or_an_unlisted_module_re_runs_nothing(committed):
     assert _edited(committed, {f"{PKG}/{m}": _docstring for m in unlisted}) == set()
 
 
-RUNTIME = {"train.checkpoint_seconds": 5, "train.cpus_per_run": 2, "train.gpus_per_run": 0.25,
-           "train.device": "cpu", "train.compile": True, "features.workers": 2,
-           "sweep.heartbeat_seconds": 30}
+RUNTIME = {"runtime.checkpoint_seconds": 5, "runtime.cpus_per_run": 2, "runtime.gpus_per_run": 0.25,
+           "runtime.device": "cpu", "runtime.compile": True, "runtime.feature_workers": 2,
+           "runtime.sweep_heartbeat_seconds": 30}
 
 
 def test_runtime_knobs_re_run_nothing(committed):
@@ -94,6 +94,26 @@ def test_runtime_knobs_re_run_nothing(committed):
         return yaml.safe_dump(tree, sort_keys=False)
 
     assert _edited(committed, {"params.yaml": change}) == set()
+
+
+@pytest.mark.parametrize(("key", "value", "stale"), [
+    ("train.momentum", 0.5, {"train", "train_cells", "train_tuned", "sweep"}),  # the recipe: every run
+    ("train.lr", 0.5, {"train", "train_cells"}),  # fixed lr: not tuned cells, not sweeps
+    ("train.epochs", 3, {"train", "train_cells", "train_tuned"}),  # a sweep trains sweep.epochs
+    ("keep.weights", "none", {"train", "train_cells", "train_tuned"}),  # what model.pt holds
+    ("sweep.n_trials", 3, {"sweep"}),
+    ("split.seed", 2, {"features"}),  # downstream stages follow once the features change
+    ("compare.confidence", 0.9, {"compare"}),
+])
+def test_a_params_edit_re_runs_the_stages_that_list_its_section_or_key(committed, key, value, stale):
+    def change(text: str) -> str:
+        tree = yaml.safe_load(text)
+        section, leaf = key.split(".")
+        assert tree[section][leaf] != value, key
+        tree[section][leaf] = value
+        return yaml.safe_dump(tree, sort_keys=False)
+
+    assert _edited(committed, {"params.yaml": change}) == stale
 
 
 @pytest.mark.parametrize("module", ["train/core.py", "model/freezing.py"])

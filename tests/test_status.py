@@ -26,7 +26,7 @@ def test_a_recorded_run_is_done_and_a_changed_stage_is_stale(tmp_path: Path):
 def test_mlflow_is_asked_only_about_the_cells_that_are_not_done(tmp_path: Path, monkeypatch):
     from transfer_freezing import config, grid
 
-    p = config.validate({"train.out": str(tmp_path / "models"), "sweep.models": []})
+    p = config.validate({"train.out": str(tmp_path / "models"), "grid.tuned_models": []})
     stages = grid.stages(p)
     first, *rest = stages.items()
     for cell, _ in rest:

@@ -149,10 +149,10 @@ def test_modes_that_do_not_apply_fail_in_one_line_listing_the_valid_ones(name, m
 
 def test_config_checks_modes_against_each_model():
     modes = ["freeze_none", "bitfit", "tune_0_2"]
-    p = config.validate({"train.models": ["vit_demo"], "train.freeze_modes": modes})
-    assert p["train"]["freeze_modes"] == modes
+    p = config.validate({"grid.models": ["vit_demo"], "grid.freeze_modes": modes})
+    assert p["grid"]["freeze_modes"] == modes
     with pytest.raises(UserError, match="'layernorm' does not apply to resnet_demo"):
-        config.validate({"train.models": ["resnet_demo"], "train.freeze_modes": ["layernorm"]})
+        config.validate({"grid.models": ["resnet_demo"], "grid.freeze_modes": ["layernorm"]})
 
 
 def test_models_describe_prints_family_count_and_share(capsys):
@@ -220,7 +220,7 @@ def test_cached_prefix_gives_the_full_models_logits_and_gradients(name, mode):
 
 def test_the_depth_profile_covers_every_prefix_depth_of_both_architectures_in_one_grid():
     p = config.load(REPO / "profiles" / "depth.yaml")
-    vit, resnet = p["train"], p["train"]["cells"]
+    vit, resnet = p["grid"], p["grid"]["cells"]
     assert vit["models"] == ["vit_b_16"] and vit["freeze_modes"] == list(VIT_B_16)[:14]  # k = -1 .. 11
     assert resnet == [f"resnet50/{mode}" for mode in list(RESNET50)[:6]]
     grid = train_stage.grid(p)

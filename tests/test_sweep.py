@@ -24,7 +24,7 @@ N = 3
 @pytest.fixture
 def proj(tiny: Path, monkeypatch) -> Path:
     """The tiny project with sweep settings for these tests and absolute store URLs."""
-    write_params(tiny, **{"sweep.n_trials": N, "sweep.epochs": 2, "sweep.heartbeat_seconds": 1,
+    write_params(tiny, **{"sweep.n_trials": N, "sweep.epochs": 2, "runtime.sweep_heartbeat_seconds": 1,
                           "sweep.storage": f"sqlite:///{tiny}/optuna.db"})
     # Absolute: MLflow caches stores by URI, and every test has its own folder.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny}/mlruns/mlflow.db")

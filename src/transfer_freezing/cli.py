@@ -45,8 +45,8 @@ def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
     if args.seed is not None:
         raise UserError(f"tfreeze sweep --seed {args.seed}: a trial trains every seed of sweep.seeds; "
                         f"set them with --set 'sweep.seeds=[{args.seed}, ...]'")
-    models = [args.model] if args.model else p["sweep"]["models"]
-    modes = [args.freeze] if args.freeze else p["sweep"]["freeze_modes"]
+    models = [args.model] if args.model else p["grid"]["tuned_models"]
+    modes = [args.freeze] if args.freeze else p["grid"]["tuned_freeze_modes"]
     studies = [(model, freeze) for model in models for freeze in modes]
     if args.address or args.workers > 1:
         from .train import executor
@@ -93,6 +93,16 @@ def cmd_models(p: config.Params, args: argparse.Namespace) -> None:
     print(catalogue.describe(args.model, num_classes=args.num_classes, counts=args.describe))
 
 
+def cmd_profile(p: None, args: argparse.Namespace) -> None:
+    from . import profiles
+
+    text = profiles.write(args.name, args.params, args.overrides)
+    if args.params == "-":
+        print(text, end="")
+    else:
+        print(f"{args.params} written from profile {args.name}")
+
+
 def _common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -115,6 +125,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "status": (cmd_status, "every train cell: done, resumable, failed, running or missing"),
     "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 and print the study's runs link"),
     "models": (cmd_models, "list architectures and freeze modes with trainable shares"),
+    "profile": (cmd_profile, "write the full params file (--params, default params.yaml; - for stdout) "
+                             "from profiles/NAME.yaml over the schema defaults"),
 }
 
 
@@ -130,9 +142,9 @@ def parser() -> argparse.ArgumentParser:
         _common(sub)
         if name in ("train", "sweep"):
             _cell(sub)
-    subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: train.folds)")
+    subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: grid.folds)")
     subs.choices["train"].add_argument(
-        "--cell", metavar="MODEL/MODE", help="one (model, freeze mode) pair, as train.cells lists them")
+        "--cell", metavar="MODEL/MODE", help="one (model, freeze mode) pair, as grid.cells lists them")
     subs.choices["train"].add_argument(
         "--lr-source", choices=("fixed", "tuned"),
         help="fixed-lr cells (train.lr) or tuned-lr ones (the sweep's best lr); default: both grids, "
@@ -160,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--plan", type=float, metavar="EFFECT",
                          help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
                               "variance this study measured (or the --from-csv table)")
+    subs.choices["profile"].add_argument(
+        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo) or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)
@@ -179,8 +193,8 @@ def _error(command: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        # `models` describes the registries and works without a params file.
-        needs_params = args.command != "models" or args.overrides
+        # `models` describes the registries and works without a params file; `profile` writes one.
+        needs_params = args.command != "profile" and (args.command != "models" or args.overrides)
         p = config.load(args.params, args.overrides) if needs_params else None
         COMMANDS[args.command][0](p, args)
     except UserError as err:

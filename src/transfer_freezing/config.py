@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UserError, first_line
 
@@ -110,108 +110,169 @@ MAX_STFT_BYTES = 1 << 30  # one clip's complex STFT (n_fft/2 + 1 bins x frames x
 # what to write instead.
 RETIRED: dict[tuple[str, str | None], str] = {
     ("train.lr", "sweep"): "train.lr = 'sweep' is retired: tuned-lr cells are their own stage "
-                           "(train_tuned, over sweep.models x sweep.freeze_modes, reading each sweep's "
-                           "best lr) next to the fixed-lr ones; give train.lr a number (the fixed lr)",
+                           "(train_tuned, over grid.tuned_models x grid.tuned_freeze_modes, reading each "
+                           "sweep's best lr) next to the fixed-lr ones; give train.lr a number",
     ("sweep.seed", None): "sweep.seed is now sweep.seeds: a list of training seeds for the trials, "
-                          "disjoint from train.seeds (e.g. sweep.seeds: [101, 102])",
+                          "disjoint from grid.seeds (e.g. sweep.seeds: [101, 102])",
 }
 
 
-# Every key params.yaml may hold, its default (the offline demo profile) and what it allows.
-# Model and freeze-mode names are checked against their registries in ``validate``.
-SCHEMA: dict[str, tuple[Any, Rule]] = {
-    "data.source": ("synthetic", choice("synthetic", "gtzan", "folder")),
-    "data.path": (None, optional_text()),
-    "data.download": (False, boolean()),
-    "data.out": ("data/raw", text()),
-    "data.sample_rate": (22050, int_range(1, MAX_SAMPLE_RATE, "the highest common audio rate")),
-    "data.clip_seconds": (30.0, Rule(f"a number in (0, {MAX_CLIP_SECONDS:g}] (a clip is decoded and "
-                                        "transformed whole; GTZAN's are 30 s)",
-                                        lambda x: _num(x) and 0 < x <= MAX_CLIP_SECONDS)),
-    "data.min_seconds": (1.0, non_negative_float()),
-    "data.synthetic_clips_per_class": (100, int_range(1, MAX_SYNTHETIC_CLIPS, "100x GTZAN's 100 per class")),
-    "data.synthetic_seed": (0, non_negative_int()),
-    "split.scheme": ("stratified", choice("stratified", "filtered", "kfold")),
-    "split.train": (0.8, fraction()),
-    "split.val": (0.1, fraction()),
-    "split.test": (0.1, fraction()),
-    "split.seed": (1, non_negative_int()),
-    "split.folds": (5, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
-                            and x >= 3)),
-    "split.repeats": (1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat")),
-    "split.out": ("data/split.csv", text()),
-    "features.n_fft": (2048, positive_int()),
-    "features.hop_length": (512, positive_int()),
-    "features.n_mels": (128, positive_int()),
-    "features.compression": ("log1p", choice("log1p", "db")),
-    "features.image_size": (224, int_range(1, MAX_IMAGE_SIZE, "every run holds the feature arrays whole; "
-                                                      "they grow with its square: GTZAN at 1024 is 2 GiB")),
-    "features.dtype": ("float16", choice("float16", "uint8")),
-    "features.workers": (0, int_range(0, MAX_FEATURE_WORKERS, "processes; 0 = one per CPU")),
-    "features.out": ("data/features", text()),
-    # The fixed-lr grid: an empty list turns it off (the tuned-lr grid is sweep.models x freeze_modes).
-    "train.models": (["vit_b_16"], any_list(text())),
-    "train.freeze_modes": (["freeze_none"], any_list(text())),
+# Keys that moved when params were grouped by role (grid: which cells exist; train: the recipe;
+# keep: what is stored; runtime: how it runs): old key -> new key, named in one line.
+MOVED: dict[str, str] = {
+    "train.models": "grid.models", "train.freeze_modes": "grid.freeze_modes", "train.cells": "grid.cells",
+    "train.seeds": "grid.seeds", "train.folds": "grid.folds",
+    "sweep.models": "grid.tuned_models", "sweep.freeze_modes": "grid.tuned_freeze_modes",
+    "train.keep_weights": "keep.weights",
+    "train.device": "runtime.device", "train.compile": "runtime.compile",
+    "train.checkpoint_seconds": "runtime.checkpoint_seconds", "train.cpus_per_run": "runtime.cpus_per_run",
+    "train.gpus_per_run": "runtime.gpus_per_run", "features.workers": "runtime.feature_workers",
+    "sweep.heartbeat_seconds": "runtime.sweep_heartbeat_seconds",
+}
+
+
+class Setting(NamedTuple):
+    """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
+    ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
+
+    default: Any
+    rule: Rule
+    doc: str = ""
+
+
+S = Setting
+# Every key params.yaml may hold, its default and what it allows. The defaults are the study's
+# recipe on the offline-safe inputs (the synthetic corpus, no pretrained weights) with a one-cell
+# grid; each profile (profiles/*.yaml) holds only what it changes. Model and freeze-mode names are
+# checked against their registries in ``validate``.
+SCHEMA: dict[str, Setting] = {
+    "data.source": S("synthetic", choice("synthetic", "gtzan", "folder"),
+                     "synthetic (generated, GTZAN-shaped) | gtzan | folder (a folder per class)"),
+    "data.path": S(None, optional_text(), "the audio tree for gtzan / folder"),
+    "data.download": S(False, boolean(),
+                       "gtzan only: fetch the tarball when path is missing (needs network)"),
+    "data.out": S("data/raw", text()),
+    "data.sample_rate": S(22050, int_range(1, MAX_SAMPLE_RATE, "the highest common audio rate")),
+    "data.clip_seconds": S(30.0, Rule(f"a number in (0, {MAX_CLIP_SECONDS:g}] (a clip is decoded and "
+                                         "transformed whole; GTZAN's are 30 s)",
+                                         lambda x: _num(x) and 0 < x <= MAX_CLIP_SECONDS),
+                           "GTZAN clips are 30 s"),
+    "data.min_seconds": S(1.0, non_negative_float(), "shorter files are skipped (listed in the manifest)"),
+    "data.synthetic_clips_per_class": S(100, int_range(1, MAX_SYNTHETIC_CLIPS, "100x GTZAN's 100 per class")),
+    "data.synthetic_seed": S(0, non_negative_int()),
+    "split.scheme": S("stratified", choice("stratified", "filtered", "kfold"),
+                      "stratified | filtered (GTZAN's fault-filtered lists) | kfold"),
+    "split.train": S(0.8, fraction()),
+    "split.val": S(0.1, fraction()),
+    "split.test": S(0.1, fraction()),
+    "split.seed": S(1, non_negative_int(),
+                    "one split for every training seed (k-fold: repeat r uses seed + r)"),
+    "split.folds": S(10, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
+                             and x >= 3), "kfold: K folds; cell r*K + k tests fold k, validates on fold k+1"),
+    "split.repeats": S(1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat"),
+                       "kfold: R re-partitions"),
+    "split.out": S("data/split.csv", text()),
+    "features.n_fft": S(2048, positive_int()),
+    "features.hop_length": S(512, positive_int()),
+    "features.n_mels": S(128, positive_int()),
+    "features.compression": S("log1p", choice("log1p", "db"), "log1p (the original) | db"),
+    "features.image_size": S(224, int_range(1, MAX_IMAGE_SIZE, "every run holds the feature arrays "
+                                            "whole; they grow with its square: GTZAN at 1024 is 2 GiB")),
+    "features.dtype": S("float16", choice("float16", "uint8"), "float16 | uint8"),
+    "features.out": S("data/features", text()),
+    # grid: which cells exist. The fixed-lr grid (an empty list turns it off), then the tuned-lr one.
+    "grid.models": S(["vit_b_16"], any_list(text()),
+                     "fixed-lr grid (train.lr): models x freeze_modes; [] turns it off"),
+    "grid.freeze_modes": S(["freeze_none"], any_list(text())),
     # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
     # Repeats: _check_listed_cells names the cell.
-    "train.cells": ([], dataclasses.replace(any_list(text()), distinct=False)),
-    "train.seeds": ([1], non_empty_list(non_negative_int())),
-    "train.folds": ([0], non_empty_list(non_negative_int())),
-    "train.weights": ("none", choice("none", "imagenet")),
-    "train.weights_path": (None, optional_text()),
-    "train.epochs": (20, positive_int()),
-    "train.batch_size": (32, positive_int()),
-    "train.lr": (1e-3, positive_float()),
-    "train.momentum": (0.9, non_negative_float()),
-    "train.weight_decay": (0.0, non_negative_float()),
-    "train.frozen_bn": ("eval", choice("eval", "train")),
-    "train.activation_cache": (True, boolean()),
-    "train.optimizer": ("sgd", choice("sgd", "adamw")),
-    "train.schedule": ("none", choice("none", "cosine")),
-    "train.warmup_epochs": (0, non_negative_int()),
-    "train.augment": (False, boolean()),
-    "train.augment_time_shift": (10, non_negative_int()),
-    "train.augment_freq_mask": (20, non_negative_int()),
-    "train.augment_time_mask": (30, non_negative_int()),
-    "train.device": ("auto", choice("auto", "cpu", "cuda")),
-    "train.compile": (False, boolean()),
-    "train.checkpoint_seconds": (60.0, non_negative_float()),
-    # Which runs keep their trained weights in model.pt; the others keep a record (train/checkpoint.py).
-    "train.keep_weights": ("all", choice("all", "first_seed", "none")),
-    "train.diagnostics_clips": (256, non_negative_int()),
-    "train.out": ("models", text()),
-    "train.cpus_per_run": (1.0, positive_float()),
-    "train.gpus_per_run": (1.0, fraction()),
+    "grid.cells": S([], dataclasses.replace(any_list(text()), distinct=False),
+                    'more fixed-lr cells outside models x freeze_modes: "<model>/<mode>"'),
+    "grid.seeds": S([1], non_empty_list(non_negative_int())),
+    "grid.folds": S([0], non_empty_list(non_negative_int()),
+                    "training cells (kfold: 0 .. folds*repeats-1; one split: [0])"),
     # The swept (and tuned-lr trained) grid: an empty list turns the sweep and train_tuned off.
-    "sweep.models": (["vit_b_16"], any_list(text())),
-    "sweep.freeze_modes": (["freeze_none"], any_list(text())),
-    "sweep.n_trials": (20, positive_int()),
-    "sweep.lr_low": (1e-5, positive_float()),
-    "sweep.lr_high": (1e-1, positive_float()),
-    "sweep.epochs": (20, positive_int()),
-    "sweep.seeds": ([101, 102], non_empty_list(non_negative_int())),
-    "sweep.folds": ([0], non_empty_list(non_negative_int())),
-    "sweep.sampler_seed": (0, non_negative_int()),
-    "sweep.pruner_warmup_epochs": (1, non_negative_int()),
-    "sweep.pruner_startup_trials": (3, non_negative_int()),
-    "sweep.storage": ("sqlite:///optuna.db", text()),
-    "sweep.heartbeat_seconds": (60, positive_int()),
-    "sweep.out": ("reports/sweep", text()),
-    "tracking.uri": ("sqlite:///mlruns/mlflow.db", text()),
-    "tracking.artifacts": ("mlruns/artifacts", text()),
-    "tracking.experiment": ("transfer-freezing", text()),
-    "compare.reference_mode": ("freeze_none", text()),
-    "compare.confidence": (0.95, fraction()),
-    "compare.equivalence_margin": (1.0, positive_float()),
-    "compare.out": ("reports", text()),
+    "grid.tuned_models": S(["vit_b_16"], any_list(text()),
+                           "swept and tuned-lr grid (stages sweep, train_tuned); [] turns both off"),
+    "grid.tuned_freeze_modes": S(["freeze_none"], any_list(text())),
+    # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
+    "train.weights": S("none", choice("none", "imagenet"),
+                       "none | imagenet (torch hub cache or weights_path)"),
+    "train.weights_path": S(None, optional_text()),
+    "train.epochs": S(20, positive_int()),
+    "train.batch_size": S(32, positive_int()),
+    "train.lr": S(1e-3, positive_float(),
+                  "every recorded run of the original used 1e-3 (its README's 1e-4 is a typo)"),
+    "train.momentum": S(0.9, non_negative_float()),
+    "train.weight_decay": S(0.0, non_negative_float()),
+    "train.frozen_bn": S("eval", choice("eval", "train"),
+                         "eval: frozen BatchNorm stops its statistics | train: the original's behaviour"),
+    "train.activation_cache": S(True, boolean()),
+    "train.optimizer": S("sgd", choice("sgd", "adamw"),
+                         "sgd (momentum, weight_decay) | adamw (weight_decay, default betas)"),
+    "train.schedule": S("none", choice("none", "cosine"),
+                        "none | cosine: per step, to 0 at the end of the last epoch"),
+    "train.warmup_epochs": S(0, non_negative_int(),
+                             "linear warm-up of the lr over this many epochs (per step), either schedule"),
+    "train.augment": S(False, boolean(),
+                       "the original's augmentation of training batches (on: activation cache off)"),
+    "train.augment_time_shift": S(10, non_negative_int(),
+                                  "circular shift along time, up to +- this many frames (0: off)"),
+    "train.augment_freq_mask": S(20, non_negative_int(),
+                                 "torchaudio FrequencyMasking(this): up to this-1 mel rows zeroed (0: off)"),
+    "train.augment_time_mask": S(30, non_negative_int(),
+                                 "torchaudio TimeMasking(this): up to this-1 frames zeroed (0: off)"),
+    "train.label_smoothing": S(0.0, Rule("a number in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
+                               "label smoothing of the training loss (0: none); evaluation stays plain"),
+    "train.diagnostics_clips": S(256, non_negative_int(), "test clips for the per-block CKA in "
+                                 "diagnostics.json (0: weight change only)"),
+    "train.out": S("models", text()),
+    # keep: storage policy. Which runs keep their trained weights in model.pt; the others keep a
+    # record (train/checkpoint.py). It decides model.pt, not a run's numbers.
+    "keep.weights": S("all", choice("all", "first_seed", "none"),
+                      "all | first_seed | none: which runs keep trained weights in model.pt"),
+    "sweep.n_trials": S(20, positive_int()),
+    "sweep.lr_low": S(1e-5, positive_float()),
+    "sweep.lr_high": S(1e-1, positive_float()),
+    "sweep.epochs": S(20, positive_int()),
+    "sweep.seeds": S([101, 102], non_empty_list(non_negative_int()),
+                     "the trials' training seeds: disjoint from grid.seeds (no trial is replayed)"),
+    "sweep.folds": S([0], non_empty_list(non_negative_int()),
+                     "the trials' fold cells; a trial's value is the mean best val acc over seeds x folds"),
+    "sweep.sampler_seed": S(0, non_negative_int()),
+    "sweep.pruner_warmup_epochs": S(3, non_negative_int()),
+    "sweep.pruner_startup_trials": S(5, non_negative_int()),
+    "sweep.storage": S("sqlite:///optuna.db", text()),
+    "sweep.out": S("reports/sweep", text()),
+    # runtime: how it runs, never what it computes; no stage lists these.
+    "runtime.feature_workers": S(0, int_range(0, MAX_FEATURE_WORKERS, "processes; 0 = one per CPU"),
+                          "0 = all cores"),
+    "runtime.device": S("auto", choice("auto", "cpu", "cuda"), "auto | cpu | cuda"),
+    "runtime.compile": S(False, boolean(), "torch.compile the model"),
+    "runtime.checkpoint_seconds": S(60.0, non_negative_float(),
+                                    "resumable state at most this often (and on SIGTERM); 0 = every epoch"),
+    "runtime.cpus_per_run": S(1.0, positive_float(),
+                              "Ray resources per run (train --jobs, sweep --workers): no effect on results"),
+    "runtime.gpus_per_run": S(1.0, fraction(), "on GPU nodes; 0.25 packs four runs per GPU"),
+    "runtime.sweep_heartbeat_seconds": S(60, positive_int(),
+                                         "how often a sweep worker marks its trial alive (a stale one is "
+                                         "retried)"),
+    "tracking.uri": S("sqlite:///mlruns/mlflow.db", text()),
+    "tracking.artifacts": S("mlruns/artifacts", text()),
+    "tracking.experiment": S("transfer-freezing", text()),
+    "compare.reference_mode": S("freeze_none", text()),
+    "compare.confidence": S(0.95, fraction()),
+    "compare.equivalence_margin": S(1.0, positive_float(),
+                                    "pp: |difference| below this counts as no practical difference"),
+    "compare.out": S("reports", text()),
 }
 
 
 def defaults() -> Params:
     """The full nested params tree with every default filled in."""
     tree: Params = {}
-    for key, (default, _) in SCHEMA.items():
-        _set(tree, key, copy.deepcopy(default))
+    for key, setting in SCHEMA.items():
+        _set(tree, key, copy.deepcopy(setting.default))
     return tree
 
 
@@ -243,9 +304,13 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
         retired = RETIRED.get((key, value if isinstance(value, str) else None)) or RETIRED.get((key, None))
         if retired:
             raise UserError(f"{source}: {retired}")
+        if key in MOVED:
+            raise UserError(f"{source}: {key} is now {MOVED[key]} (params are grouped by role: grid = "
+                            "which cells exist, train = the recipe, keep = what is stored, runtime = how "
+                            "it runs); rename it, or rewrite params.yaml with `tfreeze profile NAME`")
         if key not in SCHEMA:
             raise UserError(f"{source}: unknown key {key!r}{_did_you_mean(key)}")
-        rule = SCHEMA[key][1]
+        rule = SCHEMA[key].rule
         if rule.allowed.startswith("a number"):
             value = _as_float(value)
         if not rule.check(value):
@@ -274,10 +339,11 @@ def _check_relations(p: Params, source: str) -> None:
     from .model import freezing  # registries; imported late to keep config import light
     from .model import registry as models
 
-    for section in ("train", "sweep"):
-        for name in p[section]["models"]:
+    g = p["grid"]
+    for axes in (("models", "freeze_modes"), ("tuned_models", "tuned_freeze_modes")):
+        for name in g[axes[0]]:
             models.spec(name)
-            for mode in p[section]["freeze_modes"]:
+            for mode in g[axes[1]]:
                 freezing.check(name, mode)
     _check_listed_cells(p, source)
     _check_reference(p, source)
@@ -304,7 +370,7 @@ def _check_relations(p: Params, source: str) -> None:
             "never end)"
         )
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
-    for section in ("train", "sweep"):
+    for section in ("grid", "sweep"):
         outside = [f for f in p[section]["folds"] if f >= cells]
         if outside:
             allowed = (f"0 .. {cells - 1} (split.folds x split.repeats)" if cells > 1
@@ -322,35 +388,35 @@ def _check_relations(p: Params, source: str) -> None:
 
 
 def listed_pairs(p: Params) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of ``train.cells`` (``_check_listed_cells`` checks their form)."""
-    return [tuple(cell.split("/", 1)) for cell in p["train"]["cells"]]  # type: ignore[misc]
+    """The (model, freeze mode) pairs of ``grid.cells`` (``_check_listed_cells`` checks their form)."""
+    return [tuple(cell.split("/", 1)) for cell in p["grid"]["cells"]]  # type: ignore[misc]
 
 
 def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``train.cells``."""
-    t, s = p["train"], p["sweep"]
+    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``grid.cells``."""
+    g = p["grid"]
     if lr_source == "tuned":
-        return [(m, f) for m in s["models"] for f in s["freeze_modes"]]
-    return [(m, f) for m in t["models"] for f in t["freeze_modes"]] + listed_pairs(p)
+        return [(m, f) for m in g["tuned_models"] for f in g["tuned_freeze_modes"]]
+    return [(m, f) for m in g["models"] for f in g["freeze_modes"]] + listed_pairs(p)
 
 
 def _check_listed_cells(p: Params, source: str) -> None:
-    """``train.cells``: each ``<model>/<mode>`` of a known model and mode, once, outside the product."""
+    """``grid.cells``: each ``<model>/<mode>`` of a known model and mode, once, outside the product."""
     from .model import freezing
     from .model import registry as models
 
-    t = p["train"]
+    t = p["grid"]
     product = {(m, f) for m in t["models"] for f in t["freeze_modes"]}  # pairs(p, "fixed") less the cells
     seen: set[str] = set()
     for cell in t["cells"]:
         model, sep, mode = cell.partition("/")
-        where = f"{source}: train.cells has {cell!r}"
+        where = f"{source}: grid.cells has {cell!r}"
         if not (sep and model and mode) or "/" in mode:
             raise UserError(f"{where}; each item is '<model>/<freeze mode>', e.g. 'resnet50/freeze_0_1'")
         if cell in seen:
             raise UserError(f"{where} twice; list each cell once")
         if (model, mode) in product:
-            raise UserError(f"{where}, which train.models x train.freeze_modes already holds; "
+            raise UserError(f"{where}, which grid.models x grid.freeze_modes already holds; "
                             "list only cells outside that product")
         seen.add(cell)
         try:
@@ -362,13 +428,13 @@ def _check_listed_cells(p: Params, source: str) -> None:
 
 def _check_reference(p: Params, source: str) -> None:
     """compare judges each model's modes against compare.reference_mode: every grid must train it."""
-    t, reference = p["train"], p["compare"]["reference_mode"]
+    t, reference = p["grid"], p["compare"]["reference_mode"]
     grids = {"the fixed-lr grid": pairs(p, "fixed"), "the tuned-lr grid": pairs(p, "tuned")}
     for name, cells in grids.items():
         for model in dict.fromkeys(m for m, _ in cells):
             if (model, reference) not in cells:
-                fix = ("sweep.freeze_modes" if name == "the tuned-lr grid" else
-                       "train.freeze_modes" if model in t["models"] else "train.cells")
+                fix = ("grid.tuned_freeze_modes" if name == "the tuned-lr grid" else
+                       "grid.freeze_modes" if model in t["models"] else "grid.cells")
                 raise UserError(f"{source}: compare.reference_mode = {reference!r}, but {name} has no "
                                 f"{model}/{reference} cells to judge {model}'s modes against; "
                                 f"add it to {fix}")
@@ -376,14 +442,15 @@ def _check_reference(p: Params, source: str) -> None:
 
 def _check_lr_study(p: Params, source: str) -> None:
     """The two lr sources: something to train, and sweep trials that never replay a training run."""
-    t, s = p["train"], p["sweep"]
-    if not (t["models"] and t["freeze_modes"]) and not t["cells"] and not (s["models"] and s["freeze_modes"]):
-        raise UserError(f"{source}: nothing to train: the fixed-lr grid (train.models x "
-                        "train.freeze_modes, train.cells) and the tuned-lr grid (sweep.models x "
-                        "sweep.freeze_modes) are all empty")
+    t, s = p["grid"], p["sweep"]
+    if not (t["models"] and t["freeze_modes"]) and not t["cells"] and not (t["tuned_models"] and
+                                                                           t["tuned_freeze_modes"]):
+        raise UserError(f"{source}: nothing to train: the fixed-lr grid (grid.models x "
+                        "grid.freeze_modes, grid.cells) and the tuned-lr grid (grid.tuned_models x "
+                        "grid.tuned_freeze_modes) are all empty")
     shared = sorted(set(s["seeds"]) & set(t["seeds"]))
     if shared:
-        raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with train.seeds = "
+        raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with grid.seeds = "
                         f"{t['seeds']}; a sweep trial must not replay a training run: use other seeds")
     if len(set(s["seeds"])) * len(set(s["folds"])) < 2:
         raise UserError(f"{source}: sweep.seeds = {s['seeds']} x sweep.folds = {s['folds']} is one run per "
@@ -420,8 +487,8 @@ def _check_sizes(p: Params, source: str) -> None:
 def _check_imagenet(p: Params, source: str) -> None:
     from .model import registry as models
 
-    listed = [cell.partition("/")[0] for cell in p["train"]["cells"]]
-    for name in dict.fromkeys(p["train"]["models"] + listed + p["sweep"]["models"]):
+    listed = [cell.partition("/")[0] for cell in p["grid"]["cells"]]
+    for name in dict.fromkeys(p["grid"]["models"] + listed + p["grid"]["tuned_models"]):
         if models.spec(name).weights is None:
             with_weights = [m for m, s in models.REGISTRY.items() if s.weights is not None]
             raise UserError(

@@ -11,7 +11,7 @@ from .errors import UserError
 LR_SOURCES = ("fixed", "tuned")
 # lr source -> its DVC stage (dvc.yaml's matrices name their cells <stage>@<model>-<freeze>-<seed>-<fold>)
 STAGES = {"fixed": "train", "tuned": "train_tuned"}
-# The fixed-lr cells of train.cells: dvc.yaml's matrix names them <stage>@<model>/<freeze>-<seed>-<fold>.
+# The fixed-lr cells of grid.cells: dvc.yaml's matrix names them <stage>@<model>/<freeze>-<seed>-<fold>.
 LISTED_STAGE = "train_cells"
 LAST = "last.pt"  # a cell folder's resumable last-epoch state, removed once the run has finished
 
@@ -28,7 +28,7 @@ class Cell(NamedTuple):
 
 def grid(p: Params, lr_source: str | None = None) -> list[Cell]:
     """Every train cell of params, fixed-lr ones first: what dvc.yaml's three train stages hold."""
-    t = p["train"]
+    t = p["grid"]
     return [Cell(m, f, seed, fold, source) for source in LR_SOURCES if lr_source in (None, source)
             for m, f in pairs(p, source) for seed in t["seeds"] for fold in t["folds"]]
 
@@ -39,7 +39,7 @@ def select(p: Params, model: str | None = None, freeze: str | None = None, cell:
 
     The lr source: ``lr_source``; else, when ``model``, ``freeze`` or ``cell`` picks cells, fixed (a
     tuned cell is asked for by name); else both grids, fixed-lr cells first. A fixed-lr grid is
-    train.models x train.freeze_modes plus train.cells; ``model`` or ``freeze`` alone narrow it.
+    grid.models x grid.freeze_modes plus grid.cells; ``model`` or ``freeze`` alone narrow it.
     """
     if cell:
         if model or freeze:
@@ -48,9 +48,8 @@ def select(p: Params, model: str | None = None, freeze: str | None = None, cell:
         if not (sep and model and freeze):
             raise UserError(f"tfreeze train --cell {cell!r}: expected <model>/<freeze mode>, "
                             "e.g. --cell resnet50/freeze_0_1")
-    t = p["train"]
-    axes = {"fixed": (t["models"], t["freeze_modes"]),
-            "tuned": (p["sweep"]["models"], p["sweep"]["freeze_modes"])}
+    t = p["grid"]
+    axes = {"fixed": (t["models"], t["freeze_modes"]), "tuned": (t["tuned_models"], t["tuned_freeze_modes"])}
     sources = [lr_source] if lr_source else ["fixed"] if model or freeze else list(LR_SOURCES)
     cells = []
     for source in sources:
@@ -65,7 +64,7 @@ def select(p: Params, model: str | None = None, freeze: str | None = None, cell:
 
 
 def dvc_stage(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:
-    """The DVC stage of a cell, as dvc.yaml's matrices name it (``listed``: a cell of train.cells)."""
+    """The DVC stage of a cell, as dvc.yaml's matrices name it (``listed``: a cell of grid.cells)."""
     if listed:
         return f"{LISTED_STAGE}@{model}/{freeze}-{seed}-{fold}"
     return f"{STAGES[lr_source]}@{model}-{freeze}-{seed}-{fold}"

@@ -188,7 +188,7 @@ def build(p: Params) -> dict:
         for name, rows in parts.items():
             rows = rows.reset_index(drop=True)
             paths = [str(raw / files[c]) for c in rows["clip_id"]]
-            images = compute_images(paths, recipe, p["features"]["workers"], p["features"]["dtype"])
+            images = compute_images(paths, recipe, p["runtime"]["feature_workers"], p["features"]["dtype"])
             np.save(tmp / f"{name}.npy", images)
             rows.assign(label=rows["genre"].map(classes.index)).to_csv(tmp / f"{name}.csv", index=False)
             meta["splits"][name] = {"n": len(rows), "shape": list(images.shape)}
@@ -228,7 +228,7 @@ class Store:
             return {name: self._read(name, meta) for name in splits.SPLITS}
         if not 0 <= cell < meta["cells"]:
             raise UserError(f"{self.root}: cell {cell} is outside 0 .. {meta['cells'] - 1} "
-                            "(split.folds x split.repeats); check train.folds")
+                            "(split.folds x split.repeats); check grid.folds")
         whole = self._read(CLIPS, meta)
         role = splits.cell_roles(pd.read_csv(self.root / FOLDS), cell, meta["folds"])
         roles = role.reindex(whole.clip_ids).to_numpy()

@@ -11,7 +11,7 @@ last write (0: every epoch) and when SIGTERM asks the run to stop; the best weig
 and are written once, as ``model.pt``, when the run ends. Bytes and seconds spent writing are
 counted (``IO``) so a run can report its checkpoint overhead.
 
-``train.keep_weights`` (``KEEP_WEIGHTS``) decides which runs keep their trained weights on disk.
+``keep.weights`` (``KEEP_WEIGHTS``) decides which runs keep their trained weights on disk.
 A run that does not keep them still has a ``model.pt``: its config, the frozen weights' hash and
 the SHA-256 and size of the weights file it wrote and then dropped (``drop_weights``), so a rerun
 of the cell can be checked against it; loading it says so in one line.
@@ -33,7 +33,7 @@ from .. import atomic
 from ..errors import UserError
 
 FORMAT = "lean-1"
-# train.keep_weights: which runs keep their trained weights in model.pt (the others keep a record).
+# keep.weights: which runs keep their trained weights in model.pt (the others keep a record).
 KEEP_WEIGHTS = ("all", "first_seed", "none")
 
 
@@ -129,9 +129,9 @@ def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
     state = read_model(path)
     if state["weights"] is None:
         dropped = state["dropped"]
-        raise UserError(f"{path} holds no weights: train.keep_weights = {dropped['keep_weights']!r} "
+        raise UserError(f"{path} holds no weights: keep.weights = {dropped['keep_weights']!r} "
                         f"dropped them after the run (that file had SHA-256 {dropped['sha256'][:16]}…); "
-                        "rerun the cell with train.keep_weights: all to rebuild it")
+                        "rerun the cell with keep.weights: all to rebuild it")
     model = base_model(state, path, weights_path)
     apply(model, state["weights"])
     return model
@@ -170,7 +170,7 @@ def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Pa
     Downloads the ``model.pt`` of the run's logged model ``model`` (``tracking.log_checkpoint``) into
     ``dst`` (a new temporary folder by default) through the MLflow client and loads it with
     ``load_model``, so the frozen-weights hash is checked. A run whose weights were dropped
-    (``train.keep_weights``) has no logged model: its record says so in one line.
+    (``keep.weights``) has no logged model: its record says so in one line.
     """
     import tempfile
 
@@ -201,5 +201,5 @@ def load_from_mlflow(run_id: str, tracking_uri: str | None = None, dst: str | Pa
 
 def torch_seed(state: dict) -> int:
     """The seed a ``model.pt`` run was built with: its recorded ``torch_seed``; a checkpoint written
-    before seeds were derived per fold cell has none and was seeded by ``train.seeds`` alone."""
+    before seeds were derived per fold cell has none and was seeded by ``grid.seeds`` alone."""
     return int(state["torch_seed"]) if "torch_seed" in state else int(state["config"]["seed"])

@@ -77,6 +77,7 @@ class RunConfig:
     augment_time_shift: int = 10
     augment_freq_mask: int = 20
     augment_time_mask: int = 30
+    label_smoothing: float = 0.0  # of the training loss (cross-entropy); evaluation stays plain
 
     @property
     def torch_seed(self) -> int:
@@ -99,7 +100,7 @@ def run_seed(seed: int, cell: int = 0) -> int:
     the model nor the freeze mode enters it, so the two arms of a pair (a mode and its reference,
     same seed and cell) start from the same initialisation and shuffle alike. SHA-256 of
     ``run/<seed>/<cell>`` cut to 63 bits: stable across processes, Python versions and machines
-    (never Python's ``hash()``), and far from the small integers of ``train.seeds``.
+    (never Python's ``hash()``), and far from the small integers of ``grid.seeds``.
     """
     digest = hashlib.sha256(f"run/{seed}/{cell}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -291,13 +292,14 @@ def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
 def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.device,
               opt: torch.optim.Optimizer | None = None, order: torch.Tensor | None = None,
               desc: str = "", schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-              augment: Callable[..., torch.Tensor] | None = None
+              augment: Callable[..., torch.Tensor] | None = None, label_smoothing: float = 0.0
               ) -> tuple[float, float, torch.Tensor]:
     """One pass over ``split``: trains when ``opt`` is given. Returns (loss, acc %, predictions).
 
     ``net`` maps a batch of ``split.images`` to logits. Sums stay on the device (float64 loss,
     the same arithmetic as Python floats), so a GPU epoch syncs with the host once, at its end.
-    When training, ``schedule`` steps after every optimiser step and ``augment(images, step=batch
+    ``label_smoothing`` smooths the cross-entropy (``fit`` gives it to training passes only). When
+    training, ``schedule`` steps after every optimiser step and ``augment(images, step=batch
     index)`` rewrites each batch before the forward pass.
     """
     training = opt is not None
@@ -316,7 +318,7 @@ def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.devic
             x = augment(x, step=start // batch_size)
         with torch.set_grad_enabled(training), autocast(device):
             logits = net(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
         if training:
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -429,7 +431,8 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
             lr = opt.param_groups[0]["lr"]  # the lr of the epoch's first step
             tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
                                            desc=f"epoch {epoch + 1}/{cfg.epochs} train", schedule=sched,
-                                           augment=partial(augment, epoch=epoch) if augment else None)
+                                           augment=partial(augment, epoch=epoch) if augment else None,
+                                           label_smoothing=cfg.label_smoothing)
             va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
             row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
                    "lr": lr}

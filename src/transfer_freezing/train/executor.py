@@ -3,7 +3,7 @@
 One task runs one ``tfreeze train`` (or ``tfreeze sweep``) process, the very command a DVC stage
 runs, so every cell keeps its own process, outputs, MLflow run and per-run determinism.
 
-- Resources per task: ``train.cpus_per_run`` CPUs and, when runs use a GPU, ``train.gpus_per_run``
+- Resources per task: ``runtime.cpus_per_run`` CPUs and, when runs use a GPU, ``runtime.gpus_per_run``
   of one (0.25 packs four runs per GPU); the process sees the GPU Ray gave it, and only that one,
   through ``CUDA_VISIBLE_DEVICES``.
 - Where a process works: on a node that sees the driver's workspace (the same machine; or a
@@ -147,7 +147,7 @@ def sweep_workers(p: Params, studies: list[tuple[str, str]], params: str, overri
                   workers: int, address: str | None) -> None:
     """``workers`` ``tfreeze sweep`` processes per (model, freeze) study, as Ray tasks."""
     out = _layout(p, "sweep.out")
-    grid = {(m, f) for m in p["sweep"]["models"] for f in p["sweep"]["freeze_modes"]}
+    grid = {(m, f) for m in p["grid"]["tuned_models"] for f in p["grid"]["tuned_freeze_modes"]}
     todo = [Job(name=f"sweep {model}/{freeze} worker {i + 1}",
                 command=("sweep", "--model", model, "--freeze", freeze),
                 outputs=((f"{out[0]}/{model}-{freeze}.json", f"{out[1]}/{model}-{freeze}.json"),),
@@ -196,7 +196,7 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
         if asked and fits < window:
             gpu = f" and {gpus:g} GPU" if gpus else ""
             print(f"the Ray cluster fits {fits} of the {window} {what} asked for at once "
-                  f"({cpus:g} CPU{gpu} each: train.cpus_per_run, train.gpus_per_run)", flush=True)
+                  f"({cpus:g} CPU{gpu} each: runtime.cpus_per_run, runtime.gpus_per_run)", flush=True)
         ctx = _context(p, params, overrides, env, ship if address else [])
         _pause("tasks")
         try:
@@ -280,12 +280,12 @@ def _terminated(signum, frame) -> None:
 
 
 def _resources(p: Params) -> tuple[float, float]:
-    """(CPUs, GPUs) one task asks for: GPUs only when runs use one (train.device)."""
-    device, cpus = p["train"]["device"], float(p["train"]["cpus_per_run"])
+    """(CPUs, GPUs) one task asks for: GPUs only when runs use one (runtime.device)."""
+    device, cpus = p["runtime"]["device"], float(p["runtime"]["cpus_per_run"])
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if device == "cuda" and not has_gpu:
-        raise UserError("train.device = cuda but the Ray cluster has no GPU")
-    return cpus, float(p["train"]["gpus_per_run"]) if has_gpu and device != "cpu" else 0.0
+        raise UserError("runtime.device = cuda but the Ray cluster has no GPU")
+    return cpus, float(p["runtime"]["gpus_per_run"]) if has_gpu and device != "cpu" else 0.0
 
 
 def _capacity(cpus: float, gpus: float) -> int:
@@ -301,7 +301,7 @@ def _capacity(cpus: float, gpus: float) -> int:
     if not fits:
         gpu = f" and {gpus:g} GPU" if gpus else ""
         raise UserError(f"no node of the Ray cluster has {cpus:g} CPU{gpu} for one run "
-                        "(train.cpus_per_run, train.gpus_per_run)")
+                        "(runtime.cpus_per_run, runtime.gpus_per_run)")
     return fits
 
 

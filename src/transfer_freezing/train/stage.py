@@ -2,11 +2,11 @@
 core + MLflow run.
 
 Two lr sources, two DVC stages over one layout: ``train@<model>-<freeze>-<seed>-<fold>`` trains with
-the fixed ``train.lr`` (grid: train.models x train.freeze_modes), ``train_tuned@…`` with the best lr
-of the sweep's ``<sweep.out>/<model>-<freeze>.json`` (grid: sweep.models x sweep.freeze_modes), both
-over train.seeds x train.folds, into ``<train.out>/<model>/<freeze>/<fixed|tuned>/seed<k>/fold<c>/``.
+the fixed ``train.lr`` (grid: grid.models x grid.freeze_modes), ``train_tuned@…`` with the best lr
+of the sweep's ``<sweep.out>/<model>-<freeze>.json`` (grid: grid.tuned_models x grid.tuned_freeze_modes), both
+over grid.seeds x grid.folds, into ``<train.out>/<model>/<freeze>/<fixed|tuned>/seed<k>/fold<c>/``.
 A fixed cell depends on ``train.lr`` and never on a sweep; a tuned cell on its sweep JSON and never
-on ``train.lr``. An empty list turns a grid off. ``train.cells`` adds fixed-lr cells outside the
+on ``train.lr``. An empty list turns a grid off. ``grid.cells`` adds fixed-lr cells outside the
 product, each ``<model>/<mode>`` (``train_cells@<model>/<freeze>-<seed>-<fold>``, the same layout):
 one profile can give each architecture its own modes (ViT's 14 prefix depths, ResNet's 6 stages).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -42,22 +42,21 @@ from . import checkpoint, diagnostics, tracking
 from . import core as training
 from . import run_reports as reports
 
-# The params the train stage lists in dvc.yaml (tests/test_training.py compares): a run logs
-# exactly these as MLflow params, plus its resolved ``run.*`` settings. Other keys of params.yaml
-# cannot change its numbers, so changing them never conflicts with a resumed run's params. Runtime
-# knobs (train.device, train.compile, checkpoint_seconds, resources) are not listed: a run logs
-# its resolved device and compile flag as run.* params, and changing them re-runs nothing.
-STAGE_PARAMS = ("train.weights", "train.weights_path", "train.epochs", "train.batch_size", "train.lr",
-                "train.momentum", "train.weight_decay", "train.frozen_bn", "train.activation_cache",
-                "train.optimizer", "train.schedule",
-                "train.warmup_epochs", "train.augment", "train.augment_time_shift",
-                "train.augment_freq_mask", "train.augment_time_mask", "train.diagnostics_clips", "tracking")
-# The train_tuned stage: the same, less train.lr (its lr is the sweep JSON, a dependency of its own).
-TUNED_STAGE_PARAMS = tuple(k for k in STAGE_PARAMS if k != "train.lr")
+# The params the train stages list in dvc.yaml (tests/test_training.py compares): the recipe (the
+# whole ``train`` section: what decides a run's numbers) and ``tracking``; a tuned cell the recipe
+# less train.lr (its lr is its sweep JSON, a dependency of its own). A run logs exactly these as
+# MLflow params (less LOCATIONS), plus its resolved ``run.*`` settings. Other sections cannot change
+# its numbers (grid: which cells exist; runtime: how it runs; a run logs its resolved device and
+# compile flag as run.* params), so changing them re-runs nothing and never conflicts with a
+# resumed run's params.
+STAGE_PARAMS = ("train", "tracking")
+TUNED_STAGE_PARAMS = (*(k for k in config.SCHEMA if k.startswith("train.") and k != "train.lr"), "tracking")
+LOCATIONS = ("train.out",)  # where outputs go, not what they hold: listed (within train), not logged
 # Listed after those in dvc.yaml, as it decides what model.pt holds (not the run's numbers): a run
-# records it as a tag, which a resume may change, not as a param. (first_seed reads train.seeds,
+# records it as a tag, which a resume may change, not as a param. (first_seed reads grid.seeds,
 # which is not listed: adding a seed must not re-run every cell.)
-STORAGE_PARAMS = ("train.keep_weights",)
+STORAGE_PARAMS = ("keep",)
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -128,17 +127,14 @@ def resolve_lr(p: Params, model: str, freeze: str, lr_source: str, seed: int) ->
 
 def run_config(p: Params, model: str, freeze: str, seed: int, lr: float, num_classes: int,
                epochs: int | None = None, fold: int = 0) -> training.RunConfig:
-    t = p["train"]
-    return training.RunConfig(
-        model=model, freeze=freeze, seed=seed, epochs=epochs or t["epochs"],
-        batch_size=t["batch_size"], lr=lr, momentum=t["momentum"],
-        weight_decay=t["weight_decay"], frozen_bn=t["frozen_bn"], weights=t["weights"],
-        weights_path=t["weights_path"], image_size=p["features"]["image_size"],
-        num_classes=num_classes, device=t["device"], activation_cache=t["activation_cache"],
-        compile=t["compile"], fold=fold, optimizer=t["optimizer"], schedule=t["schedule"],
-        warmup_epochs=t["warmup_epochs"], augment=t["augment"], augment_time_shift=t["augment_time_shift"],
-        augment_freq_mask=t["augment_freq_mask"], augment_time_mask=t["augment_time_mask"],
-    )
+    """One run's config: every recipe key (``train.*``) that names a ``RunConfig`` field, by that
+    name (a new recipe setting needs no line here), then the cell, the lr and what runtime resolves."""
+    recipe = {f.name: p["train"][f.name] for f in fields(training.RunConfig) if f.name in p["train"]}
+    return training.RunConfig(**{
+        **recipe, "model": model, "freeze": freeze, "seed": seed, "fold": fold, "lr": lr,
+        "epochs": epochs or p["train"]["epochs"], "num_classes": num_classes,
+        "image_size": p["features"]["image_size"], "device": p["runtime"]["device"],
+        "compile": p["runtime"]["compile"]})
 
 
 def stage_params(p: Params, lr_source: str = "fixed") -> dict[str, object]:
@@ -146,7 +142,7 @@ def stage_params(p: Params, lr_source: str = "fixed") -> dict[str, object]:
     keys = STAGE_PARAMS if lr_source == "fixed" else TUNED_STAGE_PARAMS
     flat = config.flat(p)
     return {k: v for k, v in flat.items()
-            if any(k == key or k.startswith(key + ".") for key in keys)}
+            if any(k == key or k.startswith(key + ".") for key in keys) and k not in LOCATIONS}
 
 
 def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_source: str = "fixed") -> dict:
@@ -159,12 +155,12 @@ def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_sourc
     logged = {**stage_params(p, lr_source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
               "run.lr_source": lr_source}
     is_listed = lr_source == "fixed" and (model, freeze) in listed_pairs(p)
-    policy = p["train"]["keep_weights"]
+    policy = p["keep"]["weights"]
     return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
-                      checkpoint_seconds=p["train"]["checkpoint_seconds"],
+                      checkpoint_seconds=p["runtime"]["checkpoint_seconds"],
                       diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance,
                       listed=is_listed,
-                      drop_weights=None if checkpoint.keeps_weights(policy, seed, p["train"]["seeds"])
+                      drop_weights=None if checkpoint.keeps_weights(policy, seed, p["grid"]["seeds"])
                       else policy)
 
 
@@ -176,7 +172,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
 
     ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
     ``diagnostics_clips`` >= 4 the CKA of every block on that many test clips. ``drop_weights``
-    (the ``train.keep_weights`` policy that drops this run's weights, None to keep them): once the
+    (the ``keep.weights`` policy that drops this run's weights, None to keep them): once the
     diagnostics have read ``model.pt``, it becomes a record without the weights (``checkpoint``).
 
     A cell killed by SIGKILL resumes here from its ``last.pt`` into the same MLflow run; Ctrl-C

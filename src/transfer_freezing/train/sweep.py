@@ -2,7 +2,7 @@
 
 A trial's value is the mean, over its runs, of the best validation accuracy (never test): one run
 per (seed, fold) of ``sweep.seeds`` x ``sweep.folds``, at least two, so the chosen rate is not one
-run's luck. The seeds are disjoint from ``train.seeds`` (config checks it), so no tuned-lr training
+run's luck. The seeds are disjoint from ``grid.seeds`` (config checks it), so no tuned-lr training
 run replays a trial. Each run is seeded as a training run is (``core.run_seed(seed, fold cell)``), so
 every trial of a study, and every mode's study, trains the same (seed, cell) runs from the same
 initialisation and batch order: trials differ in their lr only. With ``split.scheme: kfold``,
@@ -79,7 +79,8 @@ class SweepConfig:
         storage = resolve_url(os.environ.get("OPTUNA_STORAGE") or s["storage"])
         return cls(s["n_trials"], s["lr_low"], s["lr_high"], s["epochs"], tuple(s["seeds"]),
                    tuple(s["folds"]), s["sampler_seed"], s["pruner_warmup_epochs"],
-                   s["pruner_startup_trials"], storage, s["heartbeat_seconds"], Path(s["out"]))
+                   s["pruner_startup_trials"], storage, p["runtime"]["sweep_heartbeat_seconds"],
+                   Path(s["out"]))
 
     @property
     def runs(self) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ worker only after its trial ends, so N workers can overshoot by up to N - 1 tria
 not keep a worker waiting for the others' last trials (every worker writes the result).
 
 Stale trials are Optuna's heartbeat: a trial left RUNNING by a killed worker stops beating; after
-``2 x sweep.heartbeat_seconds`` any worker fails it (``fail_stale_trials``), marks its MLflow run
+``2 x runtime.sweep_heartbeat_seconds`` any worker fails it (``fail_stale_trials``), marks its MLflow run
 FAILED and queues a retry with the same learning rate (``RetryHeartbeatStaleTrialCallback``), so it
 is neither lost nor blocking.
 
