@@ -1,9 +1,11 @@
 """The training core: one (model, freeze mode, seed) run, resumable, with no tracking dependency.
 
-Read it top to bottom like nanoGPT's train.py: setup, the data path (``prepare``), epoch loop
-(train, validate, checkpoint), then the best-validation weights scored once on test. MLflow lives
-in ``tracking``; this module only calls ``on_epoch`` so it runs (and benchmarks) with nothing but
-torch and torchvision installed (tqdm draws the progress bar when present).
+Read ``fit`` top to bottom like nanoGPT's train.py: setup, the data path (``prepare``), epoch loop
+(train, validate, checkpoint), then the best-validation weights scored once on test. The resumable
+state, resuming it and when it is written (interval, SIGTERM) live in ``checkpoint``; the fault
+injection of the tests in ``hooks``. MLflow lives in ``tracking``; this module only calls
+``on_epoch`` so it runs (and benchmarks) with nothing but torch and torchvision installed (tqdm
+draws the progress bar when present).
 
 Speed, without changing what is computed (beyond float round-off):
 - the splits are in memory whole (on the GPU too, moved once per run); batches are index slices;
