@@ -52,24 +52,24 @@ class FullWrites(Hooks):
 
     def __init__(self, folder: Path, cfg: core.RunConfig):
         self.folder, self.cfg, self.io = folder, cfg, checkpoint.IO()
+        folder.mkdir()  # the run's own folder holds its lean model.pt; the names are the same here
 
     def epoch_end(self, epoch: int, state: checkpoint.TrainState) -> None:
         whole = set(state.model.state_dict())
-        replace(state, changed=whole, best_weights={}).save(self.folder / "full-last.pt", self.cfg, None,
-                                                            self.io)
+        replace(state, changed=whole, best_weights={}).save(self.folder / "last.pt", self.cfg, None, self.io)
         if state.best["epoch"] == epoch:
-            checkpoint.save_model(self.folder / "full-model.pt", checkpoint.lean_state(state.model, whole),
+            checkpoint.save_model(self.folder / "model.pt", checkpoint.lean_state(state.model, whole),
                                   self.cfg, state.frozen, self.io)
 
 
 def cell(cfg: core.RunConfig, d: core.Data, style: str, seconds: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="tfreeze-ckpt-") as tmp:
         if style == "full":
-            full = FullWrites(Path(tmp), cfg)
+            full = FullWrites(Path(tmp) / "full", cfg)
             result = core.fit(cfg, d, Path(tmp), checkpoint_seconds=float("inf"), hooks=full)
             written, io_seconds = full.io.bytes, full.io.seconds
             wall = result.wall_seconds - result.checkpoint_seconds  # less the lean model.pt
-            model_pt = (Path(tmp) / "full-model.pt").stat().st_size
+            model_pt = (full.folder / "model.pt").stat().st_size
         else:
             result = core.fit(cfg, d, Path(tmp), checkpoint_seconds=seconds)
             written, io_seconds = result.checkpoint_bytes, result.checkpoint_seconds
