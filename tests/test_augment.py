@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from transfer_freezing.data.inputs import Split
+from transfer_freezing.grid import LAST
 from transfer_freezing.train import augment as aug
 from transfer_freezing.train import core as training
+from transfer_freezing.train.hooks import Faults
 
 SIZE = 32
 
@@ -82,8 +84,8 @@ CFG = training.RunConfig("vit_demo", "freeze_patch_0_5", 1, epochs=3, batch_size
                          image_size=SIZE, num_classes=3, device="cpu", augment=True)
 
 
-def _fit(cfg: training.RunConfig, tmp_path, name: str, data: training.Data | None = None):
-    return training.fit(cfg, data or _data(), tmp_path / name)
+def _fit(cfg: training.RunConfig, tmp_path, name: str, data: training.Data | None = None, **kw):
+    return training.fit(cfg, data or _data(), tmp_path / name, **kw)
 
 
 def test_augmented_runs_repeat_exactly_and_differ_from_plain_runs(tmp_path):
@@ -128,13 +130,11 @@ def test_only_training_batches_are_augmented(tmp_path, monkeypatch):
     assert all(torch.equal(data.splits()[k].images, v) for k, v in stored.items())  # no in-place edit
 
 
-def test_an_interrupted_augmented_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_augmented_run_resumes_to_the_uninterrupted_result(tmp_path):
     whole = _fit(CFG, tmp_path, "whole")
-    monkeypatch.setenv("TFREEZE_FAIL_IN_EPOCH", "2")  # after epoch 2's resumable state
-    with pytest.raises(RuntimeError, match="injected failure"):
-        _fit(CFG, tmp_path, "cut")
-    assert (tmp_path / "cut" / training.LAST).is_file()
-    monkeypatch.delenv("TFREEZE_FAIL_IN_EPOCH")
+    with pytest.raises(RuntimeError, match="injected failure"):  # after epoch 2's resumable state
+        _fit(CFG, tmp_path, "cut", hooks=Faults(fail_in_epoch=2))
+    assert (tmp_path / "cut" / LAST).is_file()
     resumed = _fit(CFG, tmp_path, "cut")
     assert resumed.history == whole.history
     assert (resumed.test_acc, resumed.test_loss, resumed.best_epoch) == (whole.test_acc, whole.test_loss,

@@ -1,6 +1,8 @@
 """Optimiser and lr-schedule controls: AdamW, cosine with linear warm-up, exact resume, bad values."""
 
 import math
+import os
+import signal
 from dataclasses import replace
 
 import pytest
@@ -8,9 +10,12 @@ import torch
 
 from transfer_freezing import config
 from transfer_freezing.data.inputs import Split
-from transfer_freezing.errors import UserError
+from transfer_freezing.errors import Terminated, UserError
+from transfer_freezing.grid import LAST
+from transfer_freezing.train import checkpoint
 from transfer_freezing.train import core as training
 from transfer_freezing.train import stage as train_stage
+from transfer_freezing.train.hooks import Faults, Hooks
 
 from conftest import write_params
 
@@ -74,15 +79,38 @@ def test_adamw_and_cosine_runs_train_and_differ_from_sgd(tmp_path):
     assert [r["lr"] for r in runs["cosine"].history] == pytest.approx([0.01 / 3, 0.01, 0.005])
 
 
-def test_an_interrupted_cosine_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_cosine_run_resumes_to_the_uninterrupted_result(tmp_path):
     cfg = replace(CFG, optimizer="adamw", lr=1e-3, schedule="cosine", warmup_epochs=1)
     data = _data()
     whole = training.fit(cfg, data, tmp_path / "whole")
-    monkeypatch.setenv("TFREEZE_FAIL_IN_EPOCH", "2")
     with pytest.raises(RuntimeError, match="injected failure"):
-        training.fit(cfg, data, tmp_path / "cut")
-    monkeypatch.delenv("TFREEZE_FAIL_IN_EPOCH")
+        training.fit(cfg, data, tmp_path / "cut", hooks=Faults(fail_in_epoch=2))
     resumed = training.fit(cfg, data, tmp_path / "cut")
+    assert resumed.history == whole.history
+    assert (resumed.test_acc, resumed.test_loss) == (whole.test_acc, whole.test_loss)
+
+
+class _SigtermAt(Hooks):
+    """SIGTERM to this process as epoch ``epoch`` starts: the run must finish that epoch first."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_start(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_ends_the_epoch_writes_the_state_and_the_run_resumes_exactly(tmp_path):
+    data = _data()
+    whole = training.fit(CFG, data, tmp_path / "whole")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated, match="SIGTERM"):  # no state is due but the one SIGTERM asks for
+        training.fit(CFG, data, tmp_path / "cut", checkpoint_seconds=float("inf"), hooks=_SigtermAt(1))
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert checkpoint.checkpoint_epoch(tmp_path / "cut" / LAST) == 1  # the second epoch, finished
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    resumed = training.fit(CFG, data, tmp_path / "cut")
     assert resumed.history == whole.history
     assert (resumed.test_acc, resumed.test_loss) == (whole.test_acc, whole.test_loss)
 

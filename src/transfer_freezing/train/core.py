@@ -1,9 +1,11 @@
 """The training core: one (model, freeze mode, seed) run, resumable, with no tracking dependency.
 
-Read it top to bottom like nanoGPT's train.py: setup, the data path (``prepare``), epoch loop
-(train, validate, checkpoint), then the best-validation weights scored once on test. MLflow lives
-in ``tracking``; this module only calls ``on_epoch`` so it runs (and benchmarks) with nothing but
-torch and torchvision installed (tqdm draws the progress bar when present).
+Read ``fit`` top to bottom like nanoGPT's train.py: setup, the data path (``prepare``), epoch loop
+(train, validate, checkpoint), then the best-validation weights scored once on test. The resumable
+state, resuming it and when it is written (interval, SIGTERM) live in ``checkpoint``; the fault
+injection of the tests in ``hooks``. MLflow lives in ``tracking``; this module only calls
+``on_epoch`` so it runs (and benchmarks) with nothing but torch and torchvision installed (tqdm
+draws the progress bar when present).
 
 Speed, without changing what is computed (beyond float round-off):
 - the splits are in memory whole (on the GPU too, moved once per run); batches are index slices;
@@ -37,10 +39,11 @@ from ..data.inputs import Split, to_model_input
 from ..errors import Terminated
 from ..grid import LAST
 from ..model import activation_cache as prefix_cache
-from ..model import attention, freezing, readout
+from ..model import attention, readout
 from ..model import registry as models
 from . import augment as augmentation
 from . import checkpoint
+from .hooks import Faults, Hooks
 
 try:
     from tqdm import tqdm
@@ -163,17 +166,14 @@ SCHEDULES = ("none", "cosine")
 
 
 def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, int, int]:
-    """Seeded model (``cfg.torch_seed``) with the freeze mode applied, and the optimiser over what
-    stays trainable.
+    """Seeded model (``checkpoint.initial_model`` under ``cfg.torch_seed``) with the freeze mode
+    applied, on ``device``, and the optimiser over what stays trainable.
 
     ``sgd``: SGD with ``momentum`` and ``weight_decay`` (coupled, L2). ``adamw``: AdamW with torch's
     default betas and eps and ``weight_decay`` (decoupled; note torch's own default would be 0.01,
     here it is the configured value, 0 unless set); ``momentum`` does not apply.
     """
-    torch.manual_seed(cfg.torch_seed)
-    model = models.build(cfg.model, cfg.num_classes, cfg.image_size, cfg.weights, cfg.weights_path)
-    plan = freezing.plan(cfg.model, cfg.freeze)
-    trainable, total = freezing.freeze(model, plan.prefixes, freeze_bn_stats=cfg.frozen_bn == "eval")
+    model, trainable, total = checkpoint.initial_model(asdict(cfg), cfg.torch_seed)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel per step on the GPU; the CPU keeps torch's default implementation.
@@ -375,59 +375,44 @@ def configure(device: torch.device) -> None:
         torch.set_num_threads(physical_cores())
 
 
-CHECKPOINT_STYLES = ("lean", "full")  # full: the pre-lean behaviour, kept for benchmarks/checkpoint_io.py
-
-
 def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = None,
         resume_extra: dict | None = None, cache_dir: Path | None = None,
-        checkpoint_seconds: float = 0.0, checkpoints: str = "lean") -> Result:
+        checkpoint_seconds: float = 0.0, hooks: Hooks | None = None) -> Result:
     """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if one for ``cfg`` exists.
 
-    Checkpoints are lean (``checkpoint``): the resumable state holds what the run changed and is
-    written when ``checkpoint_seconds`` have passed since the last write (0: after every epoch),
-    and at the end of the epoch in which SIGTERM arrived (then ``Terminated`` is raised). The best
-    weights live in memory and in that state; ``workdir/model.pt`` is written once, at the end
-    (``dvc repro`` deletes a stage's outputs, ``model.pt`` among them, before it runs it again, so
-    resuming must not need it). ``resume_extra`` is stored in every checkpoint (the tracking layer
-    keeps its run id there) and read back by ``peek``. ``cache_dir`` is where frozen-prefix
-    activations are shared between runs (see ``prepare``). ``checkpoints="full"`` writes what this
-    project wrote before (whole model and optimiser after every epoch, the whole best model at every
-    improvement) so a benchmark can measure both in one run.
+    Setup, epochs (train, validate, record, checkpoint), then the best-validation weights scored
+    once on test. The resumable state (``checkpoint.TrainState``) holds what the run changed and is
+    written when ``checkpoint_seconds`` have passed since the last write (0: after every epoch), and
+    at the end of the epoch in which SIGTERM arrived (then ``Terminated`` is raised; see
+    ``checkpoint.Interval``). The best weights live in memory and in that state; ``workdir/model.pt``
+    is written once, at the end (``dvc repro`` deletes a stage's outputs, ``model.pt`` among them,
+    before it runs it again, so resuming must not need it). ``on_epoch(epoch, metrics)`` is called
+    after each epoch, before its state is written. ``resume_extra`` is stored in every checkpoint
+    (the tracking layer keeps its run id there) and read back by ``checkpoint.peek``. ``cache_dir``
+    is where frozen-prefix activations are shared between runs (see ``prepare``). ``hooks`` are
+    called at each epoch's start and end (``hooks.Hooks``); by default the fault injection the
+    environment asks for, if any (``hooks.Faults.from_env``).
     """
-    if checkpoints not in CHECKPOINT_STYLES:
-        raise ValueError(f"checkpoints must be one of {CHECKPOINT_STYLES}, got {checkpoints!r}")
     t0 = time.perf_counter()
+    hooks = hooks if hooks is not None else Faults.from_env()
     io = checkpoint.IO()
     device = pick_device(cfg.device)
     configure(device)
     model, opt, trainable, total = setup(cfg, device)
-    lean = checkpoints == "lean"
-    changed = checkpoint.changed_keys(model) if lean else set(model.state_dict())
+    changed = checkpoint.changed_keys(model)
     frozen = checkpoint.frozen_hash(model, changed)
     net, data = prepare(cfg, model, data, device, cache_dir)
     sched = scheduler(cfg, opt, len(data.train))
     augment = augmenter(cfg)
-    shuffle = shuffler(cfg)
-    state = _resume(workdir, cfg, frozen=frozen) if lean else None
-    start, best = 0, {"acc": -1.0, "epoch": -1}
-    best_weights: dict[str, torch.Tensor] = {}
-    history: list[dict] = []
-    if state:
-        checkpoint.apply(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best, history = state["epoch"] + 1, state["best"], state["history"]
-        best_weights = state["best_model"]
-        t0 -= state["elapsed"]
-        print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold} after epoch {start}")
-    last_write = time.monotonic()
-    with _sigterm_requests_stop() as stop:
-        for epoch in range(start, cfg.epochs):
-            _fail_for_tests(epoch)
-            order = torch.randperm(len(data.train), generator=shuffle)
+    state = checkpoint.TrainState(model, opt, sched, shuffler(cfg), changed, frozen, started=t0)
+    if state.resume(workdir, cfg):
+        print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold} "
+              f"after epoch {state.epoch + 1}")
+
+    with checkpoint.Interval(workdir / LAST, cfg, checkpoint_seconds, resume_extra, io) as saver:
+        for epoch in range(state.epoch + 1, cfg.epochs):
+            hooks.epoch_start(epoch)
+            order = torch.randperm(len(data.train), generator=state.shuffle)
             lr = opt.param_groups[0]["lr"]  # the lr of the epoch's first step
             tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
                                            desc=f"epoch {epoch + 1}/{cfg.epochs} train", schedule=sched,
@@ -436,33 +421,21 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
             va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
             row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
                    "lr": lr}
-            history.append(row)
             print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
                   f"val loss {va_loss:.4f} acc {va_acc:.1f}")
-            if va_acc > best["acc"]:
-                best = {"acc": va_acc, "epoch": epoch}
-                best_weights = checkpoint.lean_state(model, changed)
-                if not lean:
-                    checkpoint.save_model(workdir / "model.pt", best_weights, cfg, frozen, io)
+            state.record(epoch, row)
             if on_epoch:
                 on_epoch(epoch, row)
-            due = checkpoint_seconds <= 0 or time.monotonic() - last_write >= checkpoint_seconds
-            if due or stop.requested:
-                _save_last(workdir, cfg, model, opt, sched, shuffle, epoch, best,
-                           best_weights if lean else {}, history, time.perf_counter() - t0,
-                           resume_extra, changed, frozen, io)
-                last_write = time.monotonic()
-            if stop.requested and epoch + 1 < cfg.epochs:
-                raise Terminated(f"SIGTERM: stopped after epoch {epoch + 1}, resumable state written")
-            _crash_for_tests(epoch)
-    checkpoint.apply(model, best_weights)
-    if lean:
-        checkpoint.save_model(workdir / "model.pt", best_weights, cfg, frozen, io)
+            saver.epoch_done(state, cfg.epochs)
+            hooks.epoch_end(epoch, state)
+
+    checkpoint.apply(model, state.best_weights)
+    checkpoint.save_model(workdir / "model.pt", state.best_weights, cfg, frozen, io)
     te_loss, te_acc, test = predict(net, data.test, cfg.batch_size, device)
     _, _, val = predict(net, data.val, cfg.batch_size, device)
     confusion = _confusion(test.labels, test.preds, cfg.num_classes)
-    return Result(te_acc, te_loss, best["acc"], best["epoch"], trainable, total,
-                  time.perf_counter() - t0, history, confusion, {"val": val, "test": test},
+    return Result(te_acc, te_loss, state.best["acc"], state.best["epoch"], trainable, total,
+                  time.perf_counter() - state.started, state.history, confusion, {"val": val, "test": test},
                   io.bytes, io.seconds)
 
 
@@ -494,112 +467,6 @@ def _confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> list[list[i
     return flat.view(n, n).tolist()
 
 
-def _save_last(workdir: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
-               sched: torch.optim.lr_scheduler.LRScheduler | None, shuffle: torch.Generator,
-               epoch: int, best: dict, best_weights: dict, history: list[dict],
-               elapsed: float, extra: dict | None, changed: set[str], frozen: str,
-               io: checkpoint.IO) -> None:
-    state = {"format": checkpoint.FORMAT, "key": cfg.key(), "config": asdict(cfg), "epoch": epoch,
-             "model": checkpoint.lean_state(model, changed), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict() if sched is not None else None,
-             "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(), "best": best,
-             "best_model": best_weights, "frozen_sha256": frozen, "history": history,
-             "elapsed": elapsed, "extra": extra or {}}
-    checkpoint.save(state, workdir / LAST, io)
-
-
-def _resume(workdir: Path, cfg: RunConfig, quiet: bool = False, frozen: str | None = None) -> dict | None:
-    """The resumable state in ``workdir`` if it was written for ``cfg``, else None (and why)."""
-    path = workdir / LAST
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file is not a resume point
-        if not quiet:
-            print(f"ignoring {path}: unreadable ({type(err).__name__}); training from epoch 1")
-        return None
-    if state.get("key") != cfg.key() or state.get("format") != checkpoint.FORMAT:
-        if not quiet:
-            print(f"ignoring {path}: written by a run with other settings ({differences(state, cfg)}); "
-                  "training from epoch 1")
-        return None
-    if frozen is not None and state.get("frozen_sha256") != frozen:
-        if not quiet:
-            print(f"ignoring {path}: written for other base weights (frozen-weights hash differs); "
-                  "training from epoch 1")
-        return None
-    return state
-
-
-def differences(state: dict, cfg: RunConfig) -> str:
-    """Which run settings differ between a checkpoint and ``cfg``, e.g. ``lr 0.01 -> 0.02``."""
-    old = state.get("config")
-    if not isinstance(old, dict):
-        return "a checkpoint from an older version of this code"
-    new = asdict(cfg)
-    changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-    changed += [f"{k} {old[k]!r} -> (none)" for k in old if k not in new]
-    return ", ".join(changed) or "a checkpoint from an older version of this code"
-
-
-def checkpoint_epoch(path: Path) -> int | None:
-    """The last finished epoch (0-based) a resumable state holds, None if it cannot be read."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def peek(workdir: Path, cfg: RunConfig) -> dict:
-    """The ``resume_extra`` of a resumable checkpoint for ``cfg`` in ``workdir`` ({} if none)."""
-    state = _resume(workdir, cfg, quiet=True)
-    return state["extra"] if state else {}
-
-
-def stale(workdir: Path, cfg: RunConfig) -> tuple[dict, str] | None:
-    """``(extra, why)`` of a checkpoint in ``workdir`` that ``cfg`` cannot resume, else None."""
-    path = workdir / LAST
-    if not path.is_file() or _resume(workdir, cfg, quiet=True):
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001
-        return {}, "its checkpoint is unreadable"
-    return state.get("extra", {}), f"its settings changed ({differences(state, cfg)})"
-
-
-def finish(workdir: Path) -> None:
-    """Drop the resumable state once the run's outputs are written."""
-    (workdir / LAST).unlink(missing_ok=True)
-
-
-class _Stop:
-    requested = False
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-    """Within the block SIGTERM only sets ``requested``: the epoch ends, the state is written."""
-    stop = _Stop()
-
-    def handler(signum, frame):
-        stop.requested = True
-        print("SIGTERM: finishing this epoch, then writing the resumable state", flush=True)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield stop
-        return
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if stop.requested:
-            raise Terminated("SIGTERM")
-
-
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Within the block SIGTERM raises ``Terminated``: runs end KILLED, checkpoints are kept."""
@@ -615,15 +482,3 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _fail_for_tests(epoch: int) -> None:
-    # Fault injection for the status tests: a real (non-user) error at the start of an epoch.
-    if os.environ.get("TFREEZE_FAIL_IN_EPOCH") == str(epoch):
-        raise RuntimeError(f"injected failure in epoch {epoch + 1} (TFREEZE_FAIL_IN_EPOCH)")
-
-
-def _crash_for_tests(epoch: int) -> None:
-    # Fault injection for the kill-and-resume tests: SIGKILL right after an epoch's checkpoint.
-    if os.environ.get("TFREEZE_KILL_AFTER_EPOCH") == str(epoch):
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -240,7 +240,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     atomic.write_json(out / "run.json", {"run_id": run_id, "experiment_id": exp_id,
                                          "tracking_uri": tracking.mask(ws.tracking.uri),
                                          "lr": cfg.lr, "lr_source": lr_source})
-    training.finish(out)
+    checkpoint.finish(out)
     print(f"{name}: test acc {result.test_acc:.1f} % "
           f"(best val {result.best_val_acc:.1f} % at epoch {result.best_epoch + 1}), "
           f"trainable {result.trainable_params:,} ({100 * result.trainable_share:.2f} %), "
@@ -254,11 +254,11 @@ def _resumable_run(out: Path, cfg: training.RunConfig, exp_id: str, stage: str) 
     A run left RUNNING by a killed process is either continued (its checkpoint matches ``cfg``)
     or marked KILLED with the reason, so no run stays RUNNING forever.
     """
-    run_id = training.peek(out, cfg).get("mlflow_run_id")
+    run_id = checkpoint.peek(out, cfg).get("mlflow_run_id")
     if run_id and not tracking.run_exists(run_id, exp_id):
         print(f"MLflow run {run_id} of the checkpoint in {out} is not in this store; starting a new run")
         run_id = None
-    stale = training.stale(out, cfg)
+    stale = checkpoint.stale(out, cfg)
     reason = (f"not resumable: {stale[1]}" if stale
               else "the process stopped without ending the run (killed); it could not be resumed")
     tracking.close_orphans(exp_id, {"dvc_stage": stage}, reason, keep=run_id)

@@ -95,9 +95,9 @@ def _classify(stage: str, folder: Path, changed: set[str] | None, runs: list) ->
     last = folder / LAST
     run_json = folder / "run.json"
     if last.is_file():
-        from . import core as training  # torch: only for a cell that has a resumable state
+        from .checkpoint import checkpoint_epoch  # torch: only for a cell that has a resumable state
 
-        epoch = training.checkpoint_epoch(last)
+        epoch = checkpoint_epoch(last)
         where = f"after epoch {epoch + 1}" if epoch is not None else "checkpoint unreadable"
         return CellStatus(stage, "resumable", f"{where}; `dvc repro {stage}` continues it")
     if run_json.is_file() and (changed is None or stage not in changed):
