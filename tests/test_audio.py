@@ -377,7 +377,7 @@ def test_decode_rejects_bad_files_with_a_reason(tmp_path, reason):
     assert err.value.reason == reason
 
 
-# --------------------------------------------------------------------------- archives (downloads: test_download.py)
+# --------------------------------------------------------------------------- archives
 
 
 def test_download_fails_fast_with_one_line_when_offline(tmp_path, monkeypatch):

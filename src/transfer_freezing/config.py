@@ -139,6 +139,8 @@ SCHEMA: dict[str, tuple[Any, Rule]] = {
     "split.folds": (5, Rule("an integer >= 3", lambda x: isinstance(x, int) and not isinstance(x, bool)
                             and x >= 3)),
     "split.repeats": (1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat")),
+    # A CSV of clip_id,group (e.g. GTZAN's artists): every scheme keeps a group in one part.
+    "split.groups": (None, optional_text()),
     "split.out": ("data/split.csv", text()),
     "features.n_fft": (2048, positive_int()),
     "features.hop_length": (512, positive_int()),
