@@ -26,6 +26,21 @@ def _comments() -> dict[str, str]:
             section = m.group(1)
         elif (m := re.match(r"^  (\w+):[^#]*#\s*(.*)$", line)) and section:
             found[f"{section}.{m.group(1)}"] = m.group(2).strip()
+    return {**_schema_comments(), **found}
+
+
+def _schema_comments() -> dict[str, str]:
+    """``section.key`` -> the comment line right above the key in ``config.SCHEMA``: the meaning of
+    a key the committed ``params.yaml`` leaves out (an optional one, such as ``split.groups``)."""
+    found, above = {}, None
+    for line in (ROOT / "src" / "transfer_freezing" / "config.py").read_text().splitlines():
+        if m := re.match(r'^    "(\w+\.\w+)": \(', line):
+            if above:
+                found[m.group(1)] = above
+            above = None
+        else:
+            m = re.match(r"^    #\s*(.*)$", line)
+            above = m.group(1).strip() if m else None
     return found
 
 
