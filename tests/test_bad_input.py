@@ -125,6 +125,21 @@ def argv(*args: str) -> callable:
     return lambda proj, tmp: list(args)
 
 
+def grouped(keep: int | None = None, text: str | None = None) -> callable:
+    """``features`` with split.groups: a CSV giving the first ``keep`` clips of the corpus a group
+    (None: all of them), or the file ``text``."""
+    def setup(proj: Path, tmp: Path) -> list[str]:
+        path = tmp / "groups.csv"
+        if text is not None:
+            path.write_text(text)
+        else:
+            ids = pd.read_csv(proj / "data/raw/manifest.csv")["clip_id"].tolist()[:keep]
+            rows = pd.DataFrame({"clip_id": ids, "group": [f"a{i // 2}" for i in range(len(ids))]})
+            rows.to_csv(path, index=False)
+        return ["features", *sets(f"split.groups={path}")]
+    return setup
+
+
 CLI_ROWS = [
     # params
     pytest.param(typo_in_file, "params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)",
@@ -218,6 +233,14 @@ CLI_ROWS = [
     pytest.param(argv("train", *CELL, *sets("train.batch_size=500")),
                  "train.batch_size = 500 is larger than the train split (20 clips); lower it",
                  id="params-batch-larger-than-train-split"),
+    pytest.param(grouped(keep=55), "groups.csv: 5 of 60 clips have no group: ",
+                 id="params-clips-without-a-group"),
+    pytest.param(grouped(text="clip,artist\nblues.00000,x\n"),
+                 "groups.csv: columns ['clip', 'artist']; expected exactly clip_id,group",
+                 id="params-malformed-groups-file"),
+    pytest.param(argv("features", *sets("split.groups=no/such.csv")),
+                 "split.groups = no/such.csv: file not found; expected a CSV with header clip_id,group",
+                 id="params-missing-groups-file"),
     # environment
     pytest.param(argv("train", *CELL, *sets("features.n_mels=64")),
                  "features in data/features were built with other data/split/features params than "

@@ -123,3 +123,15 @@ def test_editing_training_or_a_freeze_mode_re_runs_training_not_the_features(com
 
 def test_editing_the_spectrogram_code_re_runs_features_and_everything_after(committed):
     assert _edited(committed, {f"{PKG}/data/features.py": _comment}) == {"features"} | TRAIN
+
+
+def test_setting_the_groups_file_re_runs_the_features(committed):
+    """split.groups is read by the features stage; DVC sees it through the stage's split section
+    (the file's content is hashed into the features' params_hash instead: DVC has no optional deps)."""
+    def grouped(text: str) -> str:
+        tree = yaml.safe_load(text)
+        assert "groups" not in tree["split"]  # the committed params leave the optional key out
+        tree["split"]["groups"] = "data/artists.csv"
+        return yaml.safe_dump(tree, sort_keys=False)
+
+    assert _edited(committed, {"params.yaml": grouped}) == {"features"}

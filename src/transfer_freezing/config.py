@@ -171,6 +171,8 @@ SCHEMA: dict[str, Setting] = {
                              and x >= 3), "kfold: K folds; cell r*K + k tests fold k, validates on fold k+1"),
     "split.repeats": S(1, int_range(1, MAX_REPEATS, "the fold table holds one row per clip and repeat"),
                        "kfold: R re-partitions"),
+    "split.groups": S(None, optional_text(),
+                      "a CSV of clip_id,group (e.g. GTZAN's artists): a group stays in one part"),
     "split.out": S("data/split.csv", text()),
     "features.n_fft": S(2048, positive_int()),
     "features.hop_length": S(512, positive_int()),

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import re
 import tarfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,12 +28,11 @@ PathLike = str | os.PathLike[str]
 
 GENRES: tuple[str, ...] = tuple(_tv_gtzan.gtzan_genres)
 GTZAN_URL: str = _tv_gtzan.URL
-GTZAN_SHA256: dict[str, str] = dict(_tv_gtzan._CHECKSUMS)  # torchaudio's checksums are sha256
 GTZAN_FOLDER = _tv_gtzan.FOLDER_IN_ARCHIVE  # "genres"
 # Where the genre folders may sit relative to the path the user gives (dataset folder or parent):
 # the original tarball, the Kaggle copy, and the Kaggle zip's top-level "Data" folder.
 GTZAN_LAYOUTS: tuple[str, ...] = (".", GTZAN_FOLDER, "genres_original", "Data/genres_original")
-DOWNLOAD_TIMEOUT_S = 20.0
+DOWNLOAD_TIMEOUT_S = 20.0  # seconds the Hub may take to answer the metadata request
 
 MANIFEST_COLUMNS = [
     "clip_id", "genre", "file", "source", "status", "reason", "sample_rate", "channels", "seconds",
@@ -377,23 +372,43 @@ def summary(manifest: pd.DataFrame) -> str:
 
 # --------------------------------------------------------------------------- download
 
+# GTZAN's original tarball as the Hugging Face Hub dataset ``marsyas/gtzan`` mirrors it
+# (torchaudio's URL, ``GTZAN_URL``, has been dead since 2022).
+GTZAN_HUB_REPO = "marsyas/gtzan"
+GTZAN_HUB_FILE = "data/genres.tar.gz"
+# The branch ``main``, not a commit: no commit id of the dataset could be looked up when this was
+# written (no route to the Hub), and a made-up one would break every download. What is pinned is
+# the file's bytes, by GTZAN_SHA256: a ``main`` that ever serves another file fails that check.
+# Replace with the commit id (40 hex digits) once known: the Hub's cache then needs no request.
+GTZAN_HUB_REVISION = "main"
+# torchaudio's record of the original tarball's sha256 (``torchaudio.datasets.gtzan._CHECKSUMS``
+# for opihi.cs.uvic.ca/sound/genres.tar.gz). The mirror's file is expected to be that same tarball
+# (1.23 GB); a real download that differs fails with the one line of ``_verify``, which says how to
+# check it. Tests pass their own tarball's sha256 to ``download_gtzan`` instead.
+GTZAN_SHA256: str = _tv_gtzan._CHECKSUMS[GTZAN_URL]
+KAGGLE_ROUTE = (
+    "or fetch GTZAN by hand (e.g. Kaggle's 'GTZAN Dataset - Music Genre Classification', "
+    "genres_original/) and set data.path to its folder"
+)
 
-def download_gtzan(dest: PathLike, url: str | None = None) -> Path:
-    """Download and unpack the GTZAN tarball into ``dest``; return ``dest/genres``.
 
-    Uses torchaudio's URL and sha256 (``GTZAN_URL``), reuses a finished download or extraction,
-    and fails with one :class:`UserError` line when the network is unreachable (socket timeout
-    ``DOWNLOAD_TIMEOUT_S``), the checksum differs or the archive is unsafe.
+def download_gtzan(dest: PathLike, sha256: str | None = None, endpoint: str | None = None,
+                   cache_dir: PathLike | None = None) -> Path:
+    """Fetch GTZAN's tarball from the Hub (``GTZAN_HUB_REPO``), verify and unpack it; return ``dest/genres``.
+
+    ``huggingface_hub.hf_hub_download`` does the transfer: the Hub's cache (``cache_dir``, else
+    ``HF_HUB_CACHE`` / ``HF_HOME``), a progress bar, offline mode (``HF_HUB_OFFLINE=1``: the cache
+    only), and resuming a dropped connection within the run (a ranged request). ``endpoint`` (else
+    ``HF_ENDPOINT``) points it at a mirror. The file's sha256 must be ``sha256`` (default
+    ``GTZAN_SHA256``); an existing ``dest/genres`` is reused as it is. Offline without the file in
+    the cache, an unreachable Hub, a mismatching file or an unsafe archive: one :class:`UserError` line.
     """
-    url = url or GTZAN_URL
     dest = Path(dest)
     target = dest / GTZAN_FOLDER
     if target.is_dir():
         return target
-    archive = dest / (Path(urllib.parse.urlparse(url).path).name or "gtzan.tar.gz")
-    if not archive.is_file():
-        _fetch(url, archive)
-    _verify(archive, GTZAN_SHA256.get(url))
+    archive = _hub_download(endpoint, cache_dir)
+    _verify(archive, sha256 or GTZAN_SHA256)
     with atomic_path(target) as tmp:
         safe_extract(archive, tmp.parent)
         if not tmp.is_dir():
@@ -401,38 +416,52 @@ def download_gtzan(dest: PathLike, url: str | None = None) -> Path:
     return target
 
 
-_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
+def _hub_download(endpoint: str | None, cache_dir: PathLike | None) -> Path:
+    """The tarball's path in the Hub cache, downloaded there first if missing."""
+    import httpx2  # huggingface_hub's HTTP client: a transfer that fails after its retries raises these
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-
-def _fetch(url: str, archive: Path) -> None:
-    with atomic_path(archive) as tmp:
-        try:
-            with (
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
-                open(tmp, "wb") as f,
-            ):
-                size = int(resp.headers.get("Content-Length") or 0) or None
-                bar = tqdm(total=size, unit="B", unit_scale=True, desc="GTZAN", disable=None)
-                with bar:
-                    while chunk := resp.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-        except _NETWORK_ERRORS as err:
-            reason = " ".join(str(getattr(err, "reason", err) or type(err).__name__).split())
+    where = f"{GTZAN_HUB_REPO} {GTZAN_HUB_FILE} @ {GTZAN_HUB_REVISION}"
+    host = endpoint or constants.ENDPOINT
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    try:
+        path = hf_hub_download(GTZAN_HUB_REPO, GTZAN_HUB_FILE, repo_type="dataset",
+                               revision=GTZAN_HUB_REVISION, endpoint=endpoint, cache_dir=cache_dir,
+                               etag_timeout=DOWNLOAD_TIMEOUT_S)
+    except LocalEntryNotFoundError:
+        if constants.is_offline_mode():
             raise UserError(
-                f"could not download GTZAN from {url} ({reason}): fetch it by hand and set "
-                f"data.path to the folder holding {GTZAN_FOLDER}/"
+                f"HF_HUB_OFFLINE=1 and GTZAN ({where}) is not in the Hub cache {cache}: run once with "
+                f"network (same HF_HOME / HF_HUB_CACHE) or copy that cache here, {KAGGLE_ROUTE}"
             ) from None
+        raise UserError(
+            f"could not reach the Hugging Face Hub at {host} for GTZAN ({where}) and it is not in the "
+            f"Hub cache {cache}: check the network (or HF_ENDPOINT for a mirror), {KAGGLE_ROUTE}"
+        ) from None
+    except (HfHubHTTPError, httpx2.HTTPError, OSError) as err:
+        raise UserError(
+            f"could not download GTZAN ({where}) from {host} ({_first_line(err)}): re-run to resume, "
+            f"{KAGGLE_ROUTE}"
+        ) from None
+    return Path(path)
 
 
-def _verify(archive: Path, sha256: str | None) -> None:
-    if sha256 is None:
-        _note(f"no known checksum for {archive.name}: not verified")
-        return
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def _verify(archive: Path, sha256: str) -> None:
     with open(archive, "rb") as f:
         got = hashlib.file_digest(f, "sha256").hexdigest()
     if got != sha256:
-        raise UserError(f"{archive} has sha256 {got}, expected {sha256}: delete it and re-run")
+        raise UserError(
+            f"{archive.resolve()} has sha256 {got}, expected {sha256} (the original GTZAN tarball, as "
+            f"torchaudio records it): the mirror ({GTZAN_HUB_REPO} {GTZAN_HUB_FILE} @ "
+            f"{GTZAN_HUB_REVISION}) serves another file; check it with sha256sum and the file's page "
+            f"on the Hub, delete it from the Hub cache to retry, {KAGGLE_ROUTE}"
+        )
 
 
 def safe_extract(archive: PathLike, dest: PathLike) -> None:

@@ -153,8 +153,11 @@ BYTE_PARAMS = {
 
 
 def params_hash(p: Params) -> str:
-    """Hash of the params that decide the feature arrays (``BYTE_PARAMS``)."""
+    """Hash of the params that decide the feature arrays (``BYTE_PARAMS``) and of the content of
+    the ``split.groups`` file, if any (not its path)."""
     keys = {s: {k: p[s][k] for k in names} for s, names in BYTE_PARAMS.items()}
+    if p["split"]["groups"]:  # absent without groups: the hash of every existing workspace holds
+        keys["split"]["groups"] = splits.groups_digest(p["split"]["groups"])
     return provenance.json_hash(keys)
 
 
@@ -175,6 +178,9 @@ def build(p: Params) -> dict:
     split = splits.SplitConfig.from_params(p)
     meta = {"classes": classes, "recipe": recipe.__dict__, "dtype": p["features"]["dtype"],
             "params_hash": params_hash(p), "scheme": split.scheme, "cells": split.cells, "splits": {}}
+    if split.groups:  # what the split was grouped by: DVC does not track the file (dvc.yaml)
+        meta["groups"] = {"path": split.groups, "sha256_16": splits.groups_digest(split.groups),
+                          "n": int(table["group"].nunique())}
     # Single splits: one array per split. Fold schemes: every clip once (not once per fold), plus
     # the fold table; a training cell picks its train/val/test rows from it.
     if split.scheme in splits.FOLD_SCHEMES:
@@ -206,10 +212,11 @@ class Store:
 
     root: Path
     params_hash: str
+    groups: str | None = None  # the split.groups file the params name
 
     @classmethod
     def from_params(cls, p: Params) -> Store:
-        return cls(Path(p["features"]["out"]), params_hash(p))
+        return cls(Path(p["features"]["out"]), params_hash(p), p["split"]["groups"])
 
     def load(self, name: str, cell: int = 0) -> Split:
         """One split of training cell ``cell`` whole in memory, after checking the current params.
@@ -252,6 +259,14 @@ class Store:
         if not path.is_file():
             raise UserError(f"{path} not found: run the features stage first (tfreeze features)")
         meta = json.loads(path.read_text())
+        built = meta.get("groups", {})
+        if (meta.get("params_hash") != self.params_hash and self.groups and built.get("path") == self.groups
+                and built.get("sha256_16") != splits.groups_digest(self.groups)):
+            raise UserError(
+                f"{self.groups} (split.groups) changed since the features in {self.root} were built; "
+                "DVC does not track that file's content: re-run dvc repro -f features (or give the "
+                "edited file a new name, which DVC sees as a params change)"
+            )
         if meta.get("params_hash") != self.params_hash:
             raise UserError(
                 f"features in {self.root} were built with other data/split/features params than "
