@@ -19,6 +19,8 @@ from transfer_freezing.study.figures import (
     plot_forest,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+
 MODES = ["freeze_none", "freeze_patch", "freeze_patch_0_5", "freeze_patch_0_11"]
 SHARES = {"freeze_none": 1.0, "freeze_patch": 0.99, "freeze_patch_0_5": 0.4957, "freeze_patch_0_11": 0.002}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -178,7 +180,18 @@ def test_forest_xlabel_without_reference_column_and_with_title() -> None:
     fig = forest_figure(_effects().drop(columns="reference_mode"), 1.0, title="Forest")
 
     assert fig.axes[0].get_xlabel() == "difference vs reference (pp)"
-    assert fig.axes[0].get_title() == "Forest"
+    assert fig.get_suptitle() == "Forest"
+
+
+def test_the_forest_title_fits_in_the_figure() -> None:
+    """The compare stage's title is long and the row labels wide: all of it is drawn."""
+    title = "mode \u2212 reference: difference and interval (design model)"
+    committed = pd.read_csv(REPO / "reports/freezing_comparison.csv")  # the demo's own rows
+    fig = forest_figure(committed, 1.0, title=title)
+    fig.canvas.draw()
+    box = fig.texts[0].get_window_extent()
+    assert fig.texts[0].get_text() == title
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
 
 
 def _forest_case(name: str) -> pd.DataFrame:

@@ -172,8 +172,8 @@ def forest_figure(effects: pd.DataFrame, margin: float, title: str = "") -> Figu
     ax.set_xlabel(f"difference vs {_reference_label(effects)} (pp)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="best", frameon=True, fontsize="small")
-    if title:
-        ax.set_title(title, fontweight="bold")
+    if title:  # over the figure, not the axes: the row labels push the axes right
+        fig.suptitle(title, fontweight="bold")
     return fig
 
 
