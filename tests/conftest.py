@@ -39,16 +39,12 @@ TINY = {
 }
 
 
-# Fixtures too costly to build on every pytest-xdist worker: the tests that use one run on one
-# worker (`--dist loadgroup`, pyproject's addopts), so each is built once per session.
-SHARED = ("repro",)
-
-
 def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        for name in SHARED:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
+    """The long tests first. Under pytest-xdist (``--dist loadfile``, pyproject's addopts) a test
+    file is one unit of work, so a file's module-scoped fixture (a `dvc repro` of a tiny study, a
+    PostgreSQL cluster, a two-node Ray cluster) is built once; the files holding long tests go out
+    first, so the workers finish together rather than one running the last long file alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def write_params(folder: Path, **extra) -> Path:

@@ -29,8 +29,7 @@ from transfer_freezing.train import executor
 import services
 from conftest import REPO, TFREEZE, tfreeze, write_params
 
-# One at a time (pytest-xdist group): a two-node cluster on fixed ports, and Ctrl-C timings.
-pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 CELLS = ["vit_demo/freeze_patch_0_11/fixed/seed1/fold0", "vit_demo/freeze_patch_0_11/fixed/seed2/fold0"]
 SAME = ("predictions.csv", "history.csv", "model.pt")
