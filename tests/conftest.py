@@ -39,12 +39,22 @@ TINY = {
 }
 
 
+# The longest test files (`--durations`: each holds minutes of `dvc repro`), sent out first.
+LONGEST = ("test_profiles.py", "test_pipeline.py", "test_ray.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """The long tests first. Under pytest-xdist (``--dist loadfile``, pyproject's addopts) a test
-    file is one unit of work, so a file's module-scoped fixture (a `dvc repro` of a tiny study, a
-    PostgreSQL cluster, a two-node Ray cluster) is built once; the files holding long tests go out
-    first, so the workers finish together rather than one running the last long file alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The long tests first. Under pytest-xdist (``--dist loadfile --no-loadscope-reorder``,
+    pyproject's addopts) a test file is one unit of work, so its module-scoped fixtures (a `dvc
+    repro` of a tiny study, a PostgreSQL cluster) are built once, and units go out in this order:
+    the longest files first, so the workers finish together instead of one running the last long
+    file alone (xdist's own reorder, by number of tests, would send these last)."""
+    def rank(item) -> tuple[int, bool]:
+        name = item.path.name
+        return (LONGEST.index(name) if name in LONGEST else len(LONGEST),
+                item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)
 
 
 def write_params(folder: Path, **extra) -> Path:
