@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -23,6 +24,7 @@ def test_cpu_attention_matmuls_are_counted():
     assert counter.get_total_flops() == 7 * 2 * b * h * s * s * d
 
 
+@pytest.mark.slow
 def test_train_throughput_reports_ratios_and_mfu(tmp_path):
     result = train_throughput.main([
         "--model", "vit_demo", "--image-size", "32", "--batch-size", "4", "--steps", "1", "--rounds", "1",
@@ -53,6 +55,7 @@ def test_gpu_grid_scratch_params_are_valid_paper_profiles():
     assert len(gpu_grid.cells(paper)) == 50
 
 
+@pytest.mark.slow
 def test_gpu_grid_smoke_runs_a_route_through_compare(monkeypatch):
     import gpu_grid
 
@@ -127,6 +130,7 @@ def _seeded_nets(mode: str, seeds: list[int]):
     return [net for net, _ in prepared], [opt for _, opt, *_ in built], prepared[0][1]
 
 
+@pytest.mark.slow
 def test_ensemble_steps_every_seed_as_its_own_run_would():
     import ensemble
 
@@ -165,6 +169,7 @@ def test_ensemble_refuses_batchnorm():
         ensemble.Ensemble([torch.nn.Sequential(torch.nn.BatchNorm1d(3))], lr=0.1)
 
 
+@pytest.mark.slow
 def test_concurrent_seeds_prints_processes_and_ensemble_rows(tmp_path):
     import concurrent_seeds
 

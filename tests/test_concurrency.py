@@ -10,8 +10,12 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import pytest
 
 from conftest import TFREEZE, write_params
+
+# Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
+pytestmark = pytest.mark.slow
 
 
 def _run_together(cmds: list[list[str]], cwd: Path) -> list[str]:

@@ -205,6 +205,7 @@ def test_a_trained_class_token_changes_the_readout_of_frozen_blocks():
 
 # --------------------------------------------------------------------------- one run of the stage
 
+@pytest.mark.slow
 def test_a_demo_run_writes_diagnostics_json_and_mlflow_metrics(tiny):
     p = config.load("params.yaml")
     train_stage.train(p, "vit_demo", "freeze_patch_0_5_cls", 1)

@@ -246,6 +246,7 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_tfreeze_data_honours_hf_endpoint_hf_home_and_hf_hub_offline(tmp_path, hub):
     """The Hub's own variables, read by huggingface_hub at import: a fresh process per setting."""
     (tmp_path / "params.yaml").write_text(

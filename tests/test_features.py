@@ -22,6 +22,7 @@ def _chirp(sr: int = 22050, seconds: float = 3.0) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 def test_mel_spectrogram_agrees_with_librosa():
     wave = _chirp()
     recipe = features.Recipe(22050, 2048, 512, 128, "log1p", 224)

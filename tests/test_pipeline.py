@@ -15,6 +15,9 @@ import pytest
 
 from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 
+# Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
+pytestmark = pytest.mark.slow
+
 # Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
 # cell of grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
 BOTH = {"grid.tuned_freeze_modes": ["freeze_none", "freeze_patch_0_11"], "grid.freeze_modes": ["freeze_none"],

@@ -98,6 +98,7 @@ def check_mlflow(proj: Path, ts, extra_failed: int = 0) -> None:
         assert client.list_artifacts(c.info.run_id, "checkpoint") == []
 
 
+@pytest.mark.slow
 def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -> None:
     # A sweep stopped after one trial (here: n_trials=1), then the full one: only 2 more trials.
     first = sweep.run_study(params(**{"sweep.n_trials": 1}), MODEL, FREEZE)
@@ -133,6 +134,7 @@ def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -
     check_mlflow(proj, ts)
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(proj: Path) -> None:
     # A `tfreeze sweep` worker SIGKILLs itself after its first trial's first epoch: that trial stays
     # RUNNING in storage, its MLflow run RUNNING. The next worker fails it once its heartbeat is
@@ -190,6 +192,7 @@ def test_unreachable_tracking_server_is_one_line(proj: Path, capsys, monkeypatch
     assert err.count("\n") == 1 and "MLflow tracking server http://127.0.0.1:" in err
 
 
+@pytest.mark.slow
 def test_a_code_or_feature_change_starts_a_fresh_study(proj: Path, monkeypatch) -> None:
     import optuna
 

@@ -54,6 +54,7 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tiny):
     p = config.load("params.yaml")
     first = train_stage.train(p, "vit_demo", "freeze_none", 2)
@@ -63,6 +64,7 @@ def test_same_seed_gives_identical_metrics(tiny):
         k: v for k, v in second.items() if k not in timing}
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
     args = ["train", *CELL, "--set", "train.epochs=3"]
     killed = tfreeze(*args, cwd=tiny, env={"TFREEZE_KILL_AFTER_EPOCH": "1"}, check=False)
@@ -126,6 +128,7 @@ def _runs(root: Path, stage: str) -> list:
 STAGE = "train@vit_demo-freeze_patch_0_5-1-0"
 
 
+@pytest.mark.slow
 def test_resume_after_an_unrelated_params_change_continues_the_same_run(tiny):
     # Issue repro: the resumed run used to log every key of params.yaml and hit
     # "Changing param values is not allowed ... compare.confidence" with a traceback.
@@ -155,6 +158,7 @@ def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
     assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS + storage
 
 
+@pytest.mark.slow
 def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
     killed = tfreeze("train", *CELL, cwd=tiny, env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
     assert killed.returncode == -9
@@ -170,6 +174,7 @@ def test_a_checkpoint_for_other_settings_says_which_and_closes_its_run(tiny):
     assert sorted(r.info.status for r in by_id.values()) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_killed_and_keeps_the_checkpoint(tiny):
     import signal
     import subprocess
@@ -199,6 +204,7 @@ def test_features_are_an_mlflow_dataset_input(tiny):
     assert {t.key: t.value for t in inp.tags}["dvc_path"] == "data/features"
 
 
+@pytest.mark.slow
 def test_status_lists_done_resumable_failed_and_missing_cells(tiny):
     p = config.load("params.yaml")
     train_stage.train(p, "vit_demo", "freeze_none", 1)
@@ -243,6 +249,7 @@ def test_a_linear_probe_checkpoint_is_kilobytes_and_rebuilds_the_trained_model(t
         checkpoint.load_model(path)
 
 
+@pytest.mark.slow
 def test_the_resumable_state_waits_for_its_interval(tiny):
     proc = tfreeze("train", *CELL, "--set", "runtime.checkpoint_seconds=3600", cwd=tiny,
                    env={"TFREEZE_KILL_AFTER_EPOCH": "0"}, check=False)
