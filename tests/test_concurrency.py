@@ -48,7 +48,7 @@ def test_two_training_processes_share_one_sqlite_store(tiny: Path) -> None:
 def test_two_sweep_workers_on_one_sqlite_study_lose_no_trials(tiny: Path) -> None:
     n = 4
     write_params(tiny, **{"sweep.n_trials": n, "sweep.epochs": 1})
-    worker = [TFREEZE, "sweep", "--model", "vit_demo", "--freeze", "freeze_patch_0_11"]
+    worker = [TFREEZE, "sweep", "--model", "vit_demo", "--freeze", "freeze_patch_0_11", "--shared"]
     _run_together([worker, worker], tiny)
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tiny}/optuna.db")
     trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials

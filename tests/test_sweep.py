@@ -137,8 +137,8 @@ def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_and_retried(proj: Path) -> None:
     # A `tfreeze sweep` worker SIGKILLs itself after its first trial's first epoch: that trial stays
-    # RUNNING in storage, its MLflow run RUNNING. The next worker fails it once its heartbeat is
-    # stale (2 x 1 s), retries the same lr, and the study ends with exactly N finished trials.
+    # RUNNING in storage, its MLflow run RUNNING. The next (lone) sweep fails it at once, retries
+    # the same lr, and the study ends with exactly N finished trials.
     env = {"TFREEZE_KILL_AFTER_EPOCH": "0", "OMP_NUM_THREADS": "1",
            "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     killed = tfreeze("sweep", "--model", MODEL, "--freeze", FREEZE, cwd=proj, env=env, check=False)

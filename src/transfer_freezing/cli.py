@@ -55,8 +55,11 @@ def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
         return
     from .train import sweep
 
+    workers = None
+    if args.shared:
+        from .train import sweep_workers as workers
     for model, freeze in studies:
-        sweep.run_study(p, model, freeze)
+        sweep.run_study(p, model, freeze, workers)
 
 
 def _ray_address(args: argparse.Namespace) -> str | None:
@@ -156,6 +159,10 @@ def parser() -> argparse.ArgumentParser:
     subs.choices["sweep"].add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="run N Optuna workers per study at once as Ray tasks, sharing its storage (default 1)")
+    subs.choices["sweep"].add_argument(
+        "--shared", action="store_true",
+        help="other processes work on the same study at once (e.g. on other machines against one "
+             "PostgreSQL storage): keep the trial total exact among them (--workers implies it)")
     for name in ("train", "sweep"):
         subs.choices[name].add_argument(
             "--address", metavar="HOST:PORT",

@@ -149,7 +149,7 @@ def sweep_workers(p: Params, studies: list[tuple[str, str]], params: str, overri
     out = _layout(p, "sweep.out")
     grid = {(m, f) for m in p["grid"]["tuned_models"] for f in p["grid"]["tuned_freeze_modes"]}
     todo = [Job(name=f"sweep {model}/{freeze} worker {i + 1}",
-                command=("sweep", "--model", model, "--freeze", freeze),
+                command=("sweep", "--model", model, "--freeze", freeze, "--shared"),
                 outputs=((f"{out[0]}/{model}-{freeze}.json", f"{out[1]}/{model}-{freeze}.json"),),
                 stage=f"sweep@{model}-{freeze}" if (model, freeze) in grid else None)
             for model, freeze in studies for i in range(workers)]

@@ -18,9 +18,12 @@ reported (and the pruner can act) only while the trial's last run trains; the ea
 finish.
 
 One study per (model, freeze mode, data, code, objective settings), stored at a URL (sqlite file by
-default, PostgreSQL for several machines). ``sweep.n_trials`` is the study's total across all
-workers and reruns: a killed sweep resumes, a second worker shares the work, and the total stays
-exact (``sweep_workers`` says how, and how a killed worker's trial is retried).
+default, PostgreSQL for several machines). ``sweep.n_trials`` is the study's total across reruns:
+a killed sweep resumes and runs only what is missing. A plain ``tfreeze sweep`` (the DVC stage) is
+alone on its study, so it is a plain ``study.optimize``: a trial it finds RUNNING was left by a
+killed predecessor and is failed and re-queued with the same lr at once. Several processes on one
+study (``--workers N`` as Ray tasks, or ``--shared`` on other machines) go through
+``sweep_workers``, which keeps the total exact while they share it.
 
 MLflow: one parent run per study (tags ``optuna_study`` and ``sweep_role=parent``), whose id is
 kept as the study's user attr ``mlflow_parent_run_id``. Each trial is a child run (tag
@@ -38,6 +41,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 
 import mlflow
 import numpy as np
@@ -51,9 +55,19 @@ from ..model import freezing
 from ..provenance import code_hash, json_hash
 from . import core as training
 from . import stage as train_stage
-from . import sweep_workers as workers
 from . import tracking
 from .sweep_figures import plot_sweep
+from .sweep_storage import (
+    FINALISED_TAG,
+    FINISHED,
+    PARENT_ATTR,
+    RUN_ATTR,
+    TrialSeededTPE,
+    finalised_with,
+    finished,
+    open_storage,
+    retry_left_trial,
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +107,13 @@ class SweepConfig:
 
 # --------------------------------------------------------------------------- public entry point
 
-def run_study(p: Params, model: str, freeze: str) -> dict:
-    """The sweep stage's entry point: resolve params once, then run the (model, freeze) study."""
+def run_study(p: Params, model: str, freeze: str, workers: ModuleType | None = None) -> dict:
+    """The sweep stage's entry point: resolve params once, then run the (model, freeze) study.
+
+    ``workers``: the ``sweep_workers`` module when other processes work on the same study at once
+    (``tfreeze sweep --shared`` / ``--workers N``); the CLI passes it, so a lone sweep (the DVC
+    stage) never imports it.
+    """
     s = SweepConfig.from_params(p)
     _check_space(s)
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
@@ -106,38 +125,52 @@ def run_study(p: Params, model: str, freeze: str) -> dict:
                                       fold=fold)
 
     with training.sigterm_as_interrupt():
-        return sweep(s, ws, model, freeze, trial_config)
+        return sweep(s, ws, model, freeze, trial_config, workers)
 
 
 def sweep(s: SweepConfig, ws: train_stage.Workspace, model: str, freeze: str,
-          trial_config: Callable[[float, int, int], training.RunConfig]) -> dict:
+          trial_config: Callable[[float, int, int], training.RunConfig],
+          workers: ModuleType | None = None) -> dict:
     """Run what is missing of the (model, freeze) study; return the summary written to JSON.
 
-    Order: validate (search space, features, storage, tracking) before any training; then run or
-    wait for the missing trials; then write the JSON and complete the parent run.
+    Order: validate (search space, features, storage, tracking) before any training; then run (or,
+    with other ``workers``, wait for) the missing trials; then write the JSON and complete the parent run.
     """
     probe = trial_config(s.lr_low, *s.runs[0])
     data: dict[int, training.Data] = {}
     for fold in s.folds:  # checks features and batch size of every fold a trial trains on
         data[fold], meta = ws.load_data(probe.batch_size, fold)
     name = study_name(probe, s, ws.features.content_hash(), code_hash())
-    storage = workers.open_storage(s.storage, s.heartbeat_seconds)
+    storage = open_storage(s.storage, s.heartbeat_seconds, workers.StaleTrial() if workers else None)
     exp_id = tracking.connect(ws.tracking)
     optuna.logging.set_verbosity(optuna.logging.INFO)
     study, created = _open_study(storage, name, s)
-    shared = None if created else workers.shared_parent(study, exp_id, name)
-    parent_id = shared or _create_parent(study, exp_id, name, s, probe)
+    if created:
+        parent_id = None
+    elif workers:
+        parent_id = workers.shared_parent(study, exp_id, name)
+    else:
+        parent_id = _own_parent(study, exp_id)
+    parent_id = parent_id or _create_parent(study, exp_id, name, s, probe)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", s.lr_low, s.lr_high, log=True)
         configs = [trial_config(lr, seed, fold) for seed, fold in s.runs]
         return _run_trial(trial, configs, data, parent_id, name, meta["params_hash"], ws.cache_dir)
 
-    done, _, _ = workers.tally(study)
+    if not workers:
+        for left in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            retry_left_trial(study, left, "its sweep was killed")
+    done = finished(study)
     print(f"study {name} in {tracking.mask(s.storage)}: {done}/{s.n_trials} trials finished"
           + ("" if done < s.n_trials else "; nothing to run"))
-    ran = workers.run_missing(study, objective, s.n_trials, s.heartbeat_seconds)
-    return _finalise(study, s, probe.model, probe.freeze, name, parent_id, ran)
+    if workers:
+        ran = workers.run_missing(study, objective, s.n_trials, s.heartbeat_seconds)
+        marker = workers.await_finaliser(study, ran, parent_id)
+    else:
+        study.optimize(objective, n_trials=max(0, s.n_trials - done))
+        marker = str(finished(study))
+    return _finalise(study, s, probe.model, probe.freeze, name, parent_id, marker)
 
 
 def study_name(cfg: training.RunConfig, s: SweepConfig, data_hash: str, code: str) -> str:
@@ -168,11 +201,25 @@ def _check_space(s: SweepConfig) -> None:
 
 # --------------------------------------------------------------------------- study
 
+def _own_parent(study: optuna.Study, exp_id: str) -> str | None:
+    """The parent run an earlier run of this (lone) study created in this experiment, if any."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return None
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - recorded for another tracking store
+        return None
+    active = run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
+    return run_id if active else None
+
+
+
 def _open_study(storage, name: str, s: SweepConfig):
     """(study, created): ``created`` is True in exactly one worker (the storage's unique insert)."""
     kwargs = {
         "study_name": name, "storage": storage,
-        "sampler": workers.TrialSeededTPE(s.sampler_seed),
+        "sampler": TrialSeededTPE(s.sampler_seed),
         "pruner": optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials,
                                               n_warmup_steps=s.pruner_warmup_epochs),
     }
@@ -211,7 +258,7 @@ def _run_trial(trial, configs: list[training.RunConfig], data: dict[int, trainin
     pruned: optuna.TrialPruned | None = None
     curves: list[list[float]] = []  # per run: validation accuracy per epoch
     with tracking.run(f"{name}/trial-{trial.number}", tags=tags, parent_run_id=parent_id) as active:
-        trial.set_user_attr(workers.RUN_ATTR, active.info.run_id)
+        trial.set_user_attr(RUN_ATTR, active.info.run_id)
         tracking.log_params({"lr": first.lr, "trial_number": trial.number, "model": first.model,
                              "freeze": first.freeze, "epochs": first.epochs,
                              "seeds": sorted({c.seed for c in configs}),
@@ -288,7 +335,7 @@ def _create_parent(study: optuna.Study, exp_id: str, name: str, s: SweepConfig,
     # n_trials may grow between reruns and MLflow params are immutable: it is a tag, set on finish.
     for key, value in params.items():
         tracking.retry_locked(client.log_param)(run.info.run_id, key, tracking.mask(str(value)))
-    study.set_user_attr(workers.PARENT_ATTR, run.info.run_id)
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return run.info.run_id
 
 
@@ -309,7 +356,7 @@ def summary(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id
                       "state": t.state.name.lower(), "epochs": len(t.intermediate_values),
                       "last_val_acc": last, "retry_of": t.user_attrs.get("retry_of"),
                       "runs": t.user_attrs.get("runs", [])})
-    done = sum(t.state in workers.FINISHED for t in trials)
+    done = sum(t.state in FINISHED for t in trials)
     return {
         "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(s.storage),
         "objective": "mean over (seed, fold) runs of the best validation accuracy (%)",
@@ -323,16 +370,15 @@ def summary(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id
 
 
 def _finalise(study: optuna.Study, s: SweepConfig, model: str, freeze: str, name: str, parent_id: str,
-              ran: set[int]) -> dict:
-    """Write the JSON and complete the parent run, once the study holds all its trials."""
-    marker = workers.await_finaliser(study, ran, parent_id)
+              marker: str) -> dict:
+    """Write the JSON and complete the parent run (unless it carries ``marker``: already done)."""
     result = summary(study, s, model, freeze, name, parent_id)
     out = s.output_path(model, freeze)
     text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
     if not out.is_file() or out.read_text() != text:
         atomic.write_text(out, text)
         print(f"wrote {out}")
-    if workers.finalised_with(parent_id) != marker:
+    if finalised_with(parent_id) != marker:
         _finish_parent(mlflow.MlflowClient(), parent_id, result, out)
     print(f"study {name}: best lr {result['best_lr']:.4g} (val acc {result['best_value']:.1f} %, "
           f"trial {result['best_trial']}) over {result['n_finished']} trials; "
@@ -351,6 +397,7 @@ def _finish_parent(client, parent_id: str, result: dict, out: Path) -> None:
             locked(client.log_artifact)(parent_id, str(path), "figures")
     locked(client.log_artifact)(parent_id, str(out), "sweep")
     for key, value in {"best_trial": result["best_trial"], "n_trials": result["n_trials"],
-                       "state": "complete", workers.FINALISED_TAG: result["n_finished"]}.items():
+                       "state": "complete", FINALISED_TAG: result["n_finished"]}.items():
         locked(client.set_tag)(parent_id, key, str(value))
     locked(client.set_terminated)(parent_id, "FINISHED")
+

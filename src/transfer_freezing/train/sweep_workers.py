@@ -1,10 +1,11 @@
 """One sweep study shared by several processes: exact trial budget, stale trials, who finalises.
 
-A ``tfreeze sweep`` process cannot tell whether it is alone on its study: the workers of
-``tfreeze sweep --workers N`` (Ray tasks), a process on another machine against the same PostgreSQL
-storage, two ``dvc repro`` runs, or a rerun that finds a trial its killed predecessor left RUNNING
-all look the same from inside. So every sweep runs its trials through this module; alone on a
-study, each guard below costs one storage query and never waits.
+Used only when several processes work on one study at once: the workers of ``tfreeze sweep
+--workers N`` (Ray tasks) or ``tfreeze sweep --shared`` processes on several machines against one
+PostgreSQL storage. A lone sweep (the DVC stage) is a plain ``study.optimize`` (``sweep.sweep``).
+The guarantee a lone sweep gives up: it takes any trial it finds RUNNING for its killed
+predecessor's, so a second process on the same study without ``--shared`` would see its running
+trial failed and the total overshoot.
 
 The total stays exact (``sweep.n_trials`` finished = complete + pruned trials, never more):
 - before asking for a trial, a worker counts finished + running + waiting trials; when they
@@ -18,7 +19,7 @@ not keep a worker waiting for the others' last trials (every worker writes the r
 
 Stale trials are Optuna's heartbeat: a trial left RUNNING by a killed worker stops beating; after
 ``2 x runtime.sweep_heartbeat_seconds`` any worker fails it (``fail_stale_trials``), marks its MLflow run
-FAILED and queues a retry with the same learning rate (``RetryHeartbeatStaleTrialCallback``), so it
+FAILED and queues a retry with the same learning rate (``sweep_storage.retry_left_trial``), so it
 is neither lost nor blocking.
 
 The MLflow parent: the worker whose ``create_study`` created the study (an atomic insert, so
@@ -31,101 +32,20 @@ over.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import datetime
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import mlflow
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import UserError, first_line
 from . import tracking
+from .sweep_storage import FINISHED, PARENT_ATTR, finalised_with, retry_left_trial
 
-PARENT_ATTR = "mlflow_parent_run_id"  # study user attr: the MLflow parent run's id
-RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow child run id
-FINALISED_TAG = "sweep_finalised_trials"  # parent tag: the number of finished trials it was finalised with
 PARENT_WAIT_S = 60.0  # how long a worker waits for the study's creator to name the parent run
 FINALISE_WAIT_S = 30.0  # how long a worker waits for the one that ran the last trial to finalise
-MAX_RETRY = 2  # a stale (killed) trial is re-queued at most this many times
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
-    """An ``RDBStorage`` with heartbeats; any failure -> one line naming the masked URL."""
-    import sqlalchemy.exc
-
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    elif url.startswith("postgresql"):
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings(), tracking.sqlite_setup_lock(url):
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
-                    grace_period=2 * heartbeat_seconds, heartbeat_stale_trial_callback=_StaleTrial())
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
-            # Two workers creating the schema of a fresh database at once: the loser retries.
-            if attempt == 4 or "already exists" not in str(err) and "duplicate" not in str(err):
-                raise _storage_error(url, err) from err
-            time.sleep(0.5 * (attempt + 1))
-        except Exception as err:  # noqa: BLE001 - bad URL, missing driver, unreachable: one line
-            raise _storage_error(url, err) from err
-    raise AssertionError("unreachable")
-
-
-def _storage_error(url: str, err: BaseException) -> UserError:
-    return UserError(f"Optuna storage {tracking.mask(url)} failed: {tracking.mask(first_line(err))}")
-
-
-class TrialSeededTPE(optuna.samplers.BaseSampler):
-    """TPE whose random state is seeded from (``sweep.sampler_seed``, trial number).
-
-    A plain ``TPESampler(seed=...)`` restarts the same random sequence in every process, so two
-    workers (or a rerun after a kill) would propose the same learning rates during TPE's random
-    start-up phase. Seeding per trial number keeps the sweep reproducible and makes every trial's
-    proposal distinct. ``constant_liar`` keeps concurrent workers from sampling next to trials that
-    are still running.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self._seed = seed
-        self._tpe = self._make(0)
-
-    def _make(self, number: int) -> optuna.samplers.TPESampler:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # SeedSequence mixes (seed, number): nearby integer seeds give nearly equal first
-            # draws from numpy's Mersenne Twister (seeds 0 and 3 both start at ~0.55).
-            seed = int(np.random.SeedSequence([self._seed, number]).generate_state(1)[0])
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-    def before_trial(self, study, trial) -> None:
-        self._tpe = self._make(trial.number)
-        self._tpe.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._tpe.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._tpe.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._tpe.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._tpe.reseed_rng()
 
 
 # --------------------------------------------------------------------------- the trial budget
@@ -192,30 +112,11 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-class _StaleTrial:
-    """Heartbeat-stale trial: mark its MLflow run FAILED, then queue a retry (same lr)."""
-
-    def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+class StaleTrial:
+    """Optuna's heartbeat callback: a stale trial (its worker was killed) is retried, same lr."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if run_id:
-            with contextlib.suppress(Exception):  # the tracking store may be another one now
-                client = mlflow.MlflowClient()
-                tracking.retry_locked(client.set_tag)(run_id, "state", "failed")
-                tracking.retry_locked(client.set_tag)(
-                    run_id, "error", "worker stopped sending heartbeats (killed?); trial retried")
-                tracking.retry_locked(client.set_terminated)(run_id, "FAILED")
-        retries = len(trial.system_attrs.get("retry_history", []))
-        then = "re-queued with the same lr" if retries < MAX_RETRY else f"not retried ({retries} retries)"
-        print(f"trial {trial.number} stopped sending heartbeats (worker killed?): failed, {then}")
-        retry = copy.deepcopy(trial)
-        attrs = {k: v for k, v in trial.user_attrs.items() if k != RUN_ATTR}
-        retry.user_attrs = {**attrs, "retry_of": attrs.get("retry_of", trial.number)}
-        self._retry(study, retry)
+        retry_left_trial(study, trial, "its worker stopped sending heartbeats (killed?)")
 
 
 # --------------------------------------------------------------------------- the MLflow parent run
@@ -253,14 +154,6 @@ def _run_in_experiment(client, run_id: str, exp_id: str) -> bool:
     except Exception:  # noqa: BLE001 - not in this store
         return False
     return run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
-
-
-def finalised_with(parent_id: str) -> str | None:
-    """The parent run's ``FINALISED_TAG`` (None: not finalised, or not readable)."""
-    try:
-        return mlflow.MlflowClient().get_run(parent_id).data.tags.get(FINALISED_TAG)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def await_finaliser(study: optuna.Study, ran: set[int], parent_id: str) -> str:
