@@ -30,9 +30,12 @@ from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 
 # Not run here, though each validates and renders (test_config): the demo profile is params.yaml
 # itself, which the `repro` fixture takes, shrunk (conftest.TINY), through `dvc repro` to its table
-# (test_pipeline); depth_demo shrinks to depth's study (the same models, modes, cells and lr source)
-# on a 3-fold k-fold cell instead of a stratified split, two designs the other profiles run.
-COVERED = {"demo", "depth_demo"}
+# (test_pipeline); a profile `<name>_demo` is `<name>`'s offline version: shrunk, it is `<name>`'s
+# study (the same models, modes, cells, recipes and lr sources) on the synthetic corpus instead of
+# a GTZAN-shaped copy of it, which `<name>` shrunk runs (e.g. depth_demo: depth's study on a 3-fold
+# k-fold cell instead of a stratified split, two designs the other profiles run).
+STEMS = {path.stem for path in (REPO / "profiles").glob("*.yaml")}
+COVERED = {"demo"} | {stem for stem in STEMS if stem.endswith("_demo") and stem[: -len("_demo")] in STEMS}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
 # Each architecture's offline demo model: the registry's model of that family without weights.
 DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
@@ -55,10 +58,12 @@ def cut_modes(model: str, modes: list[str], reference: str) -> list[str]:
     return ([reference] if reference in modes else []) + list(last.values())
 
 
-def cut_cells(cells: list[int], scheme_cells: int, kept_cells: int) -> list[int]:
-    """Fold cells: every kept cell where the profile trains every cell, else those still in range."""
+def cut_cells(cells: list[int], scheme_cells: int, kept_cells: int, folds: int) -> list[int]:
+    """Fold cells: where the profile trains every cell, two folds of every kept repeat (the crossed
+    interval's cell and repeat structure, unequal to the split's: compare must not assume every
+    cell ran); else the profile's cells still in range."""
     if set(cells) == set(range(scheme_cells)):
-        return list(range(kept_cells))
+        return [c for c in range(kept_cells) if c % folds < 2]
     return [c for c in cells if c < kept_cells] or [0]
 
 
@@ -69,13 +74,14 @@ def shrink(profile: dict, corpus: Path) -> dict:
     reference = flat.get("compare.reference_mode", "freeze_none")
     if flat["data.source"] != "synthetic":
         out["data.path"], out["data.download"] = str(corpus), False
-    scheme_cells, kept_cells = 1, 1
+    scheme_cells, kept_cells, folds = 1, 1, 1
     if flat["split.scheme"] == "kfold":
+        folds = FOLDS
         repeats = REPEATS if flat["split.repeats"] > 1 else 1
         scheme_cells, kept_cells = flat["split.folds"] * flat["split.repeats"], FOLDS * repeats
         out["split.folds"], out["split.repeats"] = FOLDS, repeats
     for section in ("grid", "sweep"):  # the training runs' and the sweep trials' seeds and folds
-        out[f"{section}.folds"] = cut_cells(flat[f"{section}.folds"], scheme_cells, kept_cells)
+        out[f"{section}.folds"] = cut_cells(flat[f"{section}.folds"], scheme_cells, kept_cells, folds)
         out[f"{section}.seeds"] = flat[f"{section}.seeds"][:2]
     for axis in ("", "tuned_"):  # the fixed-lr and the tuned-lr grid
         chosen, modes = flat[f"grid.{axis}models"], flat[f"grid.{axis}freeze_modes"]
@@ -114,7 +120,8 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     assert status.splitlines()[-1] == f"{len(cells)} done", status
     runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
     folds = p["split"]["folds"]
-    assert set(runs["repeat"]) == set(range(p["split"]["repeats"])) and set(runs["fold"]) == set(range(folds))
+    assert set(runs["repeat"]) == set(range(p["split"]["repeats"]))
+    assert set(runs["fold"]) == {c % folds for c in p["grid"]["folds"]}
     assert not runs.duplicated(["lr_source", "freeze_mode", "seed", "repeat", "fold"]).any()
     assert (runs["cell"] == folds * runs["repeat"] + runs["fold"]).all()
     for name in ("freezing_comparison.png", "freezing_forest.png", "freezing_depth.png"):
