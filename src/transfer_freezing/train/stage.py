@@ -38,7 +38,7 @@ from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage
 )
 from ..model import freezing
 from ..model import registry as models
-from . import checkpoint, diagnostics, tracking
+from . import checkpoint, diagnostics, scores, tracking
 from . import core as training
 from . import run_reports as reports
 
@@ -204,16 +204,16 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
             tracking.log_features_input(ws.features.root, feature_hash, meta)
             if full_params is not None:
                 tracking.log_text(yaml.safe_dump(full_params, sort_keys=True), "params/all_params.yaml")
-        logged_steps = tracking.logged_steps(run_id, "val_acc") if resumed_id else set()
+        logged_steps = tracking.logged_steps(run_id, tracking.metric_name("val_acc")) if resumed_id else set()
 
         def on_epoch(epoch: int, row: dict) -> None:
             if epoch not in logged_steps:  # a resume re-runs epochs after its last checkpoint
-                tracking.log_metrics(row, step=epoch)
+                tracking.log_sectioned(row, step=epoch)
 
         result = training.fit(cfg, data, out, on_epoch=on_epoch, resume_extra={"mlflow_run_id": run_id},
                               cache_dir=ws.cache_dir, checkpoint_seconds=checkpoint_seconds)
         metrics = summary_metrics(result, cfg.freeze, cfg.model)
-        tracking.log_metrics(metrics)
+        tracking.log_sectioned(metrics)
         reports.log_confusion(result.confusion, meta["classes"], out)
         table = predictions_table(result, meta["classes"])
         atomic.write_text(out / PREDICTIONS, table.to_csv(index=False))
@@ -282,8 +282,14 @@ def predictions_table(result: training.Result, classes: list[str]) -> pd.DataFra
 
 
 def summary_metrics(result: training.Result, freeze: str, model: str) -> dict:
+    """metrics.json (flat names; MLflow logs them under ``tracking.metric_name``): test accuracy and
+    loss, the scores beyond accuracy of the test clips (``scores.SCORES`` as ``test_<score>``), best
+    validation epoch, trainable share, frozen blocks and the run's cost."""
+    test = result.predictions["test"]
+    beyond = scores.scores(test.labels, test.probs, test.probs.shape[1])
     return {
         "test_acc": result.test_acc, "test_loss": result.test_loss,
+        **{f"test_{name}": value for name, value in beyond.items()},
         "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch + 1,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "trainable_share": result.trainable_share,
