@@ -25,7 +25,7 @@ def _metrics(root: Path) -> dict:
     return json.loads((root / RUN / "metrics.json").read_text())
 
 
-def test_train_writes_outputs_and_an_mlflow_run(tiny):
+def test_train_writes_outputs_and_an_mlflow_run(tiny, tmp_path):
     metrics = train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_5", 1)
     run_info = json.loads((tiny / RUN / "run.json").read_text())
     assert (tiny / RUN / "model.pt").is_file() and not (tiny / RUN / "last.pt").exists()
@@ -39,6 +39,9 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert run.data.metrics["scores/test_macro_f1"] == metrics["test_macro_f1"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "curves/val_acc")] == [0, 1]
     assert {"git_commit", "git_dirty", "feature_hash", "dvc_stage"} <= set(run.data.tags)
+    groups = json.loads(Path(client.download_artifacts(run.info.run_id, "params/lr_groups.json",
+                                                       str(tmp_path))).read_text())
+    assert [g["group"] for g in groups] == ["all"] and groups[0]["lr"] == float(run.data.params["run.lr"])
     assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts

@@ -36,7 +36,7 @@ from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage
     run_dir,
     stages,
 )
-from ..model import freezing
+from ..model import freezing, layer_decay
 from ..model import registry as models
 from . import checkpoint, diagnostics, scores, tracking
 from . import core as training
@@ -204,6 +204,7 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
             tracking.log_features_input(ws.features.root, feature_hash, meta)
             if full_params is not None:
                 tracking.log_text(yaml.safe_dump(full_params, sort_keys=True), "params/all_params.yaml")
+            tracking.log_text(json.dumps(lr_groups(cfg), indent=1), LR_GROUPS)
         logged_steps = tracking.logged_steps(run_id, tracking.metric_name("val_acc")) if resumed_id else set()
 
         def on_epoch(epoch: int, row: dict) -> None:
@@ -266,6 +267,15 @@ def _resumable_run(out: Path, cfg: training.RunConfig, exp_id: str, stage: str) 
 
 
 PREDICTIONS = "predictions.csv"
+LR_GROUPS = "params/lr_groups.json"  # the run's optimiser groups and their lr (layer_decay), once per run
+
+
+def lr_groups(cfg: training.RunConfig) -> list[dict]:
+    """The optimiser's parameter groups of ``cfg``'s mode: name, lr multiplier, lr, trainable count,
+    module prefixes (``layer_decay.describe``; one group when layer decay is off). Under LP-FT the
+    head-only phase trains the ``head`` group alone, at its lr."""
+    rows = layer_decay.describe(cfg.model, cfg.layer_decay, cfg.lr, cfg.freeze, cfg.num_classes)
+    return [{**r, "prefixes": list(r["prefixes"])} for r in rows]
 
 
 def predictions_table(result: training.Result, classes: list[str]) -> pd.DataFrame:
