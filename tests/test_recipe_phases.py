@@ -153,3 +153,18 @@ def test_lp_ft_trains_the_head_first_and_resumes_across_the_switch_to_identical_
         resumed = training.fit(cfg, data, folder)
         assert resumed.history == whole.history, epoch
         assert (resumed.test_acc, resumed.test_loss) == (whole.test_acc, whole.test_loss)
+
+
+def test_tfreeze_models_lists_every_groups_lr_and_refuses_a_bad_decay_in_one_line(capsys):
+    from transfer_freezing import cli
+
+    argv = ["models", "--describe", "--model", "vit_b_16", "--layer-decay", "0.75", "--lr", "1e-3"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "vit_b_16 freeze_none, train.layer_decay = 0.75, lr = 0.001: 14 parameter group(s)"
+    assert lines[1].split()[:5] == ["stem", "x", "0.0237573", "lr", "2.376e-05"]
+    assert lines[-1].split()[:5] == ["head", "x", "1", "lr", "0.001"]
+
+    assert cli.main(["models", "--model", "resnet50", "--layer-decay", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "layer_decay = 1.5 is not allowed" in err and err.count("\n") == 1
