@@ -207,7 +207,9 @@ def _scores(summary: pd.DataFrame, runs: pd.DataFrame, reference: str, confidenc
              f"mode − {reference} with its {level} interval, paired on (seed, repeat, fold) at run level "
              "(study/inference.py `compare_scores`), Holm over the modes per score.", ""]
     for values, group in table.groupby([k for k in keys if k != "freeze_mode"], sort=False):
-        label = " ".join(str(v) for v in (values if isinstance(values, tuple) else (values,)))
+        named = dict(zip([k for k in keys if k != "freeze_mode"],
+                         values if isinstance(values, tuple) else (values,), strict=True))
+        label = " ".join(str(v) for k, v in named.items() if k != "lr_source") + f" ({named['lr_source']} lr)"
         wide = group.pivot_table(index="freeze_mode", columns="score", values="mean", sort=False)
         shown = pd.DataFrame(index=wide.index)
         for column in wide.columns:

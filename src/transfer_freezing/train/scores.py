@@ -43,8 +43,8 @@ def scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray, 
     Predictions are the argmax of ``probs``; every class in ``range(num_classes)`` counts in the
     macro average and the log-loss, present in this split or not.
     """
-    y = torch.as_tensor(labels).long().cpu()
-    p = torch.as_tensor(probs).float().cpu()
+    y = torch.as_tensor(np.array(labels)).long()  # a copy: read-only arrays (a CSV's) are fine
+    p = torch.as_tensor(np.array(probs)).float()
     classes = list(range(num_classes))
     pred = p.argmax(1)
     rows = p.double()
