@@ -43,8 +43,7 @@ def scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray, 
     Predictions are the argmax of ``probs``; every class in ``range(num_classes)`` counts in the
     macro average and the log-loss, present in this split or not.
     """
-    y = torch.as_tensor(np.array(labels)).long()  # a copy: read-only arrays (a CSV's) are fine
-    p = torch.as_tensor(np.array(probs)).float()
+    y, p = _tensor(labels).long(), _tensor(probs).float()
     classes = list(range(num_classes))
     pred = p.argmax(1)
     rows = p.double()
@@ -56,3 +55,10 @@ def scores(labels: torch.Tensor | np.ndarray, probs: torch.Tensor | np.ndarray, 
         "ece": 100.0 * float(multiclass_calibration_error(p, y, num_classes=num_classes, n_bins=ECE_BINS,
                                                           norm="l1")),
     }
+
+
+def _tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``values`` (a copy of an array: a read-only one, e.g. a CSV's, is fine)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu()
+    return torch.from_numpy(np.array(values))
