@@ -38,7 +38,7 @@ def test_two_training_processes_share_one_sqlite_store(tiny: Path) -> None:
     runs = client.search_runs([exp.experiment_id])
     names = sorted(r.info.run_name for r in runs)
     assert names == [f"vit_demo/freeze_patch_0_11/fixed/seed{k}/fold0" for k in (1, 2)]
-    assert all(r.info.status == "FINISHED" and "test_acc" in r.data.metrics for r in runs)
+    assert all(r.info.status == "FINISHED" and "scores/test_acc" in r.data.metrics for r in runs)
     for seed in (1, 2):
         run_dir = tiny / f"models/vit_demo/freeze_patch_0_11/fixed/seed{seed}/fold0"
         run_json = json.loads((run_dir / "run.json").read_text())

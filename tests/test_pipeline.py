@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from transfer_freezing.train import scores
+
 from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 
 # Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
@@ -76,6 +78,9 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert (probe.drop("head")["weight_change"] == 0).all() and probe.loc["head", "weight_change"] > 0
     assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
     assert "### Why: weight change and representation change per block" in markdown
+    assert "### Scores beyond accuracy (test clips)" in markdown  # read from MLflow's scores/ section
+    judged = table.set_index(["lr_source", "freeze_mode"]).loc[("fixed", "freeze_patch_0_11")]
+    assert judged["test_nll_low"] <= judged["test_nll_estimate"] <= judged["test_nll_high"]
     assert (repro / "reports/freezing_diagnostics.png").stat().st_size > 10_000
     for freeze, source, seed in CELLS:
         run = repro / f"models/vit_demo/{freeze}/{source}/seed{seed}/fold0"
@@ -89,6 +94,10 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
         metrics = json.loads((run / "metrics.json").read_text())
         test = preds[preds["split"] == "test"]
         assert metrics["test_acc"] == pytest.approx(100 * test["correct"].mean())
+        probs = test.filter(regex="^p_")  # class order = the metrics' class indices
+        labels = test["label"].map(lambda c, cols=list(probs.columns): cols.index(f"p_{c}")).to_numpy()
+        again = scores.scores(labels, probs.to_numpy(), 10)  # from the stored (rounded) probabilities
+        assert {k: metrics[f"test_{k}"] for k in again} == pytest.approx(again, rel=1e-3, abs=1e-3)
     split = pd.read_csv(repro / "data/split.csv")
     assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
     assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()

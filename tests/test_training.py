@@ -25,7 +25,7 @@ def _metrics(root: Path) -> dict:
     return json.loads((root / RUN / "metrics.json").read_text())
 
 
-def test_train_writes_outputs_and_an_mlflow_run(tiny):
+def test_train_writes_outputs_and_an_mlflow_run(tiny, tmp_path):
     metrics = train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_5", 1)
     run_info = json.loads((tiny / RUN / "run.json").read_text())
     assert (tiny / RUN / "model.pt").is_file() and not (tiny / RUN / "last.pt").exists()
@@ -35,9 +35,13 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny):
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "vit_demo/freeze_patch_0_5/fixed/seed1/fold0"
     assert run.data.params["train.epochs"] == "2" and run.data.params["run.freeze"] == "freeze_patch_0_5"
-    assert run.data.metrics["test_acc"] == metrics["test_acc"]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1]
+    assert run.data.metrics["scores/test_acc"] == metrics["test_acc"]
+    assert run.data.metrics["scores/test_macro_f1"] == metrics["test_macro_f1"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "curves/val_acc")] == [0, 1]
     assert {"git_commit", "git_dirty", "feature_hash", "dvc_stage"} <= set(run.data.tags)
+    groups = json.loads(Path(client.download_artifacts(run.info.run_id, "params/lr_groups.json",
+                                                       str(tmp_path))).read_text())
+    assert [g["group"] for g in groups] == ["all"] and groups[0]["lr"] == float(run.data.params["run.lr"])
     assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
@@ -84,7 +88,7 @@ def test_sigkill_then_rerun_resumes_to_identical_metrics(tiny, tmp_path):
         assert resumed_diag[part] == pytest.approx(entry, rel=1e-6)
     run_id = json.loads((tiny / RUN / "run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{tiny}/mlruns/mlflow.db")
-    history = mlflow.MlflowClient().get_metric_history(run_id, "val_acc")
+    history = mlflow.MlflowClient().get_metric_history(run_id, "curves/val_acc")
     assert sorted(m.step for m in history) == [0, 1, 2]
     assert len(_logged_models(mlflow.MlflowClient(), run_id)) == 1  # the resumed run logs it once
 

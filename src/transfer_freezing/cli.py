@@ -93,6 +93,12 @@ def cmd_ui(p: config.Params, args: argparse.Namespace) -> None:
 def cmd_models(p: config.Params, args: argparse.Namespace) -> None:
     from .model import catalogue
 
+    if args.layer_decay is not None:
+        if not args.model:
+            raise UserError("tfreeze models --layer-decay needs --model (one architecture)")
+        print(catalogue.describe_groups(args.model, args.layer_decay, args.freeze, args.lr,
+                                        num_classes=args.num_classes))
+        return
     print(catalogue.describe(args.model, num_classes=args.num_classes, counts=args.describe))
 
 
@@ -189,6 +195,10 @@ def parser() -> argparse.ArgumentParser:
     models.add_argument("--describe", action="store_true",
                         help="build each model and count trainable parameters per mode")
     models.add_argument("--num-classes", type=int, default=10)
+    models.add_argument("--layer-decay", type=float, default=None,
+                        help="list the optimiser's parameter groups and lr under this train.layer_decay")
+    models.add_argument("--freeze", default="freeze_none", help="with --layer-decay: the freeze mode")
+    models.add_argument("--lr", type=float, default=1.0, help="with --layer-decay: the base lr (default 1)")
     return top
 
 

@@ -226,6 +226,12 @@ SCHEMA: dict[str, Setting] = {
                                  "torchaudio TimeMasking(this): up to this-1 frames zeroed (0: off)"),
     "train.label_smoothing": S(0.0, Rule("a number in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
                                "label smoothing of the training loss (0: none); evaluation stays plain"),
+    "train.layer_decay": S(1.0, Rule("a number in (0, 1]", lambda x: _num(x) and 0 < x <= 1),
+                           "layer-wise lr decay: block i of d trains at lr * decay^(d - i), the stem at "
+                           "lr * decay^(d + 1), the head at lr (ResNet: stages); 1: off"),
+    "train.lp_epochs": S(0, non_negative_int(),
+                         "LP-FT: the first lp_epochs train the head only, then the mode's set with a "
+                         "fresh optimiser and schedule; 0: off"),
     "train.diagnostics_clips": S(256, non_negative_int(), "test clips for the per-block CKA in "
                                  "diagnostics.json (0: weight change only)"),
     "train.out": S("models", text()),
@@ -365,6 +371,7 @@ def _check_relations(p: Params, source: str) -> None:
             f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
             f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
         )
+    _check_phases(p, source)
     if pairs(p, "tuned") and 0 < p["sweep"]["epochs"] <= p["train"]["warmup_epochs"]:
         raise UserError(
             f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
@@ -400,6 +407,27 @@ def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
     if lr_source == "tuned":
         return [(m, f) for m in g["tuned_models"] for f in g["tuned_freeze_modes"]]
     return [(m, f) for m in g["models"] for f in g["freeze_modes"]] + listed_pairs(p)
+
+
+def _check_phases(p: Params, source: str) -> None:
+    """LP-FT's head-only phase ends before the run (and a sweep trial) does; the warm-up restarts
+    with each phase's fresh schedule, so it must end within both phases."""
+    t = p["train"]
+    lp, warmup = t["lp_epochs"], t["warmup_epochs"]
+    if not lp:
+        return
+    runs = [("train.epochs", t["epochs"])]
+    if pairs(p, "tuned") and p["sweep"]["epochs"] > 0:
+        runs.append(("sweep.epochs", p["sweep"]["epochs"]))
+    for key, epochs in runs:
+        if lp >= epochs:
+            raise UserError(f"{source}: train.lp_epochs = {lp} must be below {key} = {epochs} (the head-only "
+                            "phase would never end; a whole run on the head is freeze mode "
+                            "freeze_patch_0_11 or freeze_0_1_2_3_4)")
+        if warmup and warmup >= min(lp, epochs - lp):
+            raise UserError(f"{source}: train.warmup_epochs = {warmup} must be below both LP-FT phases "
+                            f"({lp} head-only and {epochs - lp} more epochs of {key}): each phase "
+                            "restarts the schedule")
 
 
 def _check_listed_cells(p: Params, source: str) -> None:

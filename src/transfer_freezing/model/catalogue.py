@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import freezing
+from . import freezing, layer_decay
 from . import registry as models
 
 
@@ -52,4 +52,17 @@ def describe(model: str | None = None, num_classes: int = 10, counts: bool = Fal
             lines.append("  modes: " + ", ".join(freezing.modes(name)))
     if not counts:
         lines.append("(--describe counts trainable parameters per mode)")
+    return "\n".join(lines)
+
+
+def describe_groups(model: str, decay: float, mode: str = "freeze_none", lr: float = 1.0,
+                    num_classes: int = 10) -> str:
+    """The optimiser's parameter groups of ``model`` under ``mode`` with layer decay ``decay``:
+    one line per group with its lr multiplier, its lr at base ``lr``, trainable count and modules."""
+    freezing.check(model, mode)
+    rows = layer_decay.describe(model, decay, lr, mode, num_classes)
+    lines = [f"{model} {mode}, train.layer_decay = {decay:g}, lr = {lr:g}: {len(rows)} parameter group(s)"]
+    for r in rows:
+        lines.append(f"  {r['group']:<9} x {r['scale']:<10.6g} lr {r['lr']:<10.4g} {r['trainable']:>12,} "
+                     f"trainable  {', '.join(r['prefixes'])}")
     return "\n".join(lines)

@@ -338,6 +338,32 @@ def freeze(
     return counts
 
 
+def backbone(model_name: str) -> tuple[str, ...]:
+    """Every module prefix of ``model_name`` but the head: what a linear probe (LP-FT) freezes."""
+    return _everything(models.spec(model_name))
+
+
+def freeze_reversibly(model: nn.Module, prefixes: tuple[str, ...], freeze_bn_stats: bool = True
+                      ) -> Callable[[], None]:
+    """``freeze`` for a while: returns the function that gives back every parameter's
+    ``requires_grad`` and every swapped BatchNorm module (the same objects, so the optimiser of a
+    later phase sees the model as it was built). LP-FT's head-only phase runs between the two."""
+    from torch import nn
+
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    swapped = [(name, module) for name, module in model.named_modules()
+               if freeze_bn_stats and isinstance(module, nn.BatchNorm2d) and under(name, prefixes)]
+    freeze(model, prefixes, freeze_bn_stats)
+
+    def undo() -> None:
+        for name, module in swapped:
+            _swap(model, name, module)
+        for name, p in model.named_parameters():
+            p.requires_grad_(grads[name])
+
+    return undo
+
+
 def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
     from torchvision.ops import FrozenBatchNorm2d
 

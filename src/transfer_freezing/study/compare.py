@@ -13,7 +13,7 @@ from .. import atomic
 from ..config import Params
 from ..data import features
 from ..errors import UserError
-from ..train import diagnostics, tracking
+from ..train import diagnostics, scores, tracking
 from ..train import stage as train_stage
 from . import baseline, evaluation, figures, inference, stats
 
@@ -100,13 +100,14 @@ def _row(c: CompareConfig, cell: train_stage.Cell, run_id: str, run) -> dict:
     if c.features_params_hash and trained_on != c.features_params_hash:
         raise UserError(f"MLflow run {run_id} trained on features built with other data/split/features "
                         f"params (hash {trained_on}, now {c.features_params_hash}); re-run: {stage}")
-    m = run.data.metrics
+    m = tracking.flat_metrics(run.data.metrics)
     repeat, fold = c.repeat_fold(cell[3])
     return {"model": cell[0], "freeze_mode": cell[1], "seed": cell[2], "fold": fold, "repeat": repeat,
             "cell": cell[3], "run_id": run_id,
             "test_acc": m["test_acc"], "best_val_acc": m["best_val_acc"],
             "trainable_share": m["trainable_share"], "frozen_blocks": int(m["frozen_blocks"]),
             "lr": float(run.data.params["run.lr"]), "lr_source": cell[4],
+            **{f"test_{k}": m.get(f"test_{k}", math.nan) for k in scores.SCORES},
             **{k: v for k, v in sorted(m.items()) if k.split(".", 1)[0] in DIAGNOSTICS}}
 
 
@@ -170,7 +171,8 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
         checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
         markdown += _baseline_markdown(summary, floor)
-    markdown += _write_diagnostics(runs, out)
+    summary, section = _scores(summary, runs, reference, confidence)
+    markdown += section + _write_diagnostics(runs, out)
     atomic.write_text(out / NAMES["md"], markdown + "\n")
     atomic.write_text(out / NAMES["csv"], summary.to_csv(index=False))
     atomic.write_text(out / NAMES["runs"], runs.to_csv(index=False))
@@ -179,6 +181,57 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
     if runs["trainable_share"].notna().all() if "trainable_share" in runs else False:
         figures.plot_depth(runs, out / NAMES["depth"])
     return summary
+
+
+# The scores beyond accuracy (train/scores.py) as per-run columns -> higher is better.
+SCORE_COLUMNS = {f"test_{name}": score.higher_is_better for name, score in scores.SCORES.items()}
+SCORE_FIELDS = ("mean", "estimate", "low", "high", "p_different_holm", "verdict")
+
+
+def _scores(summary: pd.DataFrame, runs: pd.DataFrame, reference: str, confidence: float
+            ) -> tuple[pd.DataFrame, str]:
+    """``summary`` with every score beyond accuracy as columns ``<score>_<field>`` (the CSV), and
+    the report's section on them (Markdown; empty when no run logged them)."""
+    table = evaluation.score_differences(runs, reference, confidence, SCORE_COLUMNS)
+    if table.empty:
+        return summary, ""
+    keys = [k for k in stats.group_keys(runs) if k in summary.columns] + ["freeze_mode"]
+    for column, part in table.groupby("score", sort=False):
+        fields = [f for f in SCORE_FIELDS if f in part.columns]
+        wide = part[keys + fields].rename(columns={f: f"{column}_{f}" for f in fields})
+        summary = summary.merge(wide, on=keys, how="left")
+    summary.attrs["confidence"] = confidence
+    level = f"{100 * confidence:g} %"
+    lines = ["", "### Scores beyond accuracy (test clips)", "",
+             f"Per run from its per-clip probabilities (train/scores.py): {_score_docs()}. Mean over runs; "
+             f"mode − {reference} with its {level} interval, paired on (seed, repeat, fold) at run level "
+             "(study/inference.py `compare_scores`), Holm over the modes per score.", ""]
+    for values, group in table.groupby([k for k in keys if k != "freeze_mode"], sort=False):
+        named = dict(zip([k for k in keys if k != "freeze_mode"],
+                         values if isinstance(values, tuple) else (values,), strict=True))
+        label = " ".join(str(v) for k, v in named.items() if k != "lr_source") + f" ({named['lr_source']} lr)"
+        wide = group.pivot_table(index="freeze_mode", columns="score", values="mean", sort=False)
+        shown = pd.DataFrame(index=wide.index)
+        for column in wide.columns:
+            rows = group[group["score"] == column].set_index("freeze_mode")
+            shown[column.removeprefix("test_")] = [_score_cell(rows.loc[m]) for m in wide.index]
+        lines += [f"**{label}**", "", shown.reset_index().rename(columns={"freeze_mode": "freeze mode"})
+                  .to_markdown(index=False, disable_numparse=True), ""]
+    return summary, "\n".join(lines) + "\n"
+
+
+def _score_docs() -> str:
+    return "; ".join(f"{name}: {score.doc}" for name, score in scores.SCORES.items())
+
+
+def _score_cell(row: pd.Series) -> str:
+    """``mean (difference [low, high], verdict)`` of one mode's score; the reference its mean only."""
+    text = f"{row['mean']:.3g}"
+    if pd.isna(row.get("estimate", math.nan)):
+        return text
+    if pd.isna(row["low"]):
+        return f"{text} ({row['estimate']:+.3g}, {row['note']})"
+    return f"{text} ({row['estimate']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}], {row['verdict']})"
 
 
 def diagnostics_summary(runs: pd.DataFrame) -> pd.DataFrame:

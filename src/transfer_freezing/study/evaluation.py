@@ -82,6 +82,44 @@ def verdicts_from_runs(runs: pd.DataFrame, reference: str, margin: float, confid
     return pd.DataFrame(rows)
 
 
+def score_differences(runs: pd.DataFrame, reference: str, confidence: float,
+                      scores: dict[str, bool]) -> pd.DataFrame:
+    """Every score column beyond accuracy, mode against ``reference``, in each comparison group.
+
+    ``scores`` maps a per-run column (``test_macro_f1``, ...) to whether higher is better. One row
+    per (group, mode, score): the mean over the mode's runs, and for a non-reference mode
+    ``inference.compare_scores``' difference, interval and Holm-adjusted p (one family per group
+    and score), with ``verdict`` better / worse (p_holm < 1 − confidence, read by the score's
+    direction) or inconclusive. A column no run has is skipped.
+    """
+    keys = stats.group_keys(runs)
+    alpha = 1.0 - confidence
+    rows = []
+    for column, higher_is_better in scores.items():
+        if column not in runs.columns or runs[column].isna().all():
+            continue
+        for values, group in runs.groupby(keys, sort=False):
+            labels = dict(zip(keys, values, strict=True))
+            means = group.groupby("freeze_mode", sort=False)[column].mean()
+            judged = {}
+            if reference in means.index and len(means) > 1:
+                table = inference.compare_scores(group.dropna(subset=[column]), reference, column,
+                                                 confidence, modes=[m for m in means.index if m != reference])
+                judged = {r["mode"]: r for r in table.to_dict("records")}
+            for mode, mean in means.items():
+                row = {**labels, "freeze_mode": mode, "score": column, "mean": float(mean)}
+                if mode in judged:
+                    r = judged[mode]
+                    better = r["estimate"] > 0 if higher_is_better else r["estimate"] < 0
+                    verdict = ("" if r["note"] else "inconclusive" if not r["p_different_holm"] < alpha
+                               else "better" if better else "worse")
+                    row.update({k: r[k] for k in ("estimate", "low", "high", "p_different",
+                                                  "p_different_holm", "n_runs", "design", "note")},
+                               verdict=verdict)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _accuracy_by_mode(clips: pd.DataFrame) -> dict[str, float]:
     return {m: 100.0 * float(g["correct"].mean()) for m, g in clips.groupby("mode", sort=False)}
 

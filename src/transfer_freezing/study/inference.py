@@ -773,6 +773,36 @@ def judge_runs(runs: pd.DataFrame, reference: str, margin: float, confidence: fl
             raise UserError(f"{mode} vs {reference}: no paired run")
         rows.append(_judge_row(run_level_fit(diffs), mode, reference, margin, confidence))
     return _family(rows, confidence)
+def compare_scores(runs: pd.DataFrame, reference: str, column: str, confidence: float = 0.95,
+                   modes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Difference ``mode − reference`` of a per-run score ``column`` (any unit), every mode at once.
+
+    The accuracy table's paired design at run level (``run_differences``, ``run_level_fit``): pairs
+    on (seed, repeat, fold), fold cells as the independent units of k-fold, the paired t over runs
+    on one split. For scores that are no mean over clips (macro-F1, calibration error) the run is
+    the smallest unit they exist for. Holm adjusts the modes' two-sided p-values together
+    (``p_different_holm``); there is no equivalence claim, as the margin is in accuracy points. A
+    mode with one paired run gets no interval and the note "one run: no interval".
+    """
+    _check_confidence(confidence)
+    if modes is None:
+        modes = [m for m in pd.unique(runs["freeze_mode"]) if m != reference]
+    rows = []
+    for mode in modes:
+        diffs = run_differences(runs, mode, reference, column)
+        if diffs.empty:
+            continue
+        iv = _interval(run_level_fit(diffs), confidence, "design model, run level")
+        rows.append({"mode": mode, "reference": reference, "estimate": iv.estimate, "low": iv.low,
+                     "high": iv.high, "se": iv.se, "dof": iv.dof,
+                     "p_different": _t_two_sided_p(iv.estimate, iv.se, iv.dof), "n_runs": iv.n_runs,
+                     "n_cells": iv.n_cells, "design": iv.design, "note": iv.note})
+    table = pd.DataFrame(rows, columns=["mode", "reference", "estimate", "low", "high", "se", "dof",
+                                        "p_different", "n_runs", "n_cells", "design", "note"])
+    table["p_different_holm"] = holm(table["p_different"].to_numpy(float)) if len(table) else []
+    return table
+
+
 def joint_contrast(
     first: np.ndarray,
     second: np.ndarray,

@@ -246,11 +246,13 @@ class TrainState:
     before the first), ``history`` (one metrics row per epoch), ``best`` (validation accuracy and
     epoch of the best weights so far) and ``best_weights`` (their changed part, CPU copies).
     ``started`` is the ``perf_counter`` the run would have started at had it never stopped: a
-    resume moves it back by the seconds already spent.
+    resume moves it back by the seconds already spent. Under LP-FT each phase brings its own
+    optimiser and schedule (``start_phase``); ``pending`` holds a resumed optimiser and schedule
+    state until the phase it belongs to starts.
     """
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     shuffle: torch.Generator
     changed: set[str]
@@ -260,6 +262,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": -1})
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    pending: dict | None = None
 
     def record(self, epoch: int, row: dict) -> None:
         """Close epoch ``epoch``: its metrics ``row``, and the weights if ``val_acc`` improved."""
@@ -282,21 +285,34 @@ class TrainState:
 
     def resume(self, workdir: Path, cfg: RunIdentity) -> bool:
         """Continue from ``workdir/last.pt`` if it was written for ``cfg`` and these base weights
-        (``resumable``): the weights, optimiser, schedule, both generators and the record.
-        False, and nothing changed, when there is none to continue."""
+        (``resumable``): the weights, optimiser, schedule, both generators and the record. Without
+        an optimiser yet (phases), its state and the schedule's wait in ``pending``. False, and
+        nothing changed, when there is none to continue."""
         saved = resumable(workdir, cfg, frozen=self.frozen)
         if saved is None:
             return False
         apply(self.model, saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(saved["scheduler"])
+        self.pending = {"optimizer": saved["optimizer"], "scheduler": saved["scheduler"]}
+        if self.optimizer is not None:
+            self.start_phase(self.optimizer, self.scheduler, resumes=True)
         self.shuffle.set_state(saved["shuffle_rng"])
         torch.set_rng_state(saved["torch_rng"])
         self.epoch, self.best, self.history = saved["epoch"], saved["best"], saved["history"]
         self.best_weights = saved["best_model"]
         self.started -= saved["elapsed"]
         return True
+
+
+    def start_phase(self, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, resumes: bool) -> None:
+        """Train on with ``optimizer`` and ``scheduler``; ``resumes``: they continue the ``pending``
+        state of a resumed run (stopped inside this phase), else they start fresh (a new phase)."""
+        self.optimizer, self.scheduler = optimizer, scheduler
+        if resumes and self.pending is not None:
+            optimizer.load_state_dict(self.pending["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(self.pending["scheduler"])
+        self.pending = None
 
 
 class Interval:

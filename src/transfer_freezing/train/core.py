@@ -39,7 +39,7 @@ from ..data.inputs import Split, to_model_input
 from ..errors import Terminated
 from ..grid import LAST
 from ..model import activation_cache as prefix_cache
-from ..model import attention, readout
+from ..model import attention, freezing, layer_decay, readout
 from ..model import registry as models
 from . import augment as augmentation
 from . import checkpoint
@@ -81,6 +81,8 @@ class RunConfig:
     augment_freq_mask: int = 20
     augment_time_mask: int = 30
     label_smoothing: float = 0.0  # of the training loss (cross-entropy); evaluation stays plain
+    layer_decay: float = 1.0  # layer-wise lr decay (``layer_decay``): block i at lr * decay**(depth - i)
+    lp_epochs: int = 0  # LP-FT: the first lp_epochs train the head only (``phases``)
 
     @property
     def torch_seed(self) -> int:
@@ -167,25 +169,69 @@ SCHEDULES = ("none", "cosine")
 
 def setup(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, int, int]:
     """Seeded model (``checkpoint.initial_model`` under ``cfg.torch_seed``) with the freeze mode
-    applied, on ``device``, and the optimiser over what stays trainable.
+    applied, on ``device``, and the optimiser over what stays trainable (``optimizer``)."""
+    model, trainable, total = checkpoint.initial_model(asdict(cfg), cfg.torch_seed)
+    model.to(device)
+    return model, optimizer(cfg, model, device), trainable, total
+
+
+def optimizer(cfg: RunConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The optimiser over ``model``'s trainable parameters, in ``layer_decay.param_groups``' groups
+    (one group unless ``cfg.layer_decay`` < 1; a frozen parameter is in none).
 
     ``sgd``: SGD with ``momentum`` and ``weight_decay`` (coupled, L2). ``adamw``: AdamW with torch's
     default betas and eps and ``weight_decay`` (decoupled; note torch's own default would be 0.01,
     here it is the configured value, 0 unless set); ``momentum`` does not apply.
     """
-    model, trainable, total = checkpoint.initial_model(asdict(cfg), cfg.torch_seed)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = layer_decay.param_groups(model, cfg.model, cfg.lr, cfg.layer_decay)
     # One fused kernel per step on the GPU; the CPU keeps torch's default implementation.
     fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                              **fused)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    else:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    return model, opt, trainable, total
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               **fused)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs ``[first, stop)`` with one trainable set, one optimiser and one schedule.
+
+    ``head``: LP-FT's linear probe, everything below the head frozen (``freezing.backbone``);
+    ``mode``: the freeze mode's trainable set. A phase starts with a fresh optimiser and schedule
+    (Kumar et al. 2022 fine-tune from the probed head with a new optimiser).
+    """
+
+    name: str
+    first: int
+    stop: int
+
+    @property
+    def epochs(self) -> int:
+        return self.stop - self.first
+
+
+def phases(cfg: RunConfig) -> list[Phase]:
+    """The run's phases in order: ``lp_epochs`` of ``head`` (LP-FT), then ``mode`` for the rest
+    (the whole run when ``lp_epochs`` is 0); an empty phase is left out."""
+    lp = min(cfg.lp_epochs, cfg.epochs)
+    spans = [Phase("head", 0, lp), Phase("mode", lp, cfg.epochs)]
+    return [phase for phase in spans if phase.epochs > 0]
+
+
+@contextlib.contextmanager
+def trainable_set(cfg: RunConfig, model: nn.Module, phase: Phase):
+    """Within the block ``model`` trains ``phase``'s set: the head only (``head``, with BatchNorm
+    statistics frozen as ``frozen_bn`` says for frozen modules), or the mode's (``mode``: as built)."""
+    if phase.name == "mode":
+        yield
+        return
+    undo = freezing.freeze_reversibly(model, freezing.backbone(cfg.model), cfg.frozen_bn == "eval")
+    try:
+        yield
+    finally:
+        undo()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -206,16 +252,18 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, train_clips: int
+def scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, train_clips: int, epochs: int | None = None
               ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-step lr schedule of ``cfg`` (``lr_factor``), None for a constant lr (the default)."""
+    """The per-step lr schedule of ``cfg`` (``lr_factor``) over ``epochs`` (default ``cfg.epochs``;
+    a phase's own length under LP-FT), None for a constant lr (the default). Every parameter group
+    follows it from its own lr (layer decay)."""
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.schedule == "none" and cfg.warmup_epochs == 0:
         return None
     steps = math.ceil(train_clips / cfg.batch_size)  # run_epoch's batches per epoch
-    factor = partial(lr_factor, warmup_steps=cfg.warmup_epochs * steps, total_steps=cfg.epochs * steps,
-                     schedule=cfg.schedule)
+    factor = partial(lr_factor, warmup_steps=cfg.warmup_epochs * steps,
+                     total_steps=(epochs or cfg.epochs) * steps, schedule=cfg.schedule)
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -259,19 +307,30 @@ FAST_FORWARD: dict[str, tuple[Callable[[nn.Module], int], ...]] = {
 
 def prepare(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
             cache_dir: Path | None = None) -> tuple[nn.Module, Data]:
-    """The module that maps a batch of the returned data to logits, and that data on ``device``.
+    """The module that maps a batch of the returned data to logits, and that data on ``device``:
+    ``speed_up`` the model once, then ``forward_path`` for its current trainable set."""
+    speed_up(cfg, model)
+    return forward_path(cfg, model, data.to(device), device, cache_dir)
 
-    With ``cfg.activation_cache`` and a constant frozen prefix (``prefix_cache``), the data hold the
-    prefix's outputs and the module runs only the rest of the model. Caches go to ``cache_dir``
-    only with pretrained weights: a random initialisation differs per run seed (seed, cell), so
-    nothing is shared.
-    """
-    data = data.to(device)
+
+def speed_up(cfg: RunConfig, model: nn.Module) -> None:
+    """The model family's weight layout and in-place fast-forward rewrites (same logits); once."""
     family = models.spec(cfg.model).family
-    layout = MEMORY_FORMATS.get(family, torch.contiguous_format)
-    model.to(memory_format=layout)
+    model.to(memory_format=MEMORY_FORMATS.get(family, torch.contiguous_format))
     for rewrite in FAST_FORWARD.get(family, ()):
         rewrite(model)
+
+
+def forward_path(cfg: RunConfig, model: nn.Module, data: Data, device: torch.device,
+                 cache_dir: Path | None = None) -> tuple[nn.Module, Data]:
+    """The module from ``data``'s batches to logits, and the data it reads (``data`` on ``device``).
+
+    With ``cfg.activation_cache`` and a constant frozen prefix (``prefix_cache``, decided from the
+    model's trainable set now), the data hold the prefix's outputs and the module runs only the
+    rest of the model. Caches go to ``cache_dir`` only with pretrained weights: a random
+    initialisation differs per run seed (seed, cell), so nothing is shared.
+    """
+    layout = MEMORY_FORMATS.get(models.spec(cfg.model).family, torch.contiguous_format)
     net: nn.Module = Plain(model)
     if cfg.activation_cache and _augment_config(cfg):
         print("activation cache: off, train.augment changes the input images every epoch "
@@ -380,8 +439,10 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
         checkpoint_seconds: float = 0.0, hooks: Hooks | None = None) -> Result:
     """Train ``cfg`` on ``data``, resuming from ``workdir/last.pt`` if one for ``cfg`` exists.
 
-    Setup, epochs (train, validate, record, checkpoint), then the best-validation weights scored
-    once on test. The resumable state (``checkpoint.TrainState``) holds what the run changed and is
+    Setup, then each phase (``phases``: LP-FT's head-only epochs, then the mode's) with its
+    trainable set, forward path (activation cache), fresh optimiser and schedule, and its epochs
+    (train, validate, record, checkpoint); then the best-validation weights scored once on test.
+    The resumable state (``checkpoint.TrainState``) holds what the run changed and is
     written when ``checkpoint_seconds`` have passed since the last write (0: after every epoch), and
     at the end of the epoch in which SIGTERM arrived (then ``Terminated`` is raised; see
     ``checkpoint.Interval``). The best weights live in memory and in that state; ``workdir/model.pt``
@@ -398,41 +459,56 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     io = checkpoint.IO()
     device = pick_device(cfg.device)
     configure(device)
-    model, opt, trainable, total = setup(cfg, device)
+    model, trainable, total = checkpoint.initial_model(asdict(cfg), cfg.torch_seed)
+    model.to(device)
     changed = checkpoint.changed_keys(model)
     frozen = checkpoint.frozen_hash(model, changed)
-    net, data = prepare(cfg, model, data, device, cache_dir)
-    sched = scheduler(cfg, opt, len(data.train))
+    speed_up(cfg, model)
+    data = data.to(device)
     augment = augmenter(cfg)
-    state = checkpoint.TrainState(model, opt, sched, shuffler(cfg), changed, frozen, started=t0)
+    state = checkpoint.TrainState(model, None, None, shuffler(cfg), changed, frozen, started=t0)
     if state.resume(workdir, cfg):
         print(f"resuming {cfg.model}/{cfg.freeze}/seed{cfg.seed}/fold{cfg.fold} "
               f"after epoch {state.epoch + 1}")
 
+    path = None  # the last phase's (module, data): scores the best weights at the end
     with checkpoint.Interval(workdir / LAST, cfg, checkpoint_seconds, resume_extra, io) as saver:
-        for epoch in range(state.epoch + 1, cfg.epochs):
-            hooks.epoch_start(epoch)
-            order = torch.randperm(len(data.train), generator=state.shuffle)
-            lr = opt.param_groups[0]["lr"]  # the lr of the epoch's first step
-            tr_loss, tr_acc, _ = run_epoch(net, data.train, cfg.batch_size, device, opt, order,
-                                           desc=f"epoch {epoch + 1}/{cfg.epochs} train", schedule=sched,
-                                           augment=partial(augment, epoch=epoch) if augment else None,
-                                           label_smoothing=cfg.label_smoothing)
-            va_loss, va_acc, _ = run_epoch(net, data.val, cfg.batch_size, device, desc="val")
-            row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
-                   "lr": lr}
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
-                  f"val loss {va_loss:.4f} acc {va_acc:.1f}")
-            state.record(epoch, row)
-            if on_epoch:
-                on_epoch(epoch, row)
-            saver.epoch_done(state, cfg.epochs)
-            hooks.epoch_end(epoch, state)
+        for phase in phases(cfg):
+            if state.epoch + 1 >= phase.stop:
+                continue  # finished before a resume
+            with trainable_set(cfg, model, phase):
+                net, split = path = forward_path(cfg, model, data, device, cache_dir)
+                opt = optimizer(cfg, model, device)
+                state.start_phase(opt, scheduler(cfg, opt, len(split.train), phase.epochs),
+                                  resumes=state.epoch + 1 > phase.first)
+                if len(phases(cfg)) > 1:
+                    print(f"phase {phase.name}: epochs {phase.first + 1}-{phase.stop}, "
+                          f"{freezing.count(model)[0]:,} trainable parameters")
+                for epoch in range(max(state.epoch + 1, phase.first), phase.stop):
+                    hooks.epoch_start(epoch)
+                    order = torch.randperm(len(split.train), generator=state.shuffle)
+                    lr = opt.param_groups[-1]["lr"]  # the head's lr (full) at the epoch's first step
+                    tr_loss, tr_acc, _ = run_epoch(net, split.train, cfg.batch_size, device, opt, order,
+                                                   desc=f"epoch {epoch + 1}/{cfg.epochs} train",
+                                                   schedule=state.scheduler,
+                                                   augment=partial(augment, epoch=epoch) if augment else None,
+                                                   label_smoothing=cfg.label_smoothing)
+                    va_loss, va_acc, _ = run_epoch(net, split.val, cfg.batch_size, device, desc="val")
+                    row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
+                           "lr": lr}
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
+                          f"val loss {va_loss:.4f} acc {va_acc:.1f}")
+                    state.record(epoch, row)
+                    if on_epoch:
+                        on_epoch(epoch, row)
+                    saver.epoch_done(state, cfg.epochs)
+                    hooks.epoch_end(epoch, state)
 
+    net, split = path or forward_path(cfg, model, data, device, cache_dir)
     checkpoint.apply(model, state.best_weights)
     checkpoint.save_model(workdir / "model.pt", state.best_weights, cfg, frozen, io)
-    te_loss, te_acc, test = predict(net, data.test, cfg.batch_size, device)
-    _, _, val = predict(net, data.val, cfg.batch_size, device)
+    te_loss, te_acc, test = predict(net, split.test, cfg.batch_size, device)
+    _, _, val = predict(net, split.val, cfg.batch_size, device)
     confusion = _confusion(test.labels, test.preds, cfg.num_classes)
     return Result(te_acc, te_loss, state.best["acc"], state.best["epoch"], trainable, total,
                   time.perf_counter() - state.started, state.history, confusion, {"val": val, "test": test},

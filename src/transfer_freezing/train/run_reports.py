@@ -44,7 +44,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 def log_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> None:
     """Log the confusion matrix and per-genre accuracy of one run to the active MLflow run."""
     per_class = per_class_accuracy(confusion, classes)
-    tracking.log_metrics({f"test_acc_{c}": v for c, v in per_class.items()})
+    tracking.log_sectioned({f"test_acc_{c}": v for c, v in per_class.items()})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         atomic.write_json(tmp / "confusion_matrix.json", {"classes": classes, "matrix": confusion})
@@ -96,7 +96,7 @@ def _finite(value) -> float:
 
 def log_diagnostics(diagnostics: dict, metrics: dict[str, float], json_path: Path) -> None:
     """Log one run's diagnostics to the active MLflow run: metrics, the JSON and the per-part plot."""
-    tracking.log_metrics(metrics)
+    tracking.log_sectioned(metrics)
     tracking.log_artifact(json_path, "diagnostics")
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "diagnostics.png"

@@ -36,9 +36,9 @@ from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage
     run_dir,
     stages,
 )
-from ..model import freezing
+from ..model import freezing, layer_decay
 from ..model import registry as models
-from . import checkpoint, diagnostics, tracking
+from . import checkpoint, diagnostics, scores, tracking
 from . import core as training
 from . import run_reports as reports
 
@@ -204,16 +204,17 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
             tracking.log_features_input(ws.features.root, feature_hash, meta)
             if full_params is not None:
                 tracking.log_text(yaml.safe_dump(full_params, sort_keys=True), "params/all_params.yaml")
-        logged_steps = tracking.logged_steps(run_id, "val_acc") if resumed_id else set()
+            tracking.log_text(json.dumps(lr_groups(cfg), indent=1), LR_GROUPS)
+        logged_steps = tracking.logged_steps(run_id, tracking.metric_name("val_acc")) if resumed_id else set()
 
         def on_epoch(epoch: int, row: dict) -> None:
             if epoch not in logged_steps:  # a resume re-runs epochs after its last checkpoint
-                tracking.log_metrics(row, step=epoch)
+                tracking.log_sectioned(row, step=epoch)
 
         result = training.fit(cfg, data, out, on_epoch=on_epoch, resume_extra={"mlflow_run_id": run_id},
                               cache_dir=ws.cache_dir, checkpoint_seconds=checkpoint_seconds)
         metrics = summary_metrics(result, cfg.freeze, cfg.model)
-        tracking.log_metrics(metrics)
+        tracking.log_sectioned(metrics)
         reports.log_confusion(result.confusion, meta["classes"], out)
         table = predictions_table(result, meta["classes"])
         atomic.write_text(out / PREDICTIONS, table.to_csv(index=False))
@@ -266,6 +267,15 @@ def _resumable_run(out: Path, cfg: training.RunConfig, exp_id: str, stage: str) 
 
 
 PREDICTIONS = "predictions.csv"
+LR_GROUPS = "params/lr_groups.json"  # the run's optimiser groups and their lr (layer_decay), once per run
+
+
+def lr_groups(cfg: training.RunConfig) -> list[dict]:
+    """The optimiser's parameter groups of ``cfg``'s mode: name, lr multiplier, lr, trainable count,
+    module prefixes (``layer_decay.describe``; one group when layer decay is off). Under LP-FT the
+    head-only phase trains the ``head`` group alone, at its lr."""
+    rows = layer_decay.describe(cfg.model, cfg.layer_decay, cfg.lr, cfg.freeze, cfg.num_classes)
+    return [{**r, "prefixes": list(r["prefixes"])} for r in rows]
 
 
 def predictions_table(result: training.Result, classes: list[str]) -> pd.DataFrame:
@@ -282,8 +292,14 @@ def predictions_table(result: training.Result, classes: list[str]) -> pd.DataFra
 
 
 def summary_metrics(result: training.Result, freeze: str, model: str) -> dict:
+    """metrics.json (flat names; MLflow logs them under ``tracking.metric_name``): test accuracy and
+    loss, the scores beyond accuracy of the test clips (``scores.SCORES`` as ``test_<score>``), best
+    validation epoch, trainable share, frozen blocks and the run's cost."""
+    test = result.predictions["test"]
+    beyond = scores.scores(test.labels, test.probs, test.probs.shape[1])
     return {
         "test_acc": result.test_acc, "test_loss": result.test_loss,
+        **{f"test_{name}": value for name, value in beyond.items()},
         "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch + 1,
         "trainable_params": result.trainable_params, "total_params": result.total_params,
         "trainable_share": result.trainable_share,

@@ -266,7 +266,8 @@ def _run_trial(trial, configs: list[training.RunConfig], data: dict[int, trainin
                              "batch_size": first.batch_size, "momentum": first.momentum,
                              "weight_decay": first.weight_decay, "optimizer": first.optimizer,
                              "schedule": first.schedule, "warmup_epochs": first.warmup_epochs,
-                             "augment": first.augment, "study": name})
+                             "augment": first.augment, "layer_decay": first.layer_decay,
+                             "lp_epochs": first.lp_epochs, "study": name})
         try:
             for i, cfg in enumerate(configs):
                 curve: list[float] = []

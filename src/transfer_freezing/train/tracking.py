@@ -282,6 +282,53 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     retry_locked(mlflow.log_metrics)(metrics, step=step)
 
 
+# A run's MLflow metric names are "<section>/<name>": MLflow 3's chart view groups metrics by the
+# prefix before the last "/" into collapsible sections (mlflow/mlflow#22966, #23212), so the learning
+# curves, the scores, the model's size, the cost and the per-part diagnostics each get their own.
+# metrics.json, history.csv and compare's tables keep the flat names; ``flat_metrics`` maps back.
+METRIC_SECTIONS: dict[str, tuple[str, ...]] = {
+    "curves": ("train_loss", "train_acc", "val_loss", "val_acc", "lr"),
+    "scores": ("test_acc", "test_loss", "best_val_acc", "best_epoch", "test_macro_f1", "test_nll",
+               "test_ece"),
+    "model": ("trainable_params", "total_params", "trainable_share", "frozen_blocks"),
+    "cost": ("wall_seconds", "checkpoint_bytes", "checkpoint_io_share"),
+}
+# Families of flat names with a per-part suffix: flat prefix -> MLflow prefix.
+METRIC_FAMILIES: dict[str, str] = {"weight_change.": "diagnostics/weight_change/",
+                                   "cka.": "diagnostics/cka/", "test_acc_": "scores/per_class/"}
+_SECTION_OF = {name: section for section, names in METRIC_SECTIONS.items() for name in names}
+
+
+def metric_name(flat: str) -> str:
+    """The MLflow name of the flat metric ``flat`` (``val_acc`` -> ``curves/val_acc``,
+    ``cka.block_03`` -> ``diagnostics/cka/block_03``); a name in no section is a bug, not a metric."""
+    if flat in _SECTION_OF:
+        return f"{_SECTION_OF[flat]}/{flat}"
+    for prefix, path in METRIC_FAMILIES.items():
+        if flat.startswith(prefix):
+            return path + flat[len(prefix):]
+    raise ValueError(f"metric {flat!r} has no section in tracking.METRIC_SECTIONS / METRIC_FAMILIES")
+
+
+def flat_name(name: str) -> str:
+    """``metric_name`` inverted; a flat name (a run logged before the sections) is returned as is."""
+    for prefix, path in METRIC_FAMILIES.items():
+        if name.startswith(path):
+            return prefix + name[len(path):]
+    section, _, rest = name.partition("/")
+    return rest if section in METRIC_SECTIONS and rest in METRIC_SECTIONS[section] else name
+
+
+def log_sectioned(metrics: dict[str, float], step: int | None = None) -> None:
+    """``log_metrics`` under the sectioned names (``metric_name``) of the flat ``metrics``."""
+    log_metrics({metric_name(k): v for k, v in metrics.items()}, step=step)
+
+
+def flat_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's MLflow metrics by their flat names (``flat_name``)."""
+    return {flat_name(k): v for k, v in metrics.items()}
+
+
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
