@@ -39,7 +39,7 @@ def repro(tmp_path_factory) -> Path:
 def test_repro_writes_table_figure_and_per_run_outputs(repro):
     # One `dvc repro`, both lr sources: one table, each source judged against its own reference.
     table = pd.read_csv(repro / "reports/freezing_comparison.csv")
-    assert list(zip(table["lr_source"], table["freeze_mode"], strict=True)) == [
+    assert list(zip(table["recipe"], table["freeze_mode"], strict=True)) == [
         ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"),
         ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
     assert list(table["n"]) == [2, 2, 2, 2]
@@ -48,7 +48,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert "freeze_patch_0_11" in markdown and "Decisive comparison: per-clip predictions" in markdown
     assert "| vit_demo | fixed" in markdown and "| vit_demo | tuned" in markdown
     for source in ("fixed", "tuned"):
-        judged = table.set_index(["lr_source", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
+        judged = table.set_index(["recipe", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
         assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
         assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
         assert judged["n_runs"] == 2 and judged["n_clips"] == 20
@@ -71,7 +71,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert list(floor["cell"]) == [0] and floor["test_acc"].iloc[0] > 20  # chance is 10 %
     assert "**Floor to beat:**" in markdown
     diag = pd.read_csv(repro / "reports/freezing_diagnostics.csv")
-    probe = diag[(diag["freeze_mode"] == "freeze_patch_0_11") & (diag["lr_source"] == "fixed")]
+    probe = diag[(diag["freeze_mode"] == "freeze_patch_0_11") & (diag["recipe"] == "fixed")]
     probe = probe.set_index("part")
     assert (probe.drop("head")["weight_change"] == 0).all() and probe.loc["head", "weight_change"] > 0
     assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
@@ -91,7 +91,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
         assert metrics["test_acc"] == pytest.approx(100 * test["correct"].mean())
     split = pd.read_csv(repro / "data/split.csv")
     assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
-    assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()
+    assert (repro / "reports/sweep/vit_demo-freeze_none-tuned.json").is_file()
 
 
 def test_a_runs_checkpoint_round_trips_through_mlflow_as_one_inode(repro, tmp_path, monkeypatch):
@@ -149,7 +149,7 @@ def test_second_repro_does_nothing_and_status_is_clean(repro):
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     status = tfreeze("status", cwd=repro, env=env).stdout
     assert status.splitlines()[-1] == "8 done"
-    assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-2-0 +done +MLflow run ", status, re.M)
+    assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-fixed-2-0 +done +MLflow run ", status, re.M)
 
 
 def test_changing_a_training_param_reruns_training_not_features(repro):
@@ -160,9 +160,9 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
     params.write_text(original.replace("momentum: 0.9", "momentum: 0.8"))
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-1-0" in changed and "features:" not in changed
-        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-1-0" in changed
+        assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "features:" not in changed
+        assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
+        assert "train_cells@vit_demo/freeze_patch_0_11-fixed-1-0" in changed
     finally:
         params.write_text(original)
 
@@ -174,17 +174,17 @@ def test_each_lr_source_reruns_on_its_own_lr_only(repro):
     params.write_text(original.replace("lr: 0.01", "lr: 0.02"))
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-1-0" in changed and "train_tuned@" not in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-2-0" in changed
+        assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "train_tuned@" not in changed
+        assert "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0" in changed
     finally:
         params.write_text(original)
-    result = repro / "reports/sweep/vit_demo-freeze_none.json"
+    result = repro / "reports/sweep/vit_demo-freeze_none-tuned.json"
     written = result.read_text()
     result.write_text(written.replace('"best_lr": ', '"best_lr": 1e-4, "was": '))
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
-        assert "train_tuned@vit_demo-freeze_patch_0_11-1-0" not in changed and "train@" not in changed
+        assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
+        assert "train_tuned@vit_demo-freeze_patch_0_11-tuned-1-0" not in changed and "train@" not in changed
         assert "train_cells@" not in changed
     finally:
         result.write_text(written)
@@ -203,7 +203,7 @@ def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path):
     mlflow.MlflowClient().delete_run(run_id)
     proc = tfreeze("compare", cwd=work, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-1-0")
+    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-fixed-1-0")
     assert proc.stderr.strip().count("\n") == 0
 
 
@@ -249,7 +249,8 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     # its rows.
     ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "grid.tuned_models=[]",
              "-S", "grid.seeds=[1]", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran and "Running stage 'features'" not in ran
+    assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
+    assert "Running stage 'features'" not in ran
     assert "Running stage 'train_tuned@" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
     assert "one-epoch" in shown
@@ -268,10 +269,11 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     # The listed probe (grid.cells): its stages are named train_cells@<model>/<mode>-<seed>-<fold>.
     out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--jobs", "2", cwd=work, env=env)
     assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
-    cells = ["train_cells@vit_demo/freeze_patch_0_11-1-0", "train_cells@vit_demo/freeze_patch_0_11-2-0"]
+    cells = ["train_cells@vit_demo/freeze_patch_0_11-fixed-1-0",
+             "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0"]
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran
+    assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
     history = work / "models/vit_demo/freeze_patch_0_11/fixed/seed2/fold0/history.csv"
     assert history.read_text().count("\n") == 2
@@ -285,8 +287,8 @@ def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
     tfreeze("compare", "--from-csv", str(REPO / "tests/data/seed_results_summary.csv"),
             str(tmp_path / "tuned_runs.csv"), "--out", str(tmp_path / "out"), cwd=tmp_path)
     table = pd.read_csv(tmp_path / "out/freezing_comparison.csv")
-    by_source = table.set_index(["lr_source", "freeze_mode"])["test_mean"]
-    assert set(table["lr_source"]) == {"fixed", "sweep"}
+    by_source = table.set_index(["recipe", "freeze_mode"])["test_mean"]
+    assert set(table["recipe"]) == {"fixed", "sweep"}
     assert by_source["sweep", "freeze_none"] == pytest.approx(by_source["fixed", "freeze_none"] + 1.0)
 
 
@@ -312,7 +314,7 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
     # Issue repro: `dvc repro` deletes model.pt before it runs a stage, and the resume check
     # required it, so the next `dvc repro` printed "ignoring ... other settings" and began again.
     work = _copy(repro, tmp_path / "kill", **{"train.epochs": 3})
-    stage = "train@vit_demo-freeze_none-1-0"
+    stage = "train@vit_demo-freeze_none-fixed-1-0"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TFREEZE_KILL_AFTER_EPOCH": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     killed = subprocess.run(["dvc", "repro", "-s", stage], cwd=work, env=env, capture_output=True, text=True)
@@ -354,7 +356,7 @@ def test_output_paths_flow_from_params_into_the_pipeline(repro, tmp_path):
 
 def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_remote(repro, tmp_path):
     work = _copy(repro, tmp_path / "cache")
-    out = work / "reports/sweep/vit_demo-freeze_none.json"
+    out = work / "reports/sweep/vit_demo-freeze_none-tuned.json"
     written = out.read_text()
     out.unlink()
     ran = sh("dvc", "repro", cwd=work).stdout
@@ -368,7 +370,7 @@ def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_re
     sh("git", "clone", "-q", str(work), str(clone), cwd=tmp_path)
     pulled = sh("dvc", "repro", "--pull", cwd=clone).stdout
     assert "Running stage" not in pulled
-    assert (clone / "reports/sweep/vit_demo-freeze_none.json").read_text() == written
+    assert (clone / "reports/sweep/vit_demo-freeze_none-tuned.json").read_text() == written
 
 
 def _exp_run_ids(work: Path, name: str) -> list[str]:

@@ -230,7 +230,7 @@ def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) 
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tiny}/optuna.db")
     trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
-    assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").is_file()
+    assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11-tuned.json").is_file()
 
 
 def test_each_task_sees_only_the_gpus_ray_gave_it() -> None:

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,11 @@ MOVED: dict[str, str] = {
 }
 
 
+TUNED = "tuned"  # a recipe's ``lr`` that takes the lr from its sweep (its cells are the tuned-lr grid)
+RECIPE_LOCATIONS = ("out",)  # train keys that say where outputs go, not what they hold: no recipe sets them
+RECIPE_NAME = re.compile(r"[A-Za-z0-9_.]+")  # a folder name and a DVC matrix value
+
+
 class Setting(NamedTuple):
     """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
     ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
@@ -197,6 +203,11 @@ SCHEMA: dict[str, Setting] = {
     "grid.tuned_models": S(["vit_b_16"], any_list(text()),
                            "swept and tuned-lr grid (stages sweep, train_tuned); [] turns both off"),
     "grid.tuned_freeze_modes": S(["freeze_none"], any_list(text())),
+    # The recipes (names of ``recipes``) crossed with each grid: a recipe's lr decides its grid.
+    "grid.recipes": S(["fixed"], any_list(text()),
+                      "fixed-lr recipes, crossed with the fixed-lr grid (models x freeze_modes, cells)"),
+    "grid.tuned_recipes": S(["tuned"], any_list(text()),
+                            "tuned-lr recipes (lr: tuned), crossed with tuned_models x tuned_freeze_modes"),
     # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
     "train.weights": S("none", choice("none", "imagenet"),
                        "none | imagenet (torch hub cache or weights_path)"),
@@ -231,6 +242,12 @@ SCHEMA: dict[str, Setting] = {
     "train.out": S("models", text()),
     # keep: storage policy. Which runs keep their trained weights in model.pt; the others keep a
     # record (train/checkpoint.py). It decides model.pt, not a run's numbers.
+    # recipes: named deltas over ``train`` (the base recipe), each a mapping of train keys; a recipe
+    # with ``lr: tuned`` trains at its sweep's best lr. ``_check_recipes`` validates them.
+    "recipes": S({"fixed": {}, "tuned": {"lr": TUNED}}, Rule(
+        "a mapping of recipe name -> {train key: value} (a delta over train)",
+        lambda x: isinstance(x, dict) and all(v is None or isinstance(v, dict) for v in x.values())),
+        "name -> delta over train; lr: tuned takes the lr from that recipe's sweep"),
     "keep.weights": S("all", choice("all", "first_seed", "none"),
                       "all | first_seed | none: which runs keep trained weights in model.pt"),
     "sweep.n_trials": S(20, positive_int()),
@@ -306,6 +323,14 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
         retired = RETIRED.get((key, value if isinstance(value, str) else None)) or RETIRED.get((key, None))
         if retired:
             raise UserError(f"{source}: {retired}")
+        if key.startswith("recipes."):  # --set recipes.NAME={...} or recipes.NAME.KEY=value
+            name, _, leaf = key.removeprefix("recipes.").partition(".")
+            recipes = tree["recipes"]
+            if leaf:
+                recipes[name] = {**(recipes.get(name) or {}), leaf: value}
+            else:
+                recipes[name] = value
+            continue
         if key in MOVED:
             raise UserError(f"{source}: {key} is now {MOVED[key]} (params are grouped by role: grid = "
                             "which cells exist, train = the recipe, keep = what is stored, runtime = how "
@@ -323,8 +348,70 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
             raise UserError(f"{source}: {key} = {value!r} lists {listed} more than once; list each once "
                             "(every item is a value of the grid: a repeat would run the same cells twice)")
         _set(tree, key, value)
+    _check_recipes(tree, source)
     _check_relations(tree, source)
     return tree
+
+
+def _check_recipes(p: Params, source: str) -> None:
+    """Each recipe a delta over ``train`` (its keys train's, its values what train allows, ``lr`` also
+    ``tuned``), normalised in place (null -> {}, numbers as floats); each grid list names recipes
+    whose lr belongs to it."""
+    allowed = [k.removeprefix("train.") for k in SCHEMA
+               if k.startswith("train.") and k.removeprefix("train.") not in RECIPE_LOCATIONS]
+    for name, delta in list(p["recipes"].items()):
+        where = f"{source}: recipe {name!r}"
+        if not isinstance(name, str) or not RECIPE_NAME.fullmatch(name):
+            raise UserError(f"{where}: a recipe name is letters, digits, '_' and '.' (it names a folder "
+                            "and a DVC stage)")
+        if not isinstance(delta, dict | None):
+            raise UserError(f"{where} = {delta!r}: expected a mapping of train keys, e.g. {{lr: 1.0e-4}}")
+        delta = dict(delta or {})
+        for key, value in delta.items():
+            if key not in allowed:
+                raise UserError(f"{where} sets unknown key {key!r}; a recipe sets train keys: "
+                                f"{', '.join(allowed)}")
+            if key == "lr" and value == TUNED:
+                continue
+            rule = SCHEMA[f"train.{key}"].rule
+            value = _as_float(value) if rule.allowed.startswith("a number") else value
+            if not rule.check(value):
+                also = " or 'tuned' (the lr of this recipe's sweep)" if key == "lr" else ""
+                raise UserError(f"{where}: {key} = {value!r} is not allowed; expected {rule.allowed}{also}")
+            delta[key] = value
+        p["recipes"][name] = delta
+    for grid_key, tuned in (("recipes", False), ("tuned_recipes", True)):
+        for name in p["grid"][grid_key]:
+            if name not in p["recipes"]:
+                raise UserError(f"{source}: grid.{grid_key} has {name!r}, which is not a recipe; "
+                                f"recipes: {', '.join(p['recipes']) or 'none'}")
+            if is_tuned(p, name) != tuned:
+                right = "grid.tuned_recipes" if is_tuned(p, name) else "grid.recipes"
+                raise UserError(f"{source}: grid.{grid_key} has {name!r}, whose lr is "
+                                f"{recipe(p, name)['lr']!r}; list it in {right} (grid.recipes: a fixed lr, "
+                                "grid.tuned_recipes: lr tuned)")
+
+
+def recipe(p: Params, name: str) -> dict[str, Any]:
+    """Recipe ``name`` resolved: ``train`` (the base recipe) with the recipe's delta over it."""
+    if name not in p["recipes"]:
+        raise UserError(f"unknown recipe {name!r}; recipes: {', '.join(p['recipes']) or 'none'}")
+    return {**p["train"], **(p["recipes"][name] or {})}
+
+
+def recipe_params(p: Params, name: str) -> Params:
+    """``p`` with its ``train`` section replaced by recipe ``name`` resolved: what one cell reads."""
+    return {**p, "train": recipe(p, name)}
+
+
+def is_tuned(p: Params, name: str) -> bool:
+    """Whether recipe ``name`` trains at its sweep's best lr (its cells: the tuned-lr grid)."""
+    return recipe(p, name)["lr"] == TUNED
+
+
+def grid_recipes(p: Params) -> list[str]:
+    """The recipes the grid trains: the fixed-lr ones, then the tuned-lr ones."""
+    return [*p["grid"]["recipes"], *p["grid"]["tuned_recipes"]]
 
 
 def _as_float(value: Any) -> Any:
@@ -350,7 +437,7 @@ def _check_relations(p: Params, source: str) -> None:
     _check_listed_cells(p, source)
     _check_reference(p, source)
     _check_sizes(p, source)
-    if p["train"]["weights"] == "imagenet":
+    if any(t["weights"] == "imagenet" for t in [p["train"], *(recipe(p, r) for r in grid_recipes(p))]):
         _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
@@ -360,17 +447,17 @@ def _check_relations(p: Params, source: str) -> None:
             f"{source}: sweep.lr_low = {p['sweep']['lr_low']:g} must be below "
             f"sweep.lr_high = {p['sweep']['lr_high']:g}"
         )
-    if p["train"]["warmup_epochs"] >= p["train"]["epochs"] and p["train"]["warmup_epochs"] > 0:
-        raise UserError(
-            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
-            f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
-        )
-    if pairs(p, "tuned") and 0 < p["sweep"]["epochs"] <= p["train"]["warmup_epochs"]:
-        raise UserError(
-            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
-            f"sweep.epochs = {p['sweep']['epochs']} (sweep trials use the same warm-up, which would "
-            "never end)"
-        )
+    for name in [None, *grid_recipes(p)]:  # the base recipe, then each the grid trains
+        t = p["train"] if name is None else recipe(p, name)
+        key = "train.warmup_epochs" if name is None else f"recipe {name!r}: warmup_epochs"
+        if t["warmup_epochs"] >= t["epochs"] and t["warmup_epochs"] > 0:
+            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below epochs = "
+                            f"{t['epochs']} (the warm-up would never end)")
+        if (name is None or is_tuned(p, name)) and pairs(p, "tuned") \
+                and 0 < p["sweep"]["epochs"] <= t["warmup_epochs"]:
+            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below sweep.epochs = "
+                            f"{p['sweep']['epochs']} (sweep trials use the same warm-up, which would "
+                            "never end)")
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
     for section in ("grid", "sweep"):
         outside = [f for f in p[section]["folds"] if f >= cells]
@@ -395,8 +482,11 @@ def listed_pairs(p: Params) -> list[tuple[str, str]]:
 
 
 def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``grid.cells``."""
+    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``grid.cells``;
+    none when the grid crosses them with no recipe (``grid.recipes`` / ``grid.tuned_recipes``)."""
     g = p["grid"]
+    if not g["tuned_recipes" if lr_source == "tuned" else "recipes"]:
+        return []
     if lr_source == "tuned":
         return [(m, f) for m in g["tuned_models"] for f in g["tuned_freeze_modes"]]
     return [(m, f) for m in g["models"] for f in g["freeze_modes"]] + listed_pairs(p)
@@ -445,11 +535,10 @@ def _check_reference(p: Params, source: str) -> None:
 def _check_lr_study(p: Params, source: str) -> None:
     """The two lr sources: something to train, and sweep trials that never replay a training run."""
     t, s = p["grid"], p["sweep"]
-    if not (t["models"] and t["freeze_modes"]) and not t["cells"] and not (t["tuned_models"] and
-                                                                           t["tuned_freeze_modes"]):
+    if not pairs(p, "fixed") and not pairs(p, "tuned"):
         raise UserError(f"{source}: nothing to train: the fixed-lr grid (grid.models x "
-                        "grid.freeze_modes, grid.cells) and the tuned-lr grid (grid.tuned_models x "
-                        "grid.tuned_freeze_modes) are all empty")
+                        "grid.freeze_modes, grid.cells, x grid.recipes) and the tuned-lr grid "
+                        "(grid.tuned_models x grid.tuned_freeze_modes x grid.tuned_recipes) are all empty")
     shared = sorted(set(s["seeds"]) & set(t["seeds"]))
     if shared:
         raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with grid.seeds = "
@@ -518,7 +607,7 @@ def sections() -> list[str]:
 def _flatten(tree: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and dotted not in SCHEMA:  # a mapping-valued key (recipes) is a leaf
             yield from _flatten(value, dotted + ".")
         else:
             yield dotted, value
