@@ -45,6 +45,21 @@ def path(p: Params, name: str, view: str) -> Path:
     return folder(p) / f"{name}{SUFFIX[view]}"
 
 
+def edited(p: Params) -> set[str]:
+    """The grid's recipes whose file on disk differs from (or lacks) what ``write`` would write now:
+    their cells are stale although DVC sees only the recipes stage changed until it re-runs."""
+    import json
+
+    def current(name: str, view: str) -> bool:
+        target = path(p, name, view)
+        try:
+            return json.loads(target.read_text()) == resolved(p, name, view)
+        except (OSError, ValueError):
+            return False
+
+    return {name for name in config.grid_recipes(p) if not all(current(name, v) for v in views(p, name))}
+
+
 def write(p: Params) -> list[Path]:
     """Write every file of the grid's recipes (``config.grid_recipes``); the paths written."""
     written = []
