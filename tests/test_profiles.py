@@ -32,7 +32,8 @@ from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 # itself, which the `repro` fixture takes, shrunk (conftest.TINY), through `dvc repro` to its table
 # (test_pipeline); depth_demo shrinks to depth's study (the same models, modes, cells and lr source)
 # on a 3-fold k-fold cell instead of a stratified split, two designs the other profiles run.
-COVERED = {"demo", "depth_demo"}
+# optimizer_demo is optimizer's study (the same modes and recipes) on the demo's k-fold cell.
+COVERED = {"demo", "depth_demo", "optimizer_demo"}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
 # Each architecture's offline demo model: the registry's model of that family without weights.
 DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
@@ -87,10 +88,17 @@ def shrink(profile: dict, corpus: Path) -> dict:
         by_model.setdefault(model, []).append(mode)
     out["grid.cells"] = [f"{demo(model)}/{mode}" for model, modes in by_model.items()
                          for mode in cut_modes(model, modes, reference)]
+    # a recipe's epochs and warm-up fit the shrunk run (one epoch: no warm-up); its own lr stays
+    out["recipes"] = {name: {k: v for k, v in {**delta, "warmup_epochs": 0}.items()
+                             if k not in ("epochs", "batch_size", "weights", "weights_path")}
+                      for name, delta in flat["recipes"].items()}
     tree: dict = {}
     for key, value in out.items():
-        section, leaf = key.split(".", 1)
-        tree.setdefault(section, {})[leaf] = value
+        section, _, leaf = key.partition(".")
+        if leaf:
+            tree.setdefault(section, {})[leaf] = value
+        else:  # a mapping-valued section (recipes)
+            tree[section] = value
     return tree
 
 
@@ -149,11 +157,11 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
         sh("dvc", "repro", cwd=root)
     seconds = time.perf_counter() - start
     table = pd.read_csv(root / p["compare"]["out"] / "freezing_comparison.csv")
-    want = {(m, source, f) for source in ("fixed", "tuned") for m, f in config.pairs(p, source)}
+    want = {(c.model, c.recipe, c.freeze) for c in grid.grid(p)}  # every recipe's modes
     assert set(zip(table["model"], table["recipe"], table["freeze_mode"], strict=True)) == want
     runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
     per_pair = len(p["grid"]["seeds"]) * len(p["grid"]["folds"])
     assert len(runs) == len(want) * per_pair
-    sweeps = len(config.pairs(p, "tuned"))
+    sweeps = len(config.pairs(p, "tuned")) * len(p["grid"]["tuned_recipes"])
     print(f"\n{profile.name}: dvc repro of {len(runs)} runs and {sweeps} sweeps to the table "
           f"in {seconds:.0f} s")

@@ -190,7 +190,7 @@ SCHEMA: dict[str, Setting] = {
     "features.out": S("data/features", text()),
     # grid: which cells exist. The fixed-lr grid (an empty list turns it off), then the tuned-lr one.
     "grid.models": S(["vit_b_16"], any_list(text()),
-                     "fixed-lr grid (train.lr): models x freeze_modes; [] turns it off"),
+                     "fixed-lr grid: models x freeze_modes (x recipes); [] turns it off"),
     "grid.freeze_modes": S(["freeze_none"], any_list(text())),
     # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
     # Repeats: _check_listed_cells names the cell.
@@ -199,9 +199,11 @@ SCHEMA: dict[str, Setting] = {
     "grid.seeds": S([1], non_empty_list(non_negative_int())),
     "grid.folds": S([0], non_empty_list(non_negative_int()),
                     "training cells (kfold: 0 .. folds*repeats-1; one split: [0])"),
-    # The swept (and tuned-lr trained) grid: an empty list turns the sweep and train_tuned off.
+    # The swept (and tuned-lr trained) grid: an empty list (or grid.tuned_recipes) turns the sweep and
+    # train_tuned off.
     "grid.tuned_models": S(["vit_b_16"], any_list(text()),
-                           "swept and tuned-lr grid (stages sweep, train_tuned); [] turns both off"),
+                           "swept and tuned-lr grid (x tuned_recipes; stages sweep, train_tuned); [] turns "
+                           "both off"),
     "grid.tuned_freeze_modes": S(["freeze_none"], any_list(text())),
     # The recipes (names of ``recipes``) crossed with each grid: a recipe's lr decides its grid.
     "grid.recipes": S(["fixed"], any_list(text()),
