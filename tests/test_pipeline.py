@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -18,18 +19,21 @@ from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 # Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
 pytestmark = pytest.mark.slow
 
-# Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
-# cell of grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+# Both lr sources and a recipe axis in one workspace: the fixed-lr grid under two recipes (fixed: the
+# base recipe; adamw: a named delta over it) and the tuned-lr grid. The fixed-lr probe is a cell of
+# grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+RECIPES = {"fixed": {}, "adamw": {"optimizer": "adamw", "lr": 0.001}, "tuned": {"lr": "tuned"}}
 BOTH = {"grid.tuned_freeze_modes": ["freeze_none", "freeze_patch_0_11"], "grid.freeze_modes": ["freeze_none"],
-        "grid.cells": ["vit_demo/freeze_patch_0_11"]}
-CELLS = [(freeze, source, seed) for source in ("fixed", "tuned")
+        "grid.cells": ["vit_demo/freeze_patch_0_11"], "recipes": RECIPES, "grid.recipes": ["fixed", "adamw"]}
+CELLS = [(freeze, recipe, seed) for recipe in RECIPES
          for freeze in ("freeze_none", "freeze_patch_0_11") for seed in (1, 2)]
 KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
 
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repository with tiny params (both lr sources), after one `dvc repro`."""
+    """A git + DVC copy of the repository with tiny params (both lr sources, two fixed-lr recipes),
+    after one `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
     write_params(root, **BOTH)
     sh("dvc", "repro", cwd=dvc_project(root))
@@ -37,26 +41,41 @@ def repro(tmp_path_factory) -> Path:
 
 
 def test_repro_writes_table_figure_and_per_run_outputs(repro):
-    # One `dvc repro`, both lr sources: one table, each source judged against its own reference.
+    # One `dvc repro`, three recipes: one table, each recipe judged against its own reference.
     table = pd.read_csv(repro / "reports/freezing_comparison.csv")
     assert list(zip(table["recipe"], table["freeze_mode"], strict=True)) == [
-        ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"),
-        ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
-    assert list(table["n"]) == [2, 2, 2, 2]
+        ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"), ("adamw", "freeze_none"),
+        ("adamw", "freeze_patch_0_11"), ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
+    assert list(table["n"]) == [2] * 6
     assert (repro / "reports/freezing_comparison.png").stat().st_size > 10_000
     markdown = (repro / "reports/freezing_comparison.md").read_text()
     assert "freeze_patch_0_11" in markdown and "Decisive comparison: per-clip predictions" in markdown
-    assert "| vit_demo | fixed" in markdown and "| vit_demo | tuned" in markdown
-    for source in ("fixed", "tuned"):
+    assert all(f"| vit_demo | {recipe}" in markdown for recipe in RECIPES)
+    for source in RECIPES:
         judged = table.set_index(["recipe", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
         assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
         assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
         assert judged["n_runs"] == 2 and judged["n_clips"] == 20
     stats = json.loads((repro / "reports/freezing_stats.json").read_text())
-    assert {"vit_demo/freeze_patch_0_11", "vit_demo/freeze_patch_0_11/tuned"} <= set(stats)
+    assert {"vit_demo/freeze_patch_0_11", "vit_demo/freeze_patch_0_11/tuned",
+            "vit_demo/freeze_patch_0_11/adamw"} <= set(stats)
+    # The mode x recipe interaction, per pair of recipes: with every run and clip paired, the
+    # difference of the two recipes' estimates, judged with its own interval.
+    mixed = pd.read_csv(repro / "reports/recipe_interaction.csv")
+    assert list(zip(mixed["recipe_a"], mixed["recipe_b"], mixed["freeze_mode"], strict=True)) == [
+        ("fixed", "adamw", "freeze_patch_0_11"), ("fixed", "tuned", "freeze_patch_0_11"),
+        ("adamw", "tuned", "freeze_patch_0_11")]
+    effect = table.set_index(["recipe", "freeze_mode"])["estimate"]
+    for row in mixed.to_dict("records"):
+        assert row["estimate"] == pytest.approx(effect[row["recipe_b"], "freeze_patch_0_11"]
+                                                - effect[row["recipe_a"], "freeze_patch_0_11"])
+        assert row["low"] <= row["estimate"] <= row["high"] and row["n_runs"] == 2
+        assert row["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert "### Mode × recipe interaction" in markdown
+    assert "(freeze_patch_0_11 − freeze_none) under adamw minus under fixed" in markdown
     runs = pd.read_csv(repro / "reports/freezing_runs.csv")
     for freeze in ("freeze_none", "freeze_patch_0_11"):
-        sweep = json.loads((repro / f"reports/sweep/vit_demo-{freeze}.json").read_text())
+        sweep = json.loads((repro / f"reports/sweep/vit_demo-{freeze}-tuned.json").read_text())
         assert sweep["seeds"] == [101, 102] and sweep["folds"] == [0]
         for trial in sweep["trials"]:  # a trial's value: the mean over its (seed, fold) runs
             assert [(r["seed"], r["fold"]) for r in trial["runs"]] == [(101, 0), (102, 0)]
@@ -64,7 +83,9 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
                 assert trial["value"] == pytest.approx(np.mean([r["best_val_acc"] for r in trial["runs"]]))
         tuned = runs[(runs["lr_source"] == "tuned") & (runs["freeze_mode"] == freeze)]
         assert len(tuned) == 2 and (tuned["lr"] == sweep["best_lr"]).all()
-    assert (runs.loc[runs["lr_source"] == "fixed", "lr"] == 0.01).all()
+    assert (runs.loc[runs["recipe"] == "fixed", "lr"] == 0.01).all()
+    assert (runs.loc[runs["recipe"] == "adamw", "lr"] == 0.001).all()
+    assert set(runs.loc[runs["recipe"] == "adamw", "lr_source"]) == {"fixed"}
     assert (repro / "reports/freezing_forest.png").stat().st_size > 10_000
     assert (repro / "reports/freezing_depth.png").stat().st_size > 10_000
     floor = pd.read_csv(repro / "reports/baseline.csv")
@@ -148,8 +169,22 @@ def test_second_repro_does_nothing_and_status_is_clean(repro):
     assert "up to date" in sh("dvc", "status", cwd=repro).stdout
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     status = tfreeze("status", cwd=repro, env=env).stdout
-    assert status.splitlines()[-1] == "8 done"
+    assert status.splitlines()[-1] == "12 done"
     assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-fixed-2-0 +done +MLflow run ", status, re.M)
+
+
+def _status_after(repro: Path, edit: Callable[[str], str]) -> str:
+    """`dvc status` with params.yaml edited and the recipes rewritten (the recipes stage, which `dvc
+    repro` runs first: a recipe reaches its train and sweep stages as its file); then restored."""
+    params = repro / "params.yaml"
+    original = params.read_text()
+    params.write_text(edit(original))
+    try:
+        tfreeze("recipes", cwd=repro)
+        return sh("dvc", "status", cwd=repro).stdout
+    finally:
+        params.write_text(original)
+        tfreeze("recipes", cwd=repro)
 
 
 def test_changing_a_training_param_reruns_training_not_features(repro):
@@ -158,26 +193,31 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
     params = repro / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("momentum: 0.9", "momentum: 0.8"))
-    try:
-        changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "features:" not in changed
-        assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-fixed-1-0" in changed
+    try:  # before the recipes stage re-runs, DVC sees only it changed; tfreeze status sees the cells
+        assert "train@" not in sh("dvc", "status", cwd=repro).stdout
+        env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+        shown = tfreeze("status", cwd=repro, env=env).stdout
+        assert re.search(r"^train@vit_demo-freeze_none-adamw-1-0 +stale ", shown, re.M), shown
     finally:
         params.write_text(original)
+    changed = _status_after(repro, lambda text: text.replace("momentum: 0.9", "momentum: 0.8"))
+    assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "features:" not in changed
+    assert "train@vit_demo-freeze_none-adamw-1-0" in changed
+    assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
+    assert "train_cells@vit_demo/freeze_patch_0_11-fixed-1-0" in changed
+    # One recipe's setting re-runs that recipe's cells only.
+    changed = _status_after(repro, lambda text: text.replace("optimizer: adamw",
+                                                             "optimizer: adamw\n    momentum: 0.5"))
+    assert "train@vit_demo-freeze_none-adamw-1-0" in changed and "-fixed-" not in changed
+    assert "train_tuned@" not in changed and "sweep@" not in changed
 
 
 def test_each_lr_source_reruns_on_its_own_lr_only(repro):
-    # train.lr is the fixed cells' lr, not the tuned ones'; a sweep result is the tuned cells' only.
-    params = repro / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("lr: 0.01", "lr: 0.02"))
-    try:
-        changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "train_tuned@" not in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0" in changed
-    finally:
-        params.write_text(original)
+    # train.lr is the fixed cells' lr, not the tuned ones' (nor a recipe's that sets its own); a sweep
+    # result is the tuned cells' only.
+    changed = _status_after(repro, lambda text: text.replace("lr: 0.01", "lr: 0.02"))
+    assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "train_tuned@" not in changed
+    assert "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0" in changed and "-adamw-" not in changed
     result = repro / "reports/sweep/vit_demo-freeze_none-tuned.json"
     written = result.read_text()
     result.write_text(written.replace('"best_lr": ', '"best_lr": 1e-4, "was": '))
@@ -248,7 +288,7 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     # grid.tuned_models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops
     # its rows.
     ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "grid.tuned_models=[]",
-             "-S", "grid.seeds=[1]", cwd=work).stdout
+             "-S", "grid.seeds=[1]", "-S", "grid.recipes=[fixed]", cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
     assert "Running stage 'features'" not in ran
     assert "Running stage 'train_tuned@" not in ran
@@ -267,8 +307,9 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     write_params(work, **BOTH, **{"train.epochs": 1, "grid.tuned_models": []})  # fixed cells only
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     # The listed probe (grid.cells): its stages are named train_cells@<model>/<mode>-<seed>-<fold>.
-    out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--jobs", "2", cwd=work, env=env)
-    assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
+    out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--recipe", "fixed", "--jobs", "2",
+                  cwd=work, env=env)
+    assert "recorded 3 stage(s) in dvc.lock (dvc commit)" in out.stdout  # and the recipes stage
     cells = ["train_cells@vit_demo/freeze_patch_0_11-fixed-1-0",
              "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0"]
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
