@@ -451,9 +451,10 @@ def _check_relations(p: Params, source: str) -> None:
         )
     for name in [None, *grid_recipes(p)]:  # the base recipe, then each the grid trains
         t = p["train"] if name is None else recipe(p, name)
-        key = "train.warmup_epochs" if name is None else f"recipe {name!r}: warmup_epochs"
+        key, epochs = (("train.warmup_epochs", "train.epochs") if name is None
+                       else (f"recipe {name!r}: warmup_epochs", "epochs"))
         if t["warmup_epochs"] >= t["epochs"] and t["warmup_epochs"] > 0:
-            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below epochs = "
+            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below {epochs} = "
                             f"{t['epochs']} (the warm-up would never end)")
         if (name is None or is_tuned(p, name)) and pairs(p, "tuned") \
                 and 0 < p["sweep"]["epochs"] <= t["warmup_epochs"]:

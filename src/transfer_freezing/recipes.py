@@ -46,14 +46,17 @@ def path(p: Params, name: str, view: str) -> Path:
 
 
 def edited(p: Params) -> set[str]:
-    """The grid's recipes whose file on disk differs from (or lacks) what ``write`` would write now:
-    their cells are stale although DVC sees only the recipes stage changed until it re-runs."""
+    """The grid's recipes with a file on disk that differs from what ``write`` would write now: their
+    cells are stale although DVC sees only the recipes stage changed until it re-runs (a missing
+    file DVC reports itself, as a deleted dependency of the cells)."""
     import json
 
     def current(name: str, view: str) -> bool:
         target = path(p, name, view)
         try:
             return json.loads(target.read_text()) == resolved(p, name, view)
+        except FileNotFoundError:
+            return True
         except (OSError, ValueError):
             return False
 
