@@ -258,7 +258,7 @@ def to_markdown(summary: pd.DataFrame, margin: float | None = None) -> str:
         {
             "model": summary["model"],
             **({CONDITION: summary[CONDITION]} if CONDITION in summary.columns else {}),
-            "lr": summary["recipe"],
+            "recipe": summary["recipe"],
             "freeze mode": summary["freeze_mode"],
             "trainable share": summary["trainable_share"].map(_percent),
             "test acc % (mean ± sd)": [
