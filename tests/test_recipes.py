@@ -38,6 +38,7 @@ def _two(**flat) -> dict:
      "recipe 'adamw': lr = 'fast' is not allowed; expected a number > 0 or 'tuned'"),
     ({"recipes.adamw": [1]}, "recipe 'adamw' = [1]: expected a mapping of train keys"),
     ({"recipes.bad/name": {}}, "recipe 'bad/name': a recipe name is letters, digits"),
+    ({"recipes": {"..": {}}}, "recipe '..': a recipe name is letters, digits"),
     ({"grid.recipes": ["nope"]}, "grid.recipes has 'nope', which is not a recipe; recipes: fixed, tuned"),
     ({"grid.recipes": ["tuned"]},
      "grid.recipes has 'tuned', whose lr is 'tuned'; list it in grid.tuned_recipes"),

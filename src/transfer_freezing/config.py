@@ -134,7 +134,7 @@ MOVED: dict[str, str] = {
 
 TUNED = "tuned"  # a recipe's ``lr`` that takes the lr from its sweep (its cells are the tuned-lr grid)
 RECIPE_LOCATIONS = ("out",)  # train keys that say where outputs go, not what they hold: no recipe sets them
-RECIPE_NAME = re.compile(r"[A-Za-z0-9_.]+")  # a folder name and a DVC matrix value
+RECIPE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")  # a folder name and a DVC matrix value
 
 
 class Setting(NamedTuple):
@@ -364,8 +364,8 @@ def _check_recipes(p: Params, source: str) -> None:
     for name, delta in list(p["recipes"].items()):
         where = f"{source}: recipe {name!r}"
         if not isinstance(name, str) or not RECIPE_NAME.fullmatch(name):
-            raise UserError(f"{where}: a recipe name is letters, digits, '_' and '.' (it names a folder "
-                            "and a DVC stage)")
+            raise UserError(f"{where}: a recipe name is letters, digits, '_' and '.', not first (it "
+                            "names a folder and a DVC stage)")
         if not isinstance(delta, dict | None):
             raise UserError(f"{where} = {delta!r}: expected a mapping of train keys, e.g. {{lr: 1.0e-4}}")
         delta = dict(delta or {})
