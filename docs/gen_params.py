@@ -27,6 +27,10 @@ def _stages() -> dict[str, list[str]]:
     return listed
 
 
+# The stages that depend on a recipe through the recipes stage's resolved files (recipes.py).
+RECIPE_READERS = ("train", "train_cells", "train_tuned", "sweep")
+
+
 def _cell(value: object) -> str:
     text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return f"`{text}`".replace("|", "\\|")
@@ -49,9 +53,12 @@ def render() -> str:
         lines += [f"## `{section}`", "", "| key | default | demo | allowed | re-runs | meaning |",
                   "|---|---|---|---|---|---|"]
         for key, (default, rule, doc) in config.SCHEMA.items():
-            if not key.startswith(section + "."):
+            if not key.startswith(section + ".") and key != section:
                 continue
             stages = sorted(set(listed.get(key, []) + listed.get(section, [])))
+            if "recipes" in stages and key.startswith(("train.", "recipes")):
+                via = "recipes → " + ", ".join(RECIPE_READERS) + " (where their recipe file changes)"
+                stages = [s for s in stages if s != "recipes"] + [via]
             lines.append(f"| `{key}` | {_cell(default)} | {_cell(demo.get(key, default))} | "
                          f"{rule.allowed.replace('|', '/')} | {', '.join(stages) or '–'} | "
                          f"{doc.replace('|', '/')} |")

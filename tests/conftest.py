@@ -61,8 +61,11 @@ def write_params(folder: Path, **extra) -> Path:
     """params.yaml for a tiny study: the committed demo profile with TINY and ``extra`` applied."""
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
     for key, value in {**TINY, **extra}.items():
-        section, leaf = key.split(".", 1)
-        tree[section][leaf] = value
+        section, _, leaf = key.partition(".")
+        if leaf:
+            tree[section][leaf] = value
+        else:  # a mapping-valued section, e.g. recipes
+            tree[section] = value
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path

@@ -25,12 +25,12 @@ def _study(folds: int, repeats: int, seeds: int, clips: int = 90, seed: int = 3)
         table = simulation.to_clip_table(batch, 0)
         table["mode"] = table["mode"].map(MODES)
         table["seed"] += 1
-        parts[split] = table.assign(model="vit_demo", lr_source="fixed")
+        parts[split] = table.assign(model="vit_demo", recipe="fixed")
     acc = parts["test"].groupby(["mode", "seed", "repeat", "fold"])["correct"].mean().mul(100)
     val = parts["val"].groupby(["mode", "seed", "repeat", "fold"])["correct"].mean().mul(100)
     runs = pd.DataFrame({"test_acc": acc, "best_val_acc": val}).reset_index()
     runs = runs.rename(columns={"mode": "freeze_mode"}).assign(
-        model="vit_demo", lr_source="fixed", lr=1e-3, frozen_blocks=0,
+        model="vit_demo", recipe="fixed", lr=1e-3, frozen_blocks=0,
         cell=lambda d: d["repeat"] * folds + d["fold"], run_id=lambda d: [f"r{i}" for i in range(len(d))])
     runs["trainable_share"] = runs["freeze_mode"].map(SHARE)
     return runs, parts

@@ -55,7 +55,7 @@ def test_two_sweep_workers_on_one_sqlite_study_lose_no_trials(tiny: Path) -> Non
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == n
     assert len({t.number for t in trials}) == len(trials)
-    best = json.loads((tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").read_text())
+    best = json.loads((tiny / "reports/sweep/vit_demo-freeze_patch_0_11-tuned.json").read_text())
     assert best["best_lr"] in {t.params["lr"] for t in done}
 
 

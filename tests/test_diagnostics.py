@@ -234,14 +234,14 @@ def _compared_runs() -> pd.DataFrame:
     rows = []
     for mode, moved in (("freeze_none", 0.02), ("freeze_patch_0_0", 0.01)):
         for seed in (1, 2):
-            row = {"model": "vit_demo", "lr_source": "fixed", "freeze_mode": mode, "seed": seed,
+            row = {"model": "vit_demo", "recipe": "fixed", "freeze_mode": mode, "seed": seed,
                    "test_acc": 50.0, "trainable_share": 0.5}
             row |= {"weight_change.stem": 0.0 if mode != "freeze_none" else moved * seed,
                     "weight_change.block_00": 0.0 if mode != "freeze_none" else moved * seed,
                     "weight_change.block_01": moved * seed, "weight_change.head": 1.0,
                     "cka.block_00": 1.0 if mode != "freeze_none" else 0.9, "cka.block_01": 0.8 + 0.1 * seed}
             rows.append(row)
-    rows.append({"model": "vit_demo", "lr_source": "fixed", "freeze_mode": "freeze_none", "seed": 3,
+    rows.append({"model": "vit_demo", "recipe": "fixed", "freeze_mode": "freeze_none", "seed": 3,
                  "test_acc": 50.0, "trainable_share": 0.5})  # an older run: no diagnostics
     return pd.DataFrame(rows)
 

@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 10_000
 
 
-def _effects(models: tuple[str, ...] = ("vit", "cnn"), lr_source: str | None = None) -> pd.DataFrame:
+def _effects(models: tuple[str, ...] = ("vit", "cnn"), recipe: str | None = None) -> pd.DataFrame:
     """One row per (model, mode); the reference row has a NaN interval like the stats output."""
     spec = {  # mode: (estimate, low, high, verdict)
         "freeze_none": (0.0, math.nan, math.nan, math.nan),
@@ -49,8 +49,8 @@ def _effects(models: tuple[str, ...] = ("vit", "cnn"), lr_source: str | None = N
         for mode, (est, low, high, verdict) in spec.items()
     ]
     effects = pd.DataFrame(rows)
-    if lr_source is not None:
-        effects["lr_source"] = lr_source
+    if recipe is not None:
+        effects["recipe"] = recipe
     return effects
 
 
@@ -161,18 +161,18 @@ def test_forest_figure_draws_band_zero_line_rows_and_legend() -> None:
     assert legend == ["equivalence band ±1.5 pp", "better", "worse", "equivalent"]
 
 
-def test_forest_labels_carry_lr_source_only_when_not_all_fixed() -> None:
-    fixed = forest_rows(_effects(models=("vit",), lr_source="fixed"))
-    mixed = pd.concat([_effects(models=("vit",), lr_source="fixed"), _effects(("vit",), "sweep")])
+def test_forest_labels_carry_recipe_only_when_not_all_fixed() -> None:
+    fixed = forest_rows(_effects(models=("vit",), recipe="fixed"))
+    mixed = pd.concat([_effects(models=("vit",), recipe="fixed"), _effects(("vit",), "sweep")])
 
     assert fixed["label"].tolist() == ["freeze_patch", "freeze_patch_0_5", "freeze_patch_0_11"]
     assert forest_rows(mixed)["label"].tolist() == [
-        "freeze_patch (fixed lr)",
-        "freeze_patch_0_5 (fixed lr)",
-        "freeze_patch_0_11 (fixed lr)",
-        "freeze_patch (sweep lr)",
-        "freeze_patch_0_5 (sweep lr)",
-        "freeze_patch_0_11 (sweep lr)",
+        "freeze_patch (fixed)",
+        "freeze_patch_0_5 (fixed)",
+        "freeze_patch_0_11 (fixed)",
+        "freeze_patch (sweep)",
+        "freeze_patch_0_5 (sweep)",
+        "freeze_patch_0_11 (sweep)",
     ]
 
 
@@ -322,12 +322,12 @@ def test_depth_draws_both_architectures_and_keeps_other_strategies_off_the_curve
     assert "bitfit" in [t.get_text() for t in ax.texts if t.get_gid() == "mode_label"]
 
 
-def test_depth_splits_series_by_lr_source_when_several() -> None:
-    runs = pd.concat([_runs(("vit",)).assign(lr_source="fixed"), _runs(("vit",)).assign(lr_source="sweep")])
+def test_depth_splits_series_by_recipe_when_several() -> None:
+    runs = pd.concat([_runs(("vit",)).assign(recipe="fixed"), _runs(("vit",)).assign(recipe="sweep")])
 
     fig = depth_figure(runs)
 
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["vit (fixed lr)", "vit (sweep lr)"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["vit (fixed)", "vit (sweep)"]
 
 
 def _depth_case(name: str) -> pd.DataFrame:

@@ -407,7 +407,7 @@ def test_plan_lines_say_when_only_more_clips_help() -> None:
     even = (clip % 2 == 0).ravel()
     flip = rng.random((2, even.size)) < 0.1
     frame = {"seed": seed.ravel(), "fold": 0, "repeat": 0, "clip_id": clip.ravel(), "model": "m",
-             "lr_source": "fixed"}
+             "recipe": "fixed"}
     clips = pd.concat([pd.DataFrame({**frame, "mode": "mode", "correct": (even ^ flip[0]).astype(int)}),
                        pd.DataFrame({**frame, "mode": "ref", "correct": (~even ^ flip[1]).astype(int)})])
     [line] = plan_lines(clips, "ref", effect=5.0, margin=5.0)

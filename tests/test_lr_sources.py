@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from transfer_freezing import cli, config, grid
+from transfer_freezing import cli, config, grid, recipes
 from transfer_freezing.errors import UserError
 from transfer_freezing.study import compare
 from transfer_freezing.train import core as training
@@ -88,14 +88,14 @@ def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
                                    ("resnet_demo", "freeze_none", 1, 0, "fixed"),
                                    ("resnet_demo", "freeze_0", 1, 0, "fixed"),
                                    ("vit_demo", "freeze_none", 1, 0, "tuned")]
-    assert list(train_stage.stages(p).values()) == ["train@vit_demo-freeze_none-1-0",
-                                                     "train_cells@resnet_demo/freeze_none-1-0",
-                                                     "train_cells@resnet_demo/freeze_0-1-0",
-                                                     "train_tuned@vit_demo-freeze_none-1-0"]
+    assert list(train_stage.stages(p).values()) == ["train@vit_demo-freeze_none-fixed-1-0",
+                                                     "train_cells@resnet_demo/freeze_none-fixed-1-0",
+                                                     "train_cells@resnet_demo/freeze_0-fixed-1-0",
+                                                     "train_tuned@vit_demo-freeze_none-tuned-1-0"]
     listed = ("resnet_demo", "freeze_0", 1, 0, "fixed")
     assert train_stage.run_dir(Path("models"), *listed) == Path(
         "models/resnet_demo/freeze_0/fixed/seed1/fold0")
-    assert compare.CompareConfig.from_params(p).stage(listed) == "train_cells@resnet_demo/freeze_0-1-0"
+    assert compare.CompareConfig.from_params(p).stage(listed) == "train_cells@resnet_demo/freeze_0-fixed-1-0"
     # The CLI: --cell names one pair; --model narrows the product and the list alike.
     one = cli.parser().parse_args(["train", "--cell", "resnet_demo/freeze_0"])
     assert _select(p, one) == [listed]
@@ -114,7 +114,8 @@ def test_listed_cells_join_the_fixed_grid_under_their_own_stage(monkeypatch):
 
 def _select(p, args) -> list:
     """The cells a parsed ``tfreeze train`` command line names (what cmd_train runs)."""
-    return grid.select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source)
+    return grid.select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source,
+                       args.recipe)
 
 
 def test_every_profile_keeps_sweep_and_training_seeds_apart():
@@ -129,8 +130,9 @@ def test_every_profile_keeps_sweep_and_training_seeds_apart():
 def test_each_lr_source_has_its_own_stage_run_name_and_folder(monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
     cells = [("vit_demo", "freeze_none", 1, 2, source) for source in ("fixed", "tuned")]
-    assert [train_stage.stage_name(*c) for c in cells] == ["train@vit_demo-freeze_none-1-2",
-                                                            "train_tuned@vit_demo-freeze_none-1-2"]
+    assert [train_stage.stage_name(*c, tuned=c[4] == "tuned") for c in cells] == [
+        "train@vit_demo-freeze_none-fixed-1-2",
+                                                            "train_tuned@vit_demo-freeze_none-tuned-1-2"]
     assert [train_stage.cell_name(*c) for c in cells] == ["vit_demo/freeze_none/fixed/seed1/fold2",
                                                            "vit_demo/freeze_none/tuned/seed1/fold2"]
     assert [train_stage.run_dir(Path("models"), *c) for c in cells] == [
@@ -154,11 +156,11 @@ def test_cli_picks_both_grids_or_the_source_asked_for():
 def test_a_tuned_cell_reads_its_sweep_and_refuses_one_that_used_its_seed(tmp_path):
     p = _params(**{"sweep.out": str(tmp_path), "train.lr": 0.05})
     assert train_stage.resolve_lr(p, "vit_demo", "freeze_none", "fixed", 1) == (0.05, {})
-    with pytest.raises(UserError, match="needs .*vit_demo-freeze_none.json, which does not exist; "
-                                        "run: dvc repro sweep@vit_demo-freeze_none"):
+    with pytest.raises(UserError, match="needs .*vit_demo-freeze_none-tuned.json, which does not exist; "
+                                        "run: dvc repro sweep@vit_demo-freeze_none-tuned"):
         train_stage.resolve_lr(p, "vit_demo", "freeze_none", "tuned", 1)
     result = {"best_lr": 0.003, "study": "vit_demo-freeze_none-abc", "seeds": [101, 102]}
-    (tmp_path / "vit_demo-freeze_none.json").write_text(json.dumps(result))
+    (tmp_path / "vit_demo-freeze_none-tuned.json").write_text(json.dumps(result))
     assert train_stage.resolve_lr(p, "vit_demo", "freeze_none", "tuned", 1) == (
         0.003, {"lr_study": "vit_demo-freeze_none-abc"})
     with pytest.raises(UserError, match="trained its trials with seed 101; .* must not replay a trial"):
@@ -172,38 +174,53 @@ def test_dvc_yaml_keeps_each_lr_sources_dependencies_exact():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     fixed, tuned = stages["train"], stages["train_tuned"]
     assert fixed["matrix"] == {"model": "${grid.models}", "freeze": "${grid.freeze_modes}",
-                               "seed": "${grid.seeds}", "fold": "${grid.folds}"}
+                               "recipe": "${grid.recipes}", "seed": "${grid.seeds}", "fold": "${grid.folds}"}
     assert tuned["matrix"] == {"model": "${grid.tuned_models}", "freeze": "${grid.tuned_freeze_modes}",
-                               "seed": "${grid.seeds}", "fold": "${grid.folds}"}
-    assert "--lr-source fixed" in fixed["cmd"] and "--lr-source tuned" in tuned["cmd"]
-    # A fixed cell never depends on a sweep; a tuned cell on its own sweep's JSON, not on train.lr.
-    assert not any("sweep" in d for d in fixed["deps"]) and "train" in fixed["params"]  # the recipe, lr too
-    assert "${sweep.out}/${item.model}-${item.freeze}.json" in tuned["deps"]
-    assert "train.lr" not in tuned["params"] and not any(p.startswith("sweep") for p in tuned["params"])
+                               "recipe": "${grid.tuned_recipes}", "seed": "${grid.seeds}",
+                               "fold": "${grid.folds}"}
+    assert "--recipe ${item.recipe}" in fixed["cmd"] and "--recipe ${item.recipe}" in tuned["cmd"]
+    # The recipe is a file of the recipes stage (a tuned one's less lr), never a params section: a
+    # fixed cell never depends on a sweep; a tuned cell on its own sweep's JSON, not on train.lr.
+    recipe = "${train.out}/recipes/${item.recipe}.json"
+    assert recipe in fixed["deps"] and recipe in tuned["deps"]
+    assert not any("sweep" in d for d in fixed["deps"])
+    assert "${sweep.out}/${item.model}-${item.freeze}-${item.recipe}.json" in tuned["deps"]
+    assert fixed["params"] == tuned["params"] == ["tracking", "keep"]
     assert [d for d in fixed["deps"] if "sweep" not in d] == [d for d in tuned["deps"] if "sweep" not in d]
-    for name, source in (("train", "fixed"), ("train_tuned", "tuned")):
+    for name in ("train", "train_tuned"):
         outs = [next(iter(o)) if isinstance(o, dict) else o
                 for key in ("outs", "metrics", "plots") for o in stages[name][key]]
-        folder = "${train.out}/${item.model}/${item.freeze}/" + source + "/seed${item.seed}/fold${item.fold}/"
+        folder = "${train.out}/${item.model}/${item.freeze}/${item.recipe}/seed${item.seed}/fold${item.fold}/"
         assert all(o.startswith(folder) for o in outs), name
-    assert "grid" in stages["compare"]["params"]  # both grids and grid.cells
+    assert "grid" in stages["compare"]["params"]  # both grids, their recipes and grid.cells
     # grid.cells: the fixed-lr stage's code and params, one "<model>/<mode>" axis, the same layout.
     listed = stages["train_cells"]
-    assert listed["matrix"] == {"cell": "${grid.cells}", "seed": "${grid.seeds}", "fold": "${grid.folds}"}
-    assert "--lr-source fixed --cell ${item.cell}" in listed["cmd"]
+    assert listed["matrix"] == {"cell": "${grid.cells}", "recipe": "${grid.recipes}", "seed": "${grid.seeds}",
+                                "fold": "${grid.folds}"}
+    assert "--recipe ${item.recipe} --cell ${item.cell}" in listed["cmd"]
     assert listed["deps"] == fixed["deps"] and listed["params"] == fixed["params"]
     def outs(stage: dict) -> list[str]:
         return [next(iter(o)) if isinstance(o, dict) else o
                 for key in ("outs", "metrics", "plots") for o in stage[key]]
     assert [o.replace("${item.cell}", "${item.model}/${item.freeze}") for o in outs(listed)] == outs(fixed)
-    # A sweep re-runs on its own settings, not when another mode joins the grid.
-    # Its own section whole (the grid and the heartbeat live elsewhere), the recipe less what a sweep
-    # sets itself (lr, epochs) or does not make (diagnostics, the models folder).
-    swept = stages["sweep"]["params"]
-    assert "sweep" in swept and not any(k.startswith(("grid", "runtime")) for k in swept)
-    assert [k for k in swept if k.startswith("train.")] == [
-        k for k in config.SCHEMA if k.startswith("train.")
-        and k not in ("train.lr", "train.epochs", "train.diagnostics_clips", "train.out")]
+    # A sweep re-runs on its own settings and its recipe's sweep file, not when another mode joins
+    # the grid: its own section whole (the grid and the heartbeat live elsewhere).
+    swept = stages["sweep"]
+    assert swept["params"] == ["sweep", "tracking"]
+    assert "${train.out}/recipes/${item.recipe}.sweep.json" in swept["deps"]
+    assert swept["matrix"]["recipe"] == "${grid.tuned_recipes}"
+    # The recipes stage: the whole recipe sections, written per recipe (recipes.VIEWS).
+    assert stages["recipes"]["params"] == ["train", "recipes", "grid.recipes", "grid.tuned_recipes"]
+    assert stages["recipes"]["outs"] == ["${train.out}/recipes"]
+
+
+def test_a_sweep_file_leaves_out_what_a_sweep_sets_itself():
+    p = _params()
+    swept = recipes.resolved(p, "tuned", "sweep")
+    assert set(swept) == {k.removeprefix("train.") for k in config.SCHEMA if k.startswith("train.")} - {
+        "lr", "epochs", "diagnostics_clips", "out"}
+    assert "lr" not in recipes.resolved(p, "tuned", "train_tuned")
+    assert recipes.resolved(p, "fixed", "train")["lr"] == p["train"]["lr"]
 
 
 # --------------------------------------------------------------------------- the sweep's objective

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -20,18 +21,21 @@ from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
 # Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
 pytestmark = pytest.mark.slow
 
-# Both lr sources in one workspace: the fixed-lr grid and the tuned-lr grid. The fixed-lr probe is a
-# cell of grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+# Both lr sources and a recipe axis in one workspace: the fixed-lr grid under two recipes (fixed: the
+# base recipe; adamw: a named delta over it) and the tuned-lr grid. The fixed-lr probe is a cell of
+# grid.cells (its own stage, train_cells@…), the rest the models x freeze_modes product.
+RECIPES = {"fixed": {}, "adamw": {"optimizer": "adamw", "lr": 0.001}, "tuned": {"lr": "tuned"}}
 BOTH = {"grid.tuned_freeze_modes": ["freeze_none", "freeze_patch_0_11"], "grid.freeze_modes": ["freeze_none"],
-        "grid.cells": ["vit_demo/freeze_patch_0_11"]}
-CELLS = [(freeze, source, seed) for source in ("fixed", "tuned")
+        "grid.cells": ["vit_demo/freeze_patch_0_11"], "recipes": RECIPES, "grid.recipes": ["fixed", "adamw"]}
+CELLS = [(freeze, recipe, seed) for recipe in RECIPES
          for freeze in ("freeze_none", "freeze_patch_0_11") for seed in (1, 2)]
 KILLED = "models/vit_demo/freeze_none/fixed/seed1/fold0"
 
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repository with tiny params (both lr sources), after one `dvc repro`."""
+    """A git + DVC copy of the repository with tiny params (both lr sources, two fixed-lr recipes),
+    after one `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
     write_params(root, **BOTH)
     sh("dvc", "repro", cwd=dvc_project(root))
@@ -39,26 +43,41 @@ def repro(tmp_path_factory) -> Path:
 
 
 def test_repro_writes_table_figure_and_per_run_outputs(repro):
-    # One `dvc repro`, both lr sources: one table, each source judged against its own reference.
+    # One `dvc repro`, three recipes: one table, each recipe judged against its own reference.
     table = pd.read_csv(repro / "reports/freezing_comparison.csv")
-    assert list(zip(table["lr_source"], table["freeze_mode"], strict=True)) == [
-        ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"),
-        ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
-    assert list(table["n"]) == [2, 2, 2, 2]
+    assert list(zip(table["recipe"], table["freeze_mode"], strict=True)) == [
+        ("fixed", "freeze_none"), ("fixed", "freeze_patch_0_11"), ("adamw", "freeze_none"),
+        ("adamw", "freeze_patch_0_11"), ("tuned", "freeze_none"), ("tuned", "freeze_patch_0_11")]
+    assert list(table["n"]) == [2] * 6
     assert (repro / "reports/freezing_comparison.png").stat().st_size > 10_000
     markdown = (repro / "reports/freezing_comparison.md").read_text()
     assert "freeze_patch_0_11" in markdown and "Decisive comparison: per-clip predictions" in markdown
-    assert "| vit_demo | fixed" in markdown and "| vit_demo | tuned" in markdown
-    for source in ("fixed", "tuned"):
-        judged = table.set_index(["lr_source", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
+    assert all(f"| vit_demo | {recipe}" in markdown for recipe in RECIPES)
+    for source in RECIPES:
+        judged = table.set_index(["recipe", "freeze_mode"]).loc[(source, "freeze_patch_0_11")]
         assert judged["verdict"] in ("better", "worse", "equivalent", "inconclusive")
         assert judged["low"] <= judged["estimate"] <= judged["high"] and judged["mdd"] > 0
         assert judged["n_runs"] == 2 and judged["n_clips"] == 20
     stats = json.loads((repro / "reports/freezing_stats.json").read_text())
-    assert {"vit_demo/freeze_patch_0_11", "vit_demo/freeze_patch_0_11/tuned"} <= set(stats)
+    assert {"vit_demo/freeze_patch_0_11", "vit_demo/freeze_patch_0_11/tuned",
+            "vit_demo/freeze_patch_0_11/adamw"} <= set(stats)
+    # The mode x recipe interaction, per pair of recipes: with every run and clip paired, the
+    # difference of the two recipes' estimates, judged with its own interval.
+    mixed = pd.read_csv(repro / "reports/recipe_interaction.csv")
+    assert list(zip(mixed["recipe_a"], mixed["recipe_b"], mixed["freeze_mode"], strict=True)) == [
+        ("fixed", "adamw", "freeze_patch_0_11"), ("fixed", "tuned", "freeze_patch_0_11"),
+        ("adamw", "tuned", "freeze_patch_0_11")]
+    effect = table.set_index(["recipe", "freeze_mode"])["estimate"]
+    for row in mixed.to_dict("records"):
+        assert row["estimate"] == pytest.approx(effect[row["recipe_b"], "freeze_patch_0_11"]
+                                                - effect[row["recipe_a"], "freeze_patch_0_11"])
+        assert row["low"] <= row["estimate"] <= row["high"] and row["n_runs"] == 2
+        assert row["verdict"] in ("better", "worse", "equivalent", "inconclusive")
+    assert "### Mode × recipe interaction" in markdown
+    assert "(freeze_patch_0_11 − freeze_none) under adamw minus under fixed" in markdown
     runs = pd.read_csv(repro / "reports/freezing_runs.csv")
     for freeze in ("freeze_none", "freeze_patch_0_11"):
-        sweep = json.loads((repro / f"reports/sweep/vit_demo-{freeze}.json").read_text())
+        sweep = json.loads((repro / f"reports/sweep/vit_demo-{freeze}-tuned.json").read_text())
         assert sweep["seeds"] == [101, 102] and sweep["folds"] == [0]
         for trial in sweep["trials"]:  # a trial's value: the mean over its (seed, fold) runs
             assert [(r["seed"], r["fold"]) for r in trial["runs"]] == [(101, 0), (102, 0)]
@@ -66,14 +85,16 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
                 assert trial["value"] == pytest.approx(np.mean([r["best_val_acc"] for r in trial["runs"]]))
         tuned = runs[(runs["lr_source"] == "tuned") & (runs["freeze_mode"] == freeze)]
         assert len(tuned) == 2 and (tuned["lr"] == sweep["best_lr"]).all()
-    assert (runs.loc[runs["lr_source"] == "fixed", "lr"] == 0.01).all()
+    assert (runs.loc[runs["recipe"] == "fixed", "lr"] == 0.01).all()
+    assert (runs.loc[runs["recipe"] == "adamw", "lr"] == 0.001).all()
+    assert set(runs.loc[runs["recipe"] == "adamw", "lr_source"]) == {"fixed"}
     assert (repro / "reports/freezing_forest.png").stat().st_size > 10_000
     assert (repro / "reports/freezing_depth.png").stat().st_size > 10_000
     floor = pd.read_csv(repro / "reports/baseline.csv")
     assert list(floor["cell"]) == [0] and floor["test_acc"].iloc[0] > 20  # chance is 10 %
     assert "**Floor to beat:**" in markdown
     diag = pd.read_csv(repro / "reports/freezing_diagnostics.csv")
-    probe = diag[(diag["freeze_mode"] == "freeze_patch_0_11") & (diag["lr_source"] == "fixed")]
+    probe = diag[(diag["freeze_mode"] == "freeze_patch_0_11") & (diag["recipe"] == "fixed")]
     probe = probe.set_index("part")
     assert (probe.drop("head")["weight_change"] == 0).all() and probe.loc["head", "weight_change"] > 0
     assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
@@ -100,7 +121,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
         assert {k: metrics[f"test_{k}"] for k in again} == pytest.approx(again, rel=1e-3, abs=1e-3)
     split = pd.read_csv(repro / "data/split.csv")
     assert list(split.columns) == ["repeat", "fold", "clip_id", "genre"]
-    assert (repro / "reports/sweep/vit_demo-freeze_none.json").is_file()
+    assert (repro / "reports/sweep/vit_demo-freeze_none-tuned.json").is_file()
 
 
 def test_a_runs_checkpoint_round_trips_through_mlflow_as_one_inode(repro, tmp_path, monkeypatch):
@@ -157,8 +178,22 @@ def test_second_repro_does_nothing_and_status_is_clean(repro):
     assert "up to date" in sh("dvc", "status", cwd=repro).stdout
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     status = tfreeze("status", cwd=repro, env=env).stdout
-    assert status.splitlines()[-1] == "8 done"
-    assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-2-0 +done +MLflow run ", status, re.M)
+    assert status.splitlines()[-1] == "12 done"
+    assert re.search(r"^train_cells@vit_demo/freeze_patch_0_11-fixed-2-0 +done +MLflow run ", status, re.M)
+
+
+def _status_after(repro: Path, edit: Callable[[str], str]) -> str:
+    """`dvc status` with params.yaml edited and the recipes rewritten (the recipes stage, which `dvc
+    repro` runs first: a recipe reaches its train and sweep stages as its file); then restored."""
+    params = repro / "params.yaml"
+    original = params.read_text()
+    params.write_text(edit(original))
+    try:
+        tfreeze("recipes", cwd=repro)
+        return sh("dvc", "status", cwd=repro).stdout
+    finally:
+        params.write_text(original)
+        tfreeze("recipes", cwd=repro)
 
 
 def test_changing_a_training_param_reruns_training_not_features(repro):
@@ -167,33 +202,38 @@ def test_changing_a_training_param_reruns_training_not_features(repro):
     params = repro / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("momentum: 0.9", "momentum: 0.8"))
-    try:
-        changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-1-0" in changed and "features:" not in changed
-        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-1-0" in changed
+    try:  # before the recipes stage re-runs, DVC sees only it changed; tfreeze status sees the cells
+        assert "train@" not in sh("dvc", "status", cwd=repro).stdout
+        env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+        shown = tfreeze("status", cwd=repro, env=env).stdout
+        assert re.search(r"^train@vit_demo-freeze_none-adamw-1-0 +stale ", shown, re.M), shown
     finally:
         params.write_text(original)
+    changed = _status_after(repro, lambda text: text.replace("momentum: 0.9", "momentum: 0.8"))
+    assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "features:" not in changed
+    assert "train@vit_demo-freeze_none-adamw-1-0" in changed
+    assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
+    assert "train_cells@vit_demo/freeze_patch_0_11-fixed-1-0" in changed
+    # One recipe's setting re-runs that recipe's cells only.
+    changed = _status_after(repro, lambda text: text.replace("optimizer: adamw",
+                                                             "optimizer: adamw\n    momentum: 0.5"))
+    assert "train@vit_demo-freeze_none-adamw-1-0" in changed and "-fixed-" not in changed
+    assert "train_tuned@" not in changed and "sweep@" not in changed
 
 
 def test_each_lr_source_reruns_on_its_own_lr_only(repro):
-    # train.lr is the fixed cells' lr, not the tuned ones'; a sweep result is the tuned cells' only.
-    params = repro / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("lr: 0.01", "lr: 0.02"))
-    try:
-        changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train@vit_demo-freeze_none-1-0" in changed and "train_tuned@" not in changed
-        assert "train_cells@vit_demo/freeze_patch_0_11-2-0" in changed
-    finally:
-        params.write_text(original)
-    result = repro / "reports/sweep/vit_demo-freeze_none.json"
+    # train.lr is the fixed cells' lr, not the tuned ones' (nor a recipe's that sets its own); a sweep
+    # result is the tuned cells' only.
+    changed = _status_after(repro, lambda text: text.replace("lr: 0.01", "lr: 0.02"))
+    assert "train@vit_demo-freeze_none-fixed-1-0" in changed and "train_tuned@" not in changed
+    assert "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0" in changed and "-adamw-" not in changed
+    result = repro / "reports/sweep/vit_demo-freeze_none-tuned.json"
     written = result.read_text()
     result.write_text(written.replace('"best_lr": ', '"best_lr": 1e-4, "was": '))
     try:
         changed = sh("dvc", "status", cwd=repro).stdout
-        assert "train_tuned@vit_demo-freeze_none-1-0" in changed
-        assert "train_tuned@vit_demo-freeze_patch_0_11-1-0" not in changed and "train@" not in changed
+        assert "train_tuned@vit_demo-freeze_none-tuned-1-0" in changed
+        assert "train_tuned@vit_demo-freeze_patch_0_11-tuned-1-0" not in changed and "train@" not in changed
         assert "train_cells@" not in changed
     finally:
         result.write_text(written)
@@ -212,7 +252,7 @@ def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path):
     mlflow.MlflowClient().delete_run(run_id)
     proc = tfreeze("compare", cwd=work, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-1-0")
+    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-fixed-1-0")
     assert proc.stderr.strip().count("\n") == 0
 
 
@@ -257,8 +297,9 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     # grid.tuned_models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops
     # its rows.
     ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "grid.tuned_models=[]",
-             "-S", "grid.seeds=[1]", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran and "Running stage 'features'" not in ran
+             "-S", "grid.seeds=[1]", "-S", "grid.recipes=[fixed]", cwd=work).stdout
+    assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
+    assert "Running stage 'features'" not in ran
     assert "Running stage 'train_tuned@" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
     assert "one-epoch" in shown
@@ -275,12 +316,14 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     write_params(work, **BOTH, **{"train.epochs": 1, "grid.tuned_models": []})  # fixed cells only
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     # The listed probe (grid.cells): its stages are named train_cells@<model>/<mode>-<seed>-<fold>.
-    out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--jobs", "2", cwd=work, env=env)
-    assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out.stdout
-    cells = ["train_cells@vit_demo/freeze_patch_0_11-1-0", "train_cells@vit_demo/freeze_patch_0_11-2-0"]
+    out = tfreeze("train", "--cell", "vit_demo/freeze_patch_0_11", "--recipe", "fixed", "--jobs", "2",
+                  cwd=work, env=env)
+    assert "recorded 3 stage(s) in dvc.lock (dvc commit)" in out.stdout  # and the recipes stage
+    cells = ["train_cells@vit_demo/freeze_patch_0_11-fixed-1-0",
+             "train_cells@vit_demo/freeze_patch_0_11-fixed-2-0"]
     assert "up to date" in sh("dvc", "status", *cells, cwd=work).stdout
     ran = sh("dvc", "repro", cwd=work).stdout
-    assert "Running stage 'train@vit_demo-freeze_none-1-0'" in ran
+    assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
     history = work / "models/vit_demo/freeze_patch_0_11/fixed/seed2/fold0/history.csv"
     assert history.read_text().count("\n") == 2
@@ -294,8 +337,8 @@ def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
     tfreeze("compare", "--from-csv", str(REPO / "tests/data/seed_results_summary.csv"),
             str(tmp_path / "tuned_runs.csv"), "--out", str(tmp_path / "out"), cwd=tmp_path)
     table = pd.read_csv(tmp_path / "out/freezing_comparison.csv")
-    by_source = table.set_index(["lr_source", "freeze_mode"])["test_mean"]
-    assert set(table["lr_source"]) == {"fixed", "sweep"}
+    by_source = table.set_index(["recipe", "freeze_mode"])["test_mean"]
+    assert set(table["recipe"]) == {"fixed", "sweep"}
     assert by_source["sweep", "freeze_none"] == pytest.approx(by_source["fixed", "freeze_none"] + 1.0)
 
 
@@ -321,7 +364,7 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
     # Issue repro: `dvc repro` deletes model.pt before it runs a stage, and the resume check
     # required it, so the next `dvc repro` printed "ignoring ... other settings" and began again.
     work = _copy(repro, tmp_path / "kill", **{"train.epochs": 3})
-    stage = "train@vit_demo-freeze_none-1-0"
+    stage = "train@vit_demo-freeze_none-fixed-1-0"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TFREEZE_KILL_AFTER_EPOCH": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     killed = subprocess.run(["dvc", "repro", "-s", stage], cwd=work, env=env, capture_output=True, text=True)
@@ -363,7 +406,7 @@ def test_output_paths_flow_from_params_into_the_pipeline(repro, tmp_path):
 
 def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_remote(repro, tmp_path):
     work = _copy(repro, tmp_path / "cache")
-    out = work / "reports/sweep/vit_demo-freeze_none.json"
+    out = work / "reports/sweep/vit_demo-freeze_none-tuned.json"
     written = out.read_text()
     out.unlink()
     ran = sh("dvc", "repro", cwd=work).stdout
@@ -377,7 +420,7 @@ def test_an_unchanged_sweep_is_restored_from_the_run_cache_locally_and_from_a_re
     sh("git", "clone", "-q", str(work), str(clone), cwd=tmp_path)
     pulled = sh("dvc", "repro", "--pull", cwd=clone).stdout
     assert "Running stage" not in pulled
-    assert (clone / "reports/sweep/vit_demo-freeze_none.json").read_text() == written
+    assert (clone / "reports/sweep/vit_demo-freeze_none-tuned.json").read_text() == written
 
 
 def _exp_run_ids(work: Path, name: str) -> list[str]:

@@ -93,10 +93,17 @@ def shrink(profile: dict, corpus: Path) -> dict:
         by_model.setdefault(model, []).append(mode)
     out["grid.cells"] = [f"{demo(model)}/{mode}" for model, modes in by_model.items()
                          for mode in cut_modes(model, modes, reference)]
+    # a recipe's epochs and warm-up fit the shrunk run (one epoch: no warm-up); its own lr stays
+    out["recipes"] = {name: {k: v for k, v in {**delta, "warmup_epochs": 0}.items()
+                             if k not in ("epochs", "batch_size", "weights", "weights_path")}
+                      for name, delta in flat["recipes"].items()}
     tree: dict = {}
     for key, value in out.items():
-        section, leaf = key.split(".", 1)
-        tree.setdefault(section, {})[leaf] = value
+        section, _, leaf = key.partition(".")
+        if leaf:
+            tree.setdefault(section, {})[leaf] = value
+        else:  # a mapping-valued section (recipes)
+            tree[section] = value
     return tree
 
 
@@ -107,10 +114,11 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     run by (lr source, mode, seed, repeat, fold)."""
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     mode, cells = p["grid"]["freeze_modes"][-1], grid.grid(p)
-    by_ray = [c for c in cells if c.freeze == mode and c.lr_source == "fixed"]
+    by_ray = [c for c in cells if c.freeze == mode and c.recipe == "fixed"]
     sh("dvc", "repro", "features", cwd=root)
     ray = tfreeze("train", "--lr-source", "fixed", "--freeze", mode, "--jobs", "2", cwd=root, env=env)
-    assert f"recorded {len(by_ray)} stage(s) in dvc.lock (dvc commit)" in ray.stdout, ray.stdout
+    # and the recipes stage, whose files are their deps
+    assert f"recorded {len(by_ray) + 1} stage(s) in dvc.lock (dvc commit)" in ray.stdout, ray.stdout
     ran = sh("dvc", "repro", cwd=root).stdout
     names = grid.stages(p)
     assert all(f"Running stage '{names[c]}'" not in ran for c in by_ray)
@@ -122,13 +130,13 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     folds = p["split"]["folds"]
     assert set(runs["repeat"]) == set(range(p["split"]["repeats"]))
     assert set(runs["fold"]) == {c % folds for c in p["grid"]["folds"]}
-    assert not runs.duplicated(["lr_source", "freeze_mode", "seed", "repeat", "fold"]).any()
+    assert not runs.duplicated(["recipe", "freeze_mode", "seed", "repeat", "fold"]).any()
     assert (runs["cell"] == folds * runs["repeat"] + runs["fold"]).all()
     for name in ("freezing_comparison.png", "freezing_forest.png", "freezing_depth.png"):
         assert (root / p["compare"]["out"] / name).stat().st_size > 10_000
 
     # A run of the second repeat (cell folds + 1 = repeat 1, fold 1): its stage name and MLflow tags.
-    cell = next(c for c in cells if c.lr_source == "fixed" and c.fold == folds + 1)
+    cell = next(c for c in cells if c.recipe == "fixed" and c.fold == folds + 1)
     folder = grid.run_dir(root / p["train"]["out"], *cell)
     run = mlflow.MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db").get_run(
         json.loads((folder / "run.json").read_text())["run_id"])
@@ -156,11 +164,11 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
         sh("dvc", "repro", cwd=root)
     seconds = time.perf_counter() - start
     table = pd.read_csv(root / p["compare"]["out"] / "freezing_comparison.csv")
-    want = {(m, source, f) for source in ("fixed", "tuned") for m, f in config.pairs(p, source)}
-    assert set(zip(table["model"], table["lr_source"], table["freeze_mode"], strict=True)) == want
+    want = {(c.model, c.recipe, c.freeze) for c in grid.grid(p)}  # every recipe's modes
+    assert set(zip(table["model"], table["recipe"], table["freeze_mode"], strict=True)) == want
     runs = pd.read_csv(root / p["compare"]["out"] / "freezing_runs.csv")
     per_pair = len(p["grid"]["seeds"]) * len(p["grid"]["folds"])
     assert len(runs) == len(want) * per_pair
-    sweeps = len(config.pairs(p, "tuned"))
+    sweeps = len(config.pairs(p, "tuned")) * len(p["grid"]["tuned_recipes"])
     print(f"\n{profile.name}: dvc repro of {len(runs)} runs and {sweeps} sweeps to the table "
           f"in {seconds:.0f} s")

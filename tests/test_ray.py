@@ -184,9 +184,9 @@ def test_ctrl_c_while_dvc_commit_runs_lets_it_finish(tiny: Path, tmp_path: Path)
 
     out, _, _ = _ctrl_c(driver, release=marker)
 
-    assert "recorded 2 stage(s) in dvc.lock (dvc commit)" in out
+    assert "recorded 3 stage(s) in dvc.lock (dvc commit)" in out  # the two cells and the recipes stage
     lock = yaml.safe_load((tiny / "dvc.lock").read_text())
-    assert {f"train@vit_demo-freeze_patch_0_11-{seed}-0" for seed in (1, 2)} <= set(lock["stages"])
+    assert {f"train@vit_demo-freeze_patch_0_11-fixed-{seed}-0" for seed in (1, 2)} <= set(lock["stages"])
     runs = _runs(tiny)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert _half_written(tiny) == []
@@ -230,7 +230,7 @@ def test_sweep_workers_run_as_ray_tasks_and_finish_exactly_n_trials(tiny: Path) 
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tiny}/optuna.db")
     trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tiny}/optuna.db").trials
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
-    assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11.json").is_file()
+    assert (tiny / "reports/sweep/vit_demo-freeze_patch_0_11-tuned.json").is_file()
 
 
 def test_each_task_sees_only_the_gpus_ray_gave_it() -> None:

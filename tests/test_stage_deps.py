@@ -25,6 +25,9 @@ import status_scaling  # noqa: E402
 BIN = str(Path(sys.executable).parent)
 PKG = "src/transfer_freezing"
 TRAIN = {"train", "train_tuned", "train_cells", "sweep", "compare"}  # everything downstream of training
+# A recipe setting of every recipe. The recipes stage's files lie under train.out, which compare
+# reads whole: it is stale with them (and would re-run anyway, after the runs they change).
+EVERY_RUN = {"recipes", "train", "train_cells", "train_tuned", "sweep", "compare"}
 
 
 def _dvc(*args: str, cwd: Path) -> str:
@@ -52,16 +55,29 @@ def _stale(root: Path) -> set[str]:
             if any(isinstance(c, dict) and ("changed deps" in c) for c in changes)}
 
 
+def _recipes(root: Path) -> None:
+    """What `dvc repro` runs first after a params edit: the recipes stage (the resolved recipes)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "transfer_freezing.cli", "recipes"], cwd=root, env=env, check=True,
+                   capture_output=True)
+
+
 def _edited(root: Path, edits: dict[str, Callable[[str], str]]) -> set[str]:
-    """The stale stages while ``edits`` (file -> text -> text) are applied, then restored."""
+    """The stale stages while ``edits`` (file -> text -> text) are applied, then restored. A params
+    edit reaches the train and sweep stages through the recipes stage's files: they are rewritten
+    (as `dvc repro` would) before asking, and restored after."""
     before = {rel: (root / rel).read_text() for rel in edits}
     for rel, edit in edits.items():
         (root / rel).write_text(edit(before[rel]))
     try:
+        if "params.yaml" in edits:
+            _recipes(root)
         return _stale(root)
     finally:
         for rel, text in before.items():
             (root / rel).write_text(text)
+        if "params.yaml" in edits:
+            _recipes(root)
 
 
 def _comment(text: str) -> str:
@@ -97,9 +113,10 @@ def test_runtime_knobs_re_run_nothing(committed):
 
 
 @pytest.mark.parametrize(("key", "value", "stale"), [
-    ("train.momentum", 0.5, {"train", "train_cells", "train_tuned", "sweep"}),  # the recipe: every run
-    ("train.lr", 0.5, {"train", "train_cells"}),  # fixed lr: not tuned cells, not sweeps
-    ("train.epochs", 3, {"train", "train_cells", "train_tuned"}),  # a sweep trains sweep.epochs
+    ("train.momentum", 0.5, EVERY_RUN),  # the base recipe: every run
+    ("train.lr", 0.5, {"recipes", "train", "train_cells", "compare"}),  # fixed lr: not tuned cells, sweeps
+    ("train.epochs", 3, EVERY_RUN - {"sweep"}),  # a sweep trains sweep.epochs
+    ("recipes.tuned", {"lr": "tuned", "momentum": 0.5}, {"recipes", "train_tuned", "sweep", "compare"}),
     ("keep.weights", "none", {"train", "train_cells", "train_tuned"}),  # what model.pt holds
     ("sweep.n_trials", 3, {"sweep"}),
     ("split.seed", 2, {"features"}),  # downstream stages follow once the features change
@@ -114,6 +131,34 @@ def test_a_params_edit_re_runs_the_stages_that_list_its_section_or_key(committed
         return yaml.safe_dump(tree, sort_keys=False)
 
     assert _edited(committed, {"params.yaml": change}) == stale
+
+
+def test_a_new_recipe_setting_reaches_every_run_with_no_dvc_yaml_edit(committed, monkeypatch):
+    """Issue #23: a new train.* setting touches the schema, the code that reads it and its test.
+    Here one is added to the schema (in this process) and to params.yaml; dvc.yaml is unchanged and
+    every train and sweep stage goes stale through its recipe file."""
+    from transfer_freezing import config, recipes
+
+    monkeypatch.setitem(config.SCHEMA, "train.new_setting", config.Setting(0, config.non_negative_int()))
+    dvc_yaml = (committed / "dvc.yaml").read_text()
+
+    def add(text: str) -> str:
+        tree = yaml.safe_load(text)
+        tree["train"]["new_setting"] = 1
+        return yaml.safe_dump(tree, sort_keys=False)
+
+    params = committed / "params.yaml"
+    before = params.read_text()
+    params.write_text(add(before))
+    monkeypatch.chdir(committed)
+    try:
+        recipes.write(config.load("params.yaml"))
+        assert _stale(committed) == EVERY_RUN
+        assert (committed / "dvc.yaml").read_text() == dvc_yaml
+    finally:
+        params.write_text(before)
+        _recipes(committed)
+    assert _stale(committed) == set()
 
 
 @pytest.mark.parametrize("module", ["train/core.py", "model/freezing.py"])

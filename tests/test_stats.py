@@ -81,7 +81,7 @@ def test_summary_keeps_mode_order_of_first_appearance(reference_runs: pd.DataFra
     summary = summarize(shuffled)
 
     assert list(summary["freeze_mode"]) == MODES[4:] + MODES[:4]
-    assert (summary["lr_source"] == "fixed").all()
+    assert (summary["recipe"] == "fixed").all()
 
 
 def test_paired_t_test_none_vs_0_5_is_not_significant(reference_summary: pd.DataFrame) -> None:
@@ -268,11 +268,11 @@ def test_figure_is_written_for_one_model(reference_runs: pd.DataFrame, tmp_path:
 def test_figure_is_written_for_two_models_fixed_and_sweep(
     reference_runs: pd.DataFrame, tmp_path: Path
 ) -> None:
-    vit = reference_runs.assign(lr_source="fixed")
+    vit = reference_runs.assign(recipe="fixed")
     cnn = reference_runs.assign(
-        model="resnet50", lr_source="fixed", test_acc=lambda d: d.test_acc - 3
+        model="resnet50", recipe="fixed", test_acc=lambda d: d.test_acc - 3
     )
-    runs = pd.concat([vit, cnn, vit.assign(lr_source="sweep"), cnn.assign(lr_source="sweep")])
+    runs = pd.concat([vit, cnn, vit.assign(recipe="sweep"), cnn.assign(recipe="sweep")])
     path = tmp_path / "cmp.png"
 
     plot_comparison(runs, summarize(runs), path)

@@ -42,7 +42,7 @@ def test_train_writes_outputs_and_an_mlflow_run(tiny, tmp_path):
     groups = json.loads(Path(client.download_artifacts(run.info.run_id, "params/lr_groups.json",
                                                        str(tmp_path))).read_text())
     assert [g["group"] for g in groups] == ["all"] and groups[0]["lr"] == float(run.data.params["run.lr"])
-    assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-1-0"
+    assert run.data.tags["dvc_stage"] == "train@vit_demo-freeze_patch_0_5-fixed-1-0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
     assert run.data.tags["checkpoint_path"] == str(RUN / "model.pt")
@@ -129,7 +129,7 @@ def _runs(root: Path, stage: str) -> list:
     return client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{stage}'", max_results=100)
 
 
-STAGE = "train@vit_demo-freeze_patch_0_5-1-0"
+STAGE = "train@vit_demo-freeze_patch_0_5-fixed-1-0"
 
 
 @pytest.mark.slow
@@ -152,14 +152,22 @@ def test_resume_after_an_unrelated_params_change_continues_the_same_run(tiny):
 def test_logged_params_are_exactly_the_keys_the_train_stage_lists():
     import yaml
 
+    from transfer_freezing import grid, recipes
+
     from conftest import REPO
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     storage = train_stage.STORAGE_PARAMS
-    assert tuple(stages["train"]["params"]) == train_stage.STAGE_PARAMS + storage
-    assert tuple(stages["train_cells"]["params"]) == train_stage.STAGE_PARAMS + storage
-    # The tuned cells list the recipe key by key (less train.lr): every key of the section.
-    assert tuple(stages["train_tuned"]["params"]) == train_stage.TUNED_STAGE_PARAMS + storage
+    for name in ("train", "train_cells", "train_tuned"):  # the recipe is a dep: its resolved file
+        assert tuple(stages[name]["params"]) == ("tracking", *storage)
+        assert "${train.out}/recipes/${item.recipe}.json" in stages[name]["deps"]
+    # A run logs as train.* exactly the keys of its recipe's file (a tuned one's less train.lr).
+    p = config.load(REPO / "params.yaml")
+    for recipe, view in (("fixed", "train"), ("tuned", "train_tuned")):
+        logged = train_stage.stage_params(config.recipe_params(p, recipe), grid.source_of(p, recipe))
+        assert {k for k in logged if k.startswith("train.")} == {
+            f"train.{k}" for k in recipes.resolved(p, recipe, view)}
+        assert {k.split(".")[0] for k in logged} == {"train", "tracking"}
 
 
 @pytest.mark.slow
@@ -201,7 +209,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_the_checkpoint(tiny):
 
 def test_features_are_an_mlflow_dataset_input(tiny):
     train_stage.train(config.load("params.yaml"), "vit_demo", "freeze_patch_0_11", 1)
-    (run,) = _runs(tiny, "train@vit_demo-freeze_patch_0_11-1-0")
+    (run,) = _runs(tiny, "train@vit_demo-freeze_patch_0_11-fixed-1-0")
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "features:data/features"
     assert inp.dataset.digest == run.data.tags["feature_hash"]
@@ -219,11 +227,12 @@ def test_status_lists_done_resumable_failed_and_missing_cells(tiny):
     assert bad.returncode != 0
     shown = tfreeze("status", cwd=tiny).stdout
     states = {line.split()[0]: line.split()[1] for line in shown.splitlines()[:-1]}
-    assert states == {"train@vit_demo-freeze_none-1-0": "done", "train@vit_demo-freeze_none-2-0": "resumable",
-                      "train@vit_demo-freeze_patch_0_11-1-0": "failed",
-                      "train@vit_demo-freeze_patch_0_11-2-0": "missing",
-                      "train_tuned@vit_demo-freeze_none-1-0": "missing",
-                      "train_tuned@vit_demo-freeze_none-2-0": "missing"}
+    assert states == {"train@vit_demo-freeze_none-fixed-1-0": "done",
+                      "train@vit_demo-freeze_none-fixed-2-0": "resumable",
+                      "train@vit_demo-freeze_patch_0_11-fixed-1-0": "failed",
+                      "train@vit_demo-freeze_patch_0_11-fixed-2-0": "missing",
+                      "train_tuned@vit_demo-freeze_none-tuned-1-0": "missing",
+                      "train_tuned@vit_demo-freeze_none-tuned-2-0": "missing"}
     assert shown.splitlines()[-1] == "1 done, 1 resumable, 1 failed, 3 missing"
 
 

@@ -29,7 +29,7 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
     from .grid import select
 
-    cells = select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source)
+    cells = select(p, args.model, args.freeze, args.cell, args.seed, args.fold, args.lr_source, args.recipe)
     if args.address or ((args.jobs or 1) > 1 and len(cells) > 1):
         from .train import executor
 
@@ -37,8 +37,8 @@ def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
         return
     from .train import stage as train_stage
 
-    for model, freeze, seed, fold, lr_source in cells:
-        train_stage.train(p, model, freeze, seed, fold, lr_source)
+    for model, freeze, seed, fold, recipe in cells:
+        train_stage.train(p, model, freeze, seed, fold, recipe)
 
 
 def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
@@ -47,7 +47,11 @@ def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
                         f"set them with --set 'sweep.seeds=[{args.seed}, ...]'")
     models = [args.model] if args.model else p["grid"]["tuned_models"]
     modes = [args.freeze] if args.freeze else p["grid"]["tuned_freeze_modes"]
-    studies = [(model, freeze) for model in models for freeze in modes]
+    if args.recipe and not config.is_tuned(p, args.recipe):  # unknown recipe -> one line too
+        raise UserError(f"tfreeze sweep --recipe {args.recipe}: its lr is "
+                        f"{config.recipe(p, args.recipe)['lr']!r}; a sweep tunes a recipe with lr: tuned")
+    recipes = [args.recipe] if args.recipe else p["grid"]["tuned_recipes"]
+    studies = [(model, freeze, recipe) for model in models for freeze in modes for recipe in recipes]
     if args.address or args.workers > 1:
         from .train import executor
 
@@ -58,13 +62,20 @@ def cmd_sweep(p: config.Params, args: argparse.Namespace) -> None:
     workers = None
     if args.shared:
         from .train import sweep_workers as workers
-    for model, freeze in studies:
-        sweep.run_study(p, model, freeze, workers)
+    for model, freeze, recipe in studies:
+        sweep.run_study(p, model, freeze, recipe, workers)
 
 
 def _ray_address(args: argparse.Namespace) -> str | None:
     """--address, else RAY_ADDRESS (only read when Ray is used: --jobs/--workers > 1 or --address)."""
     return args.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def cmd_recipes(p: config.Params, args: argparse.Namespace) -> None:
+    from . import recipes
+
+    for path in recipes.write(p):
+        print(f"recipe written to {path}")
 
 
 def cmd_compare(p: config.Params, args: argparse.Namespace) -> None:
@@ -128,8 +139,9 @@ def _cell(sub: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "data": (cmd_data, "materialise raw audio under data/raw/ (synthetic, gtzan or folder)"),
     "features": (cmd_features, "split the corpus and compute log-mel spectrogram arrays"),
-    "train": (cmd_train, "train (model, freeze mode, seed, fold, lr source) cells, tracked in MLflow"),
-    "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode)"),
+    "recipes": (cmd_recipes, "write each grid recipe, resolved over train, for the train and sweep stages"),
+    "train": (cmd_train, "train (model, freeze mode, seed, fold, recipe) cells, tracked in MLflow"),
+    "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode, tuned-lr recipe)"),
     "compare": (cmd_compare, "freezing comparison table, statistics and figure from MLflow"),
     "status": (cmd_status, "every train cell: done, resumable, failed, running or missing"),
     "ui": (cmd_ui, "serve the MLflow UI on 127.0.0.1 and print the study's runs link"),
@@ -151,13 +163,16 @@ def parser() -> argparse.ArgumentParser:
         _common(sub)
         if name in ("train", "sweep"):
             _cell(sub)
+            sub.add_argument("--recipe", metavar="NAME",
+                             help="one recipe of params' recipes (default: the grid's; see --lr-source)"
+                             if name == "train" else "one tuned-lr recipe (default: grid.tuned_recipes)")
     subs.choices["train"].add_argument("--fold", type=int, help="one fold cell (default: grid.folds)")
     subs.choices["train"].add_argument(
         "--cell", metavar="MODEL/MODE", help="one (model, freeze mode) pair, as grid.cells lists them")
     subs.choices["train"].add_argument(
         "--lr-source", choices=("fixed", "tuned"),
-        help="fixed-lr cells (train.lr) or tuned-lr ones (the sweep's best lr); default: both grids, "
-             "or fixed when --model/--freeze/--cell pick cells")
+        help="the cells of fixed-lr recipes (grid.recipes) or tuned-lr ones (grid.tuned_recipes: the "
+             "sweep's best lr); default: both grids, or fixed when --model/--freeze/--cell pick cells")
     subs.choices["train"].add_argument(
         "--jobs", type=int, metavar="N",
         help="run N cells at once as Ray tasks (embedded Ray on this machine unless --address; "
@@ -186,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
                          help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
                               "variance this study measured (or the --from-csv table)")
     subs.choices["profile"].add_argument(
-        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo) or a YAML file")
+        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo, optimizer, "
+                     "optimizer_demo) or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)

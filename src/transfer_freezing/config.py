@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,11 @@ MOVED: dict[str, str] = {
 }
 
 
+TUNED = "tuned"  # a recipe's ``lr`` that takes the lr from its sweep (its cells are the tuned-lr grid)
+RECIPE_LOCATIONS = ("out",)  # train keys that say where outputs go, not what they hold: no recipe sets them
+RECIPE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")  # a folder name and a DVC matrix value
+
+
 class Setting(NamedTuple):
     """One key of params.yaml: its default, what it allows and what it means (``doc``: the comment
     ``tfreeze profile`` writes next to it in params.yaml and docs/params.md shows)."""
@@ -184,7 +190,7 @@ SCHEMA: dict[str, Setting] = {
     "features.out": S("data/features", text()),
     # grid: which cells exist. The fixed-lr grid (an empty list turns it off), then the tuned-lr one.
     "grid.models": S(["vit_b_16"], any_list(text()),
-                     "fixed-lr grid (train.lr): models x freeze_modes; [] turns it off"),
+                     "fixed-lr grid: models x freeze_modes (x recipes); [] turns it off"),
     "grid.freeze_modes": S(["freeze_none"], any_list(text())),
     # More fixed-lr cells outside that product, each "<model>/<mode>": one profile, per-model modes.
     # Repeats: _check_listed_cells names the cell.
@@ -193,10 +199,17 @@ SCHEMA: dict[str, Setting] = {
     "grid.seeds": S([1], non_empty_list(non_negative_int())),
     "grid.folds": S([0], non_empty_list(non_negative_int()),
                     "training cells (kfold: 0 .. folds*repeats-1; one split: [0])"),
-    # The swept (and tuned-lr trained) grid: an empty list turns the sweep and train_tuned off.
+    # The swept (and tuned-lr trained) grid: an empty list (or grid.tuned_recipes) turns the sweep and
+    # train_tuned off.
     "grid.tuned_models": S(["vit_b_16"], any_list(text()),
-                           "swept and tuned-lr grid (stages sweep, train_tuned); [] turns both off"),
+                           "swept and tuned-lr grid (x tuned_recipes; stages sweep, train_tuned); [] turns "
+                           "both off"),
     "grid.tuned_freeze_modes": S(["freeze_none"], any_list(text())),
+    # The recipes (names of ``recipes``) crossed with each grid: a recipe's lr decides its grid.
+    "grid.recipes": S(["fixed"], any_list(text()),
+                      "fixed-lr recipes, crossed with the fixed-lr grid (models x freeze_modes, cells)"),
+    "grid.tuned_recipes": S(["tuned"], any_list(text()),
+                            "tuned-lr recipes (lr: tuned), crossed with tuned_models x tuned_freeze_modes"),
     # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
     "train.weights": S("none", choice("none", "imagenet"),
                        "none | imagenet (torch hub cache or weights_path)"),
@@ -237,6 +250,12 @@ SCHEMA: dict[str, Setting] = {
     "train.out": S("models", text()),
     # keep: storage policy. Which runs keep their trained weights in model.pt; the others keep a
     # record (train/checkpoint.py). It decides model.pt, not a run's numbers.
+    # recipes: named deltas over ``train`` (the base recipe), each a mapping of train keys; a recipe
+    # with ``lr: tuned`` trains at its sweep's best lr. ``_check_recipes`` validates them.
+    "recipes": S({"fixed": {}, "tuned": {"lr": TUNED}}, Rule(
+        "a mapping of recipe name -> {train key: value} (a delta over train)",
+        lambda x: isinstance(x, dict) and all(v is None or isinstance(v, dict) for v in x.values())),
+        "name -> delta over train; lr: tuned takes the lr from that recipe's sweep"),
     "keep.weights": S("all", choice("all", "first_seed", "none"),
                       "all | first_seed | none: which runs keep trained weights in model.pt"),
     "sweep.n_trials": S(20, positive_int()),
@@ -312,6 +331,14 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
         retired = RETIRED.get((key, value if isinstance(value, str) else None)) or RETIRED.get((key, None))
         if retired:
             raise UserError(f"{source}: {retired}")
+        if key.startswith("recipes."):  # --set recipes.NAME={...} or recipes.NAME.KEY=value
+            name, _, leaf = key.removeprefix("recipes.").partition(".")
+            recipes = tree["recipes"]
+            if leaf:
+                recipes[name] = {**(recipes.get(name) or {}), leaf: value}
+            else:
+                recipes[name] = value
+            continue
         if key in MOVED:
             raise UserError(f"{source}: {key} is now {MOVED[key]} (params are grouped by role: grid = "
                             "which cells exist, train = the recipe, keep = what is stored, runtime = how "
@@ -329,8 +356,70 @@ def validate(flat: dict[str, Any], source: str = "params") -> Params:
             raise UserError(f"{source}: {key} = {value!r} lists {listed} more than once; list each once "
                             "(every item is a value of the grid: a repeat would run the same cells twice)")
         _set(tree, key, value)
+    _check_recipes(tree, source)
     _check_relations(tree, source)
     return tree
+
+
+def _check_recipes(p: Params, source: str) -> None:
+    """Each recipe a delta over ``train`` (its keys train's, its values what train allows, ``lr`` also
+    ``tuned``), normalised in place (null -> {}, numbers as floats); each grid list names recipes
+    whose lr belongs to it."""
+    allowed = [k.removeprefix("train.") for k in SCHEMA
+               if k.startswith("train.") and k.removeprefix("train.") not in RECIPE_LOCATIONS]
+    for name, delta in list(p["recipes"].items()):
+        where = f"{source}: recipe {name!r}"
+        if not isinstance(name, str) or not RECIPE_NAME.fullmatch(name):
+            raise UserError(f"{where}: a recipe name is letters, digits, '_' and '.', not first (it "
+                            "names a folder and a DVC stage)")
+        if not isinstance(delta, dict | None):
+            raise UserError(f"{where} = {delta!r}: expected a mapping of train keys, e.g. {{lr: 1.0e-4}}")
+        delta = dict(delta or {})
+        for key, value in delta.items():
+            if key not in allowed:
+                raise UserError(f"{where} sets unknown key {key!r}; a recipe sets train keys: "
+                                f"{', '.join(allowed)}")
+            if key == "lr" and value == TUNED:
+                continue
+            rule = SCHEMA[f"train.{key}"].rule
+            value = _as_float(value) if rule.allowed.startswith("a number") else value
+            if not rule.check(value):
+                also = " or 'tuned' (the lr of this recipe's sweep)" if key == "lr" else ""
+                raise UserError(f"{where}: {key} = {value!r} is not allowed; expected {rule.allowed}{also}")
+            delta[key] = value
+        p["recipes"][name] = delta
+    for grid_key, tuned in (("recipes", False), ("tuned_recipes", True)):
+        for name in p["grid"][grid_key]:
+            if name not in p["recipes"]:
+                raise UserError(f"{source}: grid.{grid_key} has {name!r}, which is not a recipe; "
+                                f"recipes: {', '.join(p['recipes']) or 'none'}")
+            if is_tuned(p, name) != tuned:
+                right = "grid.tuned_recipes" if is_tuned(p, name) else "grid.recipes"
+                raise UserError(f"{source}: grid.{grid_key} has {name!r}, whose lr is "
+                                f"{recipe(p, name)['lr']!r}; list it in {right} (grid.recipes: a fixed lr, "
+                                "grid.tuned_recipes: lr tuned)")
+
+
+def recipe(p: Params, name: str) -> dict[str, Any]:
+    """Recipe ``name`` resolved: ``train`` (the base recipe) with the recipe's delta over it."""
+    if name not in p["recipes"]:
+        raise UserError(f"unknown recipe {name!r}; recipes: {', '.join(p['recipes']) or 'none'}")
+    return {**p["train"], **(p["recipes"][name] or {})}
+
+
+def recipe_params(p: Params, name: str) -> Params:
+    """``p`` with its ``train`` section replaced by recipe ``name`` resolved: what one cell reads."""
+    return {**p, "train": recipe(p, name)}
+
+
+def is_tuned(p: Params, name: str) -> bool:
+    """Whether recipe ``name`` trains at its sweep's best lr (its cells: the tuned-lr grid)."""
+    return recipe(p, name)["lr"] == TUNED
+
+
+def grid_recipes(p: Params) -> list[str]:
+    """The recipes the grid trains: the fixed-lr ones, then the tuned-lr ones."""
+    return [*p["grid"]["recipes"], *p["grid"]["tuned_recipes"]]
 
 
 def _as_float(value: Any) -> Any:
@@ -356,7 +445,7 @@ def _check_relations(p: Params, source: str) -> None:
     _check_listed_cells(p, source)
     _check_reference(p, source)
     _check_sizes(p, source)
-    if p["train"]["weights"] == "imagenet":
+    if any(t["weights"] == "imagenet" for t in [p["train"], *(recipe(p, r) for r in grid_recipes(p))]):
         _check_imagenet(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
@@ -366,18 +455,20 @@ def _check_relations(p: Params, source: str) -> None:
             f"{source}: sweep.lr_low = {p['sweep']['lr_low']:g} must be below "
             f"sweep.lr_high = {p['sweep']['lr_high']:g}"
         )
-    if p["train"]["warmup_epochs"] >= p["train"]["epochs"] and p["train"]["warmup_epochs"] > 0:
-        raise UserError(
-            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
-            f"train.epochs = {p['train']['epochs']} (the warm-up would never end)"
-        )
-    _check_phases(p, source)
-    if pairs(p, "tuned") and 0 < p["sweep"]["epochs"] <= p["train"]["warmup_epochs"]:
-        raise UserError(
-            f"{source}: train.warmup_epochs = {p['train']['warmup_epochs']} must be below "
-            f"sweep.epochs = {p['sweep']['epochs']} (sweep trials use the same warm-up, which would "
-            "never end)"
-        )
+    for name in [None, *grid_recipes(p)]:  # the base recipe, then each the grid trains
+        t = p["train"] if name is None else recipe(p, name)
+        key, epochs = (("train.warmup_epochs", "train.epochs") if name is None
+                       else (f"recipe {name!r}: warmup_epochs", "epochs"))
+        if t["warmup_epochs"] >= t["epochs"] and t["warmup_epochs"] > 0:
+            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below {epochs} = "
+                            f"{t['epochs']} (the warm-up would never end)")
+        _check_phases(t, "train." if name is None else f"recipe {name!r}: ",
+                      (name is None or is_tuned(p, name)) and pairs(p, "tuned"), p, source)
+        if (name is None or is_tuned(p, name)) and pairs(p, "tuned") \
+                and 0 < p["sweep"]["epochs"] <= t["warmup_epochs"]:
+            raise UserError(f"{source}: {key} = {t['warmup_epochs']} must be below sweep.epochs = "
+                            f"{p['sweep']['epochs']} (sweep trials use the same warm-up, which would "
+                            "never end)")
     cells = p["split"]["folds"] * p["split"]["repeats"] if p["split"]["scheme"] == "kfold" else 1
     for section in ("grid", "sweep"):
         outside = [f for f in p[section]["folds"] if f >= cells]
@@ -402,32 +493,35 @@ def listed_pairs(p: Params) -> list[tuple[str, str]]:
 
 
 def pairs(p: Params, lr_source: str) -> list[tuple[str, str]]:
-    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``grid.cells``."""
+    """The (model, freeze mode) pairs of an lr source: its product, then (fixed) ``grid.cells``;
+    none when the grid crosses them with no recipe (``grid.recipes`` / ``grid.tuned_recipes``)."""
     g = p["grid"]
+    if not g["tuned_recipes" if lr_source == "tuned" else "recipes"]:
+        return []
     if lr_source == "tuned":
         return [(m, f) for m in g["tuned_models"] for f in g["tuned_freeze_modes"]]
     return [(m, f) for m in g["models"] for f in g["freeze_modes"]] + listed_pairs(p)
 
 
-def _check_phases(p: Params, source: str) -> None:
+def _check_phases(t: dict[str, Any], key: str, tuned: bool, p: Params, source: str) -> None:
     """LP-FT's head-only phase ends before the run (and a sweep trial) does; the warm-up restarts
-    with each phase's fresh schedule, so it must end within both phases."""
-    t = p["train"]
+    with each phase's fresh schedule, so it must end within both phases. ``t``: one recipe resolved
+    (``key`` names it in errors); ``tuned``: whether sweep trials run it."""
     lp, warmup = t["lp_epochs"], t["warmup_epochs"]
     if not lp:
         return
-    runs = [("train.epochs", t["epochs"])]
-    if pairs(p, "tuned") and p["sweep"]["epochs"] > 0:
+    runs = [(f"{key}epochs", t["epochs"])]
+    if tuned and p["sweep"]["epochs"] > 0:
         runs.append(("sweep.epochs", p["sweep"]["epochs"]))
-    for key, epochs in runs:
+    for what, epochs in runs:
         if lp >= epochs:
-            raise UserError(f"{source}: train.lp_epochs = {lp} must be below {key} = {epochs} (the head-only "
-                            "phase would never end; a whole run on the head is freeze mode "
+            raise UserError(f"{source}: {key}lp_epochs = {lp} must be below {what} = {epochs} (the "
+                            "head-only phase would never end; a whole run on the head is freeze mode "
                             "freeze_patch_0_11 or freeze_0_1_2_3_4)")
         if warmup and warmup >= min(lp, epochs - lp):
-            raise UserError(f"{source}: train.warmup_epochs = {warmup} must be below both LP-FT phases "
-                            f"({lp} head-only and {epochs - lp} more epochs of {key}): each phase "
-                            "restarts the schedule")
+            raise UserError(f"{source}: {key}warmup_epochs = {warmup} must be below both LP-FT "
+                            f"phases ({lp} head-only and {epochs - lp} more epochs of {what}): each "
+                            "phase restarts the schedule")
 
 
 def _check_listed_cells(p: Params, source: str) -> None:
@@ -473,11 +567,10 @@ def _check_reference(p: Params, source: str) -> None:
 def _check_lr_study(p: Params, source: str) -> None:
     """The two lr sources: something to train, and sweep trials that never replay a training run."""
     t, s = p["grid"], p["sweep"]
-    if not (t["models"] and t["freeze_modes"]) and not t["cells"] and not (t["tuned_models"] and
-                                                                           t["tuned_freeze_modes"]):
+    if not pairs(p, "fixed") and not pairs(p, "tuned"):
         raise UserError(f"{source}: nothing to train: the fixed-lr grid (grid.models x "
-                        "grid.freeze_modes, grid.cells) and the tuned-lr grid (grid.tuned_models x "
-                        "grid.tuned_freeze_modes) are all empty")
+                        "grid.freeze_modes, grid.cells, x grid.recipes) and the tuned-lr grid "
+                        "(grid.tuned_models x grid.tuned_freeze_modes x grid.tuned_recipes) are all empty")
     shared = sorted(set(s["seeds"]) & set(t["seeds"]))
     if shared:
         raise UserError(f"{source}: sweep.seeds = {s['seeds']} shares {shared} with grid.seeds = "
@@ -546,7 +639,7 @@ def sections() -> list[str]:
 def _flatten(tree: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and dotted not in SCHEMA:  # a mapping-valued key (recipes) is a leaf
             yield from _flatten(value, dotted + ".")
         else:
             yield dotted, value

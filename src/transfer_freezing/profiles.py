@@ -73,7 +73,13 @@ def render(name: str, overrides: Iterable[str] = ()) -> str:
     for key, value in params.items():
         if key.split(".")[0] != section:
             section = key.split(".")[0]
-            lines.append(f"{section}:")
+            lines.append(f"{section}:" + ("" if value or "." in key else " {}"))
+        if "." not in key:  # a mapping-valued section (recipes): one line per entry
+            lines += [f"  # {config.SCHEMA[key].doc}"]
+            for name, entry in value.items():
+                doc = inline.get(f"{key}.{name}", "")
+                lines += _entry(name, entry, f"[{label}] {doc}".rstrip() if key in changed else doc)
+            continue
         lines += [f"  {line}" for line in above.get(key, [])]
         doc = inline.get(key) or config.SCHEMA[key].doc
         if key in changed:

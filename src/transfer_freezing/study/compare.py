@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, config
 from ..config import Params
 from ..data import features
 from ..errors import UserError
@@ -17,14 +17,14 @@ from ..train import diagnostics, scores, tracking
 from ..train import stage as train_stage
 from . import baseline, evaluation, figures, inference, stats
 
-# Logged params that must equal params.yaml for a run to belong to this comparison.
+# Logged params that must equal the run's recipe in params.yaml for it to belong to this comparison.
 CHECKED_PARAMS = ("train.epochs", "train.batch_size", "train.momentum", "train.weight_decay",
                   "train.frozen_bn", "train.weights")
 NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
          "png": "freezing_comparison.png", "runs": "freezing_runs.csv", "stats": "freezing_stats.json",
          "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv",
          "conditions": "condition_contrast.csv", "diagnostics": "freezing_diagnostics.csv",
-         "diagnostics_png": "freezing_diagnostics.png"}
+         "diagnostics_png": "freezing_diagnostics.png", "interaction": "recipe_interaction.csv"}
 DIAGNOSTICS = ("weight_change", "cka")  # the per-part MLflow metric families of train/diagnostics.py
 
 
@@ -32,30 +32,35 @@ DIAGNOSTICS = ("weight_change", "cka")  # the per-part MLflow metric families of
 class CompareConfig:
     """The compare stage's inputs, resolved once: the grid's cells, where their runs are, the test."""
 
-    cells: tuple[train_stage.Cell, ...]  # model, freeze mode, seed, fold cell, lr source
+    cells: tuple[train_stage.Cell, ...]  # model, freeze mode, seed, fold cell, recipe
     models_out: Path
     tracking: tracking.Tracking
     reference: str
     confidence: float
     out: Path
-    expected_params: dict[str, str] = field(default_factory=dict)
+    expected_params: dict[str, dict[str, str]] = field(default_factory=dict)  # per recipe
     features_params_hash: str = ""
     margin: float = 1.0
     folds: int | None = None  # K of a fold scheme (cell = repeat * K + fold), None for one split
     features: features.Store | None = None
     stages: dict[train_stage.Cell, str] = field(default_factory=dict)  # a cell's DVC stage, if not train@
+    lr_sources: dict[str, str] = field(default_factory=dict)  # recipe -> fixed | tuned
 
     @classmethod
     def from_params(cls, p: Params) -> CompareConfig:
         t = p["train"]
-        cells = tuple(train_stage.grid(p))  # fixed-lr and tuned-lr cells: one table, lr source a column
-        expected = {k: str(t[k.split(".", 1)[1]]) for k in CHECKED_PARAMS}
-        expected["run.image_size"] = str(p["features"]["image_size"])
+        cells = tuple(train_stage.grid(p))  # every recipe's cells: one table, the recipe a column
+        expected = {}
+        for name in config.grid_recipes(p):
+            resolved = config.recipe(p, name)
+            expected[name] = {k: str(resolved[k.split(".", 1)[1]]) for k in CHECKED_PARAMS}
+            expected[name]["run.image_size"] = str(p["features"]["image_size"])
         folds = p["split"]["folds"] if p["split"]["scheme"] == "kfold" else None
         return cls(cells, Path(t["out"]), tracking.Tracking.from_params(p), p["compare"]["reference_mode"],
                    p["compare"]["confidence"], Path(p["compare"]["out"]), expected,
                    features.params_hash(p), p["compare"]["equivalence_margin"], folds,
-                   features.Store.from_params(p), train_stage.stages(p))
+                   features.Store.from_params(p), train_stage.stages(p),
+                   {name: train_stage.source_of(p, name) for name in config.grid_recipes(p)})
 
     def stage(self, cell: train_stage.Cell) -> str:
         """The DVC stage that (re)makes ``cell``."""
@@ -91,11 +96,11 @@ def _row(c: CompareConfig, cell: train_stage.Cell, run_id: str, run) -> dict:
     if run.info.status != "FINISHED":
         raise UserError(f"MLflow run {run_id} of {'/'.join(map(str, cell))} is {run.info.status}; "
                         f"re-run: {stage}")
-    for key, want in c.expected_params.items():
+    for key, want in c.expected_params.get(cell[4], {}).items():
         logged = run.data.params.get(key)
         if logged != want:
-            raise UserError(f"MLflow run {run_id}: {key} was {logged!r}, params.yaml says "
-                            f"{want!r}; re-run: {stage}")
+            raise UserError(f"MLflow run {run_id}: {key} was {logged!r}, params.yaml (recipe {cell[4]}) "
+                            f"says {want!r}; re-run: {stage}")
     trained_on = run.data.tags.get("features_params_hash")
     if c.features_params_hash and trained_on != c.features_params_hash:
         raise UserError(f"MLflow run {run_id} trained on features built with other data/split/features "
@@ -106,7 +111,8 @@ def _row(c: CompareConfig, cell: train_stage.Cell, run_id: str, run) -> dict:
             "cell": cell[3], "run_id": run_id,
             "test_acc": m["test_acc"], "best_val_acc": m["best_val_acc"],
             "trainable_share": m["trainable_share"], "frozen_blocks": int(m["frozen_blocks"]),
-            "lr": float(run.data.params["run.lr"]), "lr_source": cell[4],
+            "lr": float(run.data.params["run.lr"]), "recipe": cell[4],
+            "lr_source": c.lr_sources.get(cell[4], "fixed"),
             **{f"test_{k}": m.get(f"test_{k}", math.nan) for k in scores.SCORES},
             **{k: v for k, v in sorted(m.items()) if k.split(".", 1)[0] in DIAGNOSTICS}}
 
@@ -115,12 +121,12 @@ def predictions(c: CompareConfig, runs: pd.DataFrame) -> dict[tuple, pd.DataFram
     """Every run's per-clip predictions (its DVC output), keyed as ``evaluation.clip_table`` wants."""
     found = {}
     for row in runs.to_dict("records"):
-        cell = (row["model"], row["freeze_mode"], row["seed"], row["cell"], row["lr_source"])
+        cell = (row["model"], row["freeze_mode"], row["seed"], row["cell"], row["recipe"])
         path = train_stage.run_dir(c.models_out, *cell) / train_stage.PREDICTIONS
         if not path.is_file():
             stage = c.stage(cell)
             raise UserError(f"{path} not found; re-run: dvc repro -f {stage}")
-        key = (row["model"], row["lr_source"], row["freeze_mode"], row["seed"], row["fold"], row["repeat"])
+        key = (row["model"], row["recipe"], row["freeze_mode"], row["seed"], row["fold"], row["repeat"])
         found[key] = pd.read_csv(path)
     return found
 
@@ -142,7 +148,7 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
     """Main table (Markdown), full table (CSV), per-run CSV, statistics JSON and figures under ``out``.
 
     Every mode against ``reference``: the difference with the design model's interval, its verdict
-    against ``margin`` (one Holm family per model and lr source) and the MDD — from per-clip
+    against ``margin`` (one Holm family per model and recipe) and the MDD — from per-clip
     ``clips`` (test, val) when given, else from the per-run accuracies; plus the study-level checks
     (val-vs-test agreement, the original's headline). Secondary per-run tests go to the CSV and
     JSON only.
@@ -167,6 +173,8 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         else:  # one paired run per mode: no run-to-run variance, so no interval to draw
             figures.plot_message(f"{inference.ONE_RUN} (add seeds, folds or repeats)", out / NAMES["forest"])
     markdown = f"{heading}\n\n{stats.to_markdown(summary, margin)}" + _checks_markdown(checks)
+    if clips is not None:
+        markdown += _write_interactions(clips["test"], reference, margin, confidence, out, checks)
     if floor is not None and len(floor):
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
         checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
@@ -209,7 +217,7 @@ def _scores(summary: pd.DataFrame, runs: pd.DataFrame, reference: str, confidenc
     for values, group in table.groupby([k for k in keys if k != "freeze_mode"], sort=False):
         named = dict(zip([k for k in keys if k != "freeze_mode"],
                          values if isinstance(values, tuple) else (values,), strict=True))
-        label = " ".join(str(v) for k, v in named.items() if k != "lr_source") + f" ({named['lr_source']} lr)"
+        label = ", ".join(f"{k} {v}" for k, v in named.items())
         wide = group.pivot_table(index="freeze_mode", columns="score", values="mean", sort=False)
         shown = pd.DataFrame(index=wide.index)
         for column in wide.columns:
@@ -234,17 +242,35 @@ def _score_cell(row: pd.Series) -> str:
     return f"{text} ({row['estimate']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}], {row['verdict']})"
 
 
+def _write_interactions(test: pd.DataFrame, reference: str, margin: float, confidence: float, out: Path,
+                        checks: dict) -> str:
+    """The mode x recipe interactions (``evaluation.interactions``) to CSV and ``checks``; returns
+    the Markdown section (none with fewer than two recipes)."""
+    table = evaluation.interactions(test, reference, margin, confidence)
+    atomic.write_text(out / NAMES["interaction"], table.to_csv(index=False))
+    if table.empty:
+        return ""
+    for r in table.to_dict("records"):
+        key = f"{r['model']}/{r['freeze_mode']}/{r['recipe_b']}-{r['recipe_a']}/interaction"
+        checks[key] = {k: r[k] for k in ("estimate", "low", "high", "verdict", "n_runs")}
+    return ("\n### Mode × recipe interaction\n\n"
+            f"Does a mode's difference from {reference} depend on the recipe? Per pair of recipes, paired "
+            "on (seed, fold cell, clip), with the design model's interval, the same margin and verdicts "
+            "(one Holm family per model and pair; better: the mode gains more under the second recipe).\n\n"
+            + "\n".join(evaluation.interaction_lines(table)) + "\n")
+
+
 def diagnostics_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean weight change and mean CKA per (model, lr_source, freeze_mode, part) over the runs that
+    """Mean weight change and mean CKA per (model, recipe, freeze_mode, part) over the runs that
     logged them (``weight_change.<part>`` / ``cka.<block>`` columns of ``collect``), parts in forward
     order; ``n_runs`` counts the runs behind each mean. Empty when no run has diagnostics."""
-    columns = ["model", "lr_source", "freeze_mode", "part", "weight_change", "cka", "n_runs"]
+    columns = ["model", "recipe", "freeze_mode", "part", "weight_change", "cka", "n_runs"]
     metric_cols = [c for c in runs.columns if c.split(".", 1)[0] in DIAGNOSTICS]
     if not metric_cols:
         return pd.DataFrame(columns=columns)
-    keys = ["model", "lr_source", "freeze_mode"]
+    keys = ["model", "recipe", "freeze_mode"]
     table = runs.copy()
-    table["lr_source"] = table["lr_source"].fillna("fixed") if "lr_source" in table else "fixed"
+    table["recipe"] = table["recipe"].fillna("fixed") if "recipe" in table else "fixed"
     long = table.melt(id_vars=keys, value_vars=metric_cols, var_name="metric").dropna(subset=["value"])
     if long.empty:
         return pd.DataFrame(columns=columns)
@@ -258,7 +284,7 @@ def diagnostics_summary(runs: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(pd.unique(runs["freeze_mode"]))}
     out["_mode"] = out["freeze_mode"].map(order)
     out["_part"] = out["part"].map(diagnostics.part_order)
-    out = out.sort_values(["model", "lr_source", "_mode", "_part"], kind="stable")
+    out = out.sort_values(["model", "recipe", "_mode", "_part"], kind="stable")
     return out.drop(columns=["_mode", "_part"])[columns].reset_index(drop=True)
 
 
@@ -273,8 +299,8 @@ def _write_diagnostics(runs: pd.DataFrame, out: Path) -> str:
         return title + "No diagnostics: the compared runs logged no weight change or CKA.\n"
     figures.plot_diagnostics(table, out / NAMES["diagnostics_png"])
     lines = [title.rstrip("\n"), ""]
-    for (model, source), group in table.groupby(["model", "lr_source"], sort=False):
-        label = model if set(table["lr_source"]) == {"fixed"} else f"{model} ({source} lr)"
+    for (model, source), group in table.groupby(["model", "recipe"], sort=False):
+        label = model if set(table["recipe"]) == {"fixed"} else f"{model} ({source})"
         for kind, what, fmt in (("weight_change", "relative weight change ‖θ − θ₀‖ / ‖θ₀‖", "{:.3g}"),
                                 ("cka", "CKA (initial, fine-tuned)", "{:.3f}")):
             wide = group.pivot_table(index="freeze_mode", columns="part", values=kind, sort=False)
@@ -319,7 +345,7 @@ def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:
     best = summary.loc[summary["test_mean"].idxmax()]
     return (f"\n**Floor to beat:** logistic regression on per-mel-band statistics (study/baseline.py), "
             f"trained and scored on the same {len(floor)} cell(s) and clips: test acc {mean:.1f}{spread} %. "
-            f"Best deep mode: {best['model']} {best['freeze_mode']} ({best['lr_source']} lr) "
+            f"Best deep mode: {best['model']} {best['freeze_mode']} ({best['recipe']}) "
             f"{best['test_mean']:.1f} % "
             f"({best['test_mean'] - mean:+.1f} pp against the floor).\n")
 
@@ -347,7 +373,7 @@ def _stats_json(summary: pd.DataFrame, checks: dict | None = None) -> dict:
     for row in summary.to_dict("records"):
         key = f"{row['model']}/" + (f"{row['condition']}/" if "condition" in row else "") + \
             f"{row['freeze_mode']}" + (
-            f"/{row['lr_source']}" if row.get("lr_source", "fixed") != "fixed" else "")
+            f"/{row['recipe']}" if row.get("recipe", "fixed") != "fixed" else "")
         tree[key] = _clean({k: v for k, v in row.items() if k in STATS_KEYS})
     if checks:
         tree["checks"] = _clean(checks)
@@ -386,13 +412,13 @@ def plan(p: Params, effect: float, csvs: list[str] | None = None) -> list[str]:
 def collect_local(c: CompareConfig) -> pd.DataFrame:
     """The grid's runs as far as their run folders tell (no MLflow needed): for planning."""
     rows = []
-    for model, freeze, seed, cell, lr_source in c.cells:
-        folder = train_stage.run_dir(c.models_out, model, freeze, seed, cell, lr_source)
+    for model, freeze, seed, cell, recipe in c.cells:
+        folder = train_stage.run_dir(c.models_out, model, freeze, seed, cell, recipe)
         if not (folder / train_stage.PREDICTIONS).is_file():
             continue
         repeat, fold = c.repeat_fold(cell)
         rows.append({"model": model, "freeze_mode": freeze, "seed": seed, "fold": fold, "repeat": repeat,
-                     "cell": cell, "lr_source": lr_source})
+                     "cell": cell, "recipe": recipe})
     if not rows:
         raise UserError(f"no run of the grid has {train_stage.PREDICTIONS} under {c.models_out}; run the "
                         "study first, or pass --from-csv to plan from a per-seed table")

@@ -15,14 +15,14 @@ HEADLINE = ("freeze_none", "freeze_patch", "freeze_patch_0_5")  # the original's
 
 
 def clip_table(predictions: dict[tuple, pd.DataFrame], split: str = "test") -> pd.DataFrame:
-    """The clips of ``split`` from every run: (model, lr_source, mode, seed, fold, repeat, clip_id, correct).
+    """The clips of ``split`` from every run: (model, recipe, mode, seed, fold, repeat, clip_id, correct).
 
-    ``predictions`` maps (model, lr_source, mode, seed, fold, repeat) to a run's predictions.csv.
+    ``predictions`` maps (model, recipe, mode, seed, fold, repeat) to a run's predictions.csv.
     """
     parts = []
-    for (model, lr_source, mode, seed, fold, repeat), frame in predictions.items():
+    for (model, recipe, mode, seed, fold, repeat), frame in predictions.items():
         rows = frame.loc[frame["split"] == split, ["clip_id", "correct"]]
-        parts.append(rows.assign(model=model, lr_source=lr_source, mode=mode, seed=seed, fold=fold,
+        parts.append(rows.assign(model=model, recipe=recipe, mode=mode, seed=seed, fold=fold,
                                  repeat=repeat))
     if not parts:
         raise UserError("no per-clip predictions to evaluate")
@@ -31,7 +31,7 @@ def clip_table(predictions: dict[tuple, pd.DataFrame], split: str = "test") -> p
 
 def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margin: float,
              confidence: float, folds: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """One row per (model, lr_source, mode) against ``reference``, and the study-level checks.
+    """One row per (model, recipe, mode) against ``reference``, and the study-level checks.
 
     Columns: ``inference.judge_all``'s (the difference on test clips with the design model's
     interval, its unadjusted and Holm-adjusted p-values of both claims, the verdict, the MDD, the
@@ -40,23 +40,23 @@ def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margi
     differences (secondary, named for what it assumes).
     """
     rows, checks = [], {}
-    for (model, lr_source), group in test.groupby(["model", "lr_source"], sort=False):
+    for (model, recipe), group in test.groupby(["model", "recipe"], sort=False):
         if reference not in set(group["mode"]):
-            raise UserError(f"reference mode {reference} has no runs for model {model} ({lr_source})")
+            raise UserError(f"reference mode {reference} has no runs for model {model} ({recipe})")
         modes = [m for m in pd.unique(group["mode"]) if m != reference]
         if not modes:
             continue
         judged = inference.judge_all(group, reference, margin, confidence, modes=modes)
-        val_group = None if val is None else val[(val["model"] == model) & (val["lr_source"] == lr_source)]
+        val_group = None if val is None else val[(val["model"] == model) & (val["recipe"] == recipe)]
         for row in judged.to_dict("records"):
             mode = row["mode"]
-            out = {"model": model, "lr_source": lr_source, "freeze_mode": mode, **row}
+            out = {"model": model, "recipe": recipe, "freeze_mode": mode, **row}
             if val_group is not None and len(val_group):
                 out["val_estimate"] = _mean_difference(val_group, mode, reference)
             if folds:
                 out.update(_corrected_t(group, mode, reference, folds, confidence))
             rows.append(out)
-        key = f"{model}/{lr_source}"
+        key = f"{model}/{recipe}"
         if val_group is not None and len(val_group):
             checks[f"{key}/val_vs_test"] = inference.val_test_agreement(
                 _accuracy_by_mode(val_group), _accuracy_by_mode(group), reference)
@@ -65,9 +65,50 @@ def verdicts(test: pd.DataFrame, val: pd.DataFrame | None, reference: str, margi
     return pd.DataFrame(rows), checks
 
 
+INTERACTION_COLUMNS = ("model", "recipe_a", "recipe_b", "freeze_mode", "reference", "estimate", "low", "high",
+                       "se", "dof", "p_different", "p_equivalent", "p_different_holm", "p_equivalent_holm",
+                       "verdict", "mdd", "n_runs", "n_cells", "n_clips", "design", "note", "margin",
+                       "confidence")
+
+
+def interactions(test: pd.DataFrame, reference: str, margin: float, confidence: float) -> pd.DataFrame:
+    """The mode x recipe interaction per model and pair of recipes (A before B, in the table's
+    order): each mode both recipes trained, with the reference, as ``inference.judge_interactions``
+    (one Holm family per model and pair). Empty (these columns) with fewer than two recipes."""
+    rows = []
+    for model, group in test.groupby("model", sort=False):
+        recipes = list(pd.unique(group["recipe"]))
+        modes_of = {r: set(group.loc[group["recipe"] == r, "mode"]) for r in recipes}
+        for i, a in enumerate(recipes):
+            for b in recipes[i + 1:]:
+                shared = modes_of[a] & modes_of[b]
+                modes = [m for m in pd.unique(group["mode"]) if m in shared and m != reference]
+                if reference not in shared or not modes:
+                    continue
+                judged = inference.judge_interactions(group, reference, a, b, margin, confidence, modes)
+                rows += [{"model": model, "freeze_mode": r["mode"], **r} for r in judged.to_dict("records")]
+    return pd.DataFrame(rows).reindex(columns=list(INTERACTION_COLUMNS))
+
+
+def interaction_lines(table: pd.DataFrame) -> list[str]:
+    """One Markdown line per row of ``interactions``."""
+    lines = []
+    for r in table.to_dict("records"):
+        what = (f"{r['model']}: ({r['freeze_mode']} − {r['reference']}) under {r['recipe_b']} minus under "
+                f"{r['recipe_a']} = {r['estimate']:+.1f} pp")
+        if r["note"]:
+            lines.append(f"- {what} ({r['note']})")
+            continue
+        level = round(100 * r["confidence"])
+        lines.append(f"- {what}, {level} % interval [{r['low']:+.1f}, {r['high']:+.1f}], "
+                     f"p = {stats.fmt_p(r['p_different_holm'])} (Holm), **{r['verdict']}** "
+                     f"({r['n_runs']} paired runs in {r['n_cells']} fold cell(s), {r['n_clips']} clips)")
+    return lines
+
+
 def verdicts_from_runs(runs: pd.DataFrame, reference: str, margin: float, confidence: float) -> pd.DataFrame:
     """``verdicts`` from a per-run table (``--from-csv``): the same model at run level, one row per
-    (model, [condition,] lr_source, mode)."""
+    (model, [condition,] recipe, mode)."""
     keys = stats.group_keys(runs)
     rows = []
     for values, group in runs.groupby(keys, sort=False):
@@ -185,11 +226,11 @@ def plan_lines(test: pd.DataFrame, reference: str, effect: float, alpha: float =
     """Runs (and cells) needed to detect ``effect`` pp and to show equivalence at ``margin``, per
     mode, from the variance components this study measured on its per-clip predictions."""
     lines = []
-    for (model, lr_source), group in test.groupby(["model", "lr_source"], sort=False):
+    for (model, recipe), group in test.groupby(["model", "recipe"], sort=False):
         for mode in [m for m in pd.unique(group["mode"]) if m != reference]:
             comp = inference.variance_components(group, mode, reference)
             plan = inference.plan(effect, comp, alpha, margin=margin)
-            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, plan, comp))
+            lines.append(_plan_line(f"{model} ({recipe}) {mode}", reference, plan, comp))
     return lines
 
 
@@ -197,11 +238,11 @@ def plan_lines_from_runs(runs: pd.DataFrame, reference: str, effect: float, alph
                          margin: float | None = None) -> list[str]:
     """The same from a per-run table (the original's CSV, or freezing_runs.csv of any design)."""
     lines = []
-    for (model, lr_source), group in runs.groupby(["model", "lr_source"], sort=False):
+    for (model, recipe), group in runs.groupby(["model", "recipe"], sort=False):
         for mode in [m for m in pd.unique(group["freeze_mode"]) if m != reference]:
             comp = inference.components_from_seed_csv(group, mode, reference)
             plan = inference.plan(effect, comp, alpha, margin=margin)
-            lines.append(_plan_line(f"{model} ({lr_source}) {mode}", reference, plan, comp))
+            lines.append(_plan_line(f"{model} ({recipe}) {mode}", reference, plan, comp))
     return lines
 
 
@@ -240,7 +281,7 @@ def _plan_line(label: str, reference: str, plan: dict, comp: dict) -> str:
 def val_test_from_runs(runs: pd.DataFrame, reference: str) -> list[str]:
     """Val-vs-test agreement of the mode effects from per-seed accuracies (the original's CSV)."""
     lines = []
-    keys = ["model", "condition", "lr_source"] if "condition" in runs.columns else ["model", "lr_source"]
+    keys = ["model", "condition", "recipe"] if "condition" in runs.columns else ["model", "recipe"]
     for values, group in runs.groupby(keys, sort=False):
         val = group.groupby("freeze_mode", sort=False)["best_val_acc"].mean().to_dict()
         test = group.groupby("freeze_mode", sort=False)["test_acc"].mean().to_dict()

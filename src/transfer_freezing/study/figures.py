@@ -30,7 +30,7 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     """One panel per model: mean line, ±sd band and jittered per-run points, saved atomically.
 
     ``summary`` is ``stats.summarize(runs)``; its row order gives the order of modes on the x axis.
-    Each lr source (``fixed`` / ``tuned``) gets its own colour; a legend names them.
+    Each recipe (e.g. ``fixed`` / ``tuned``) gets its own colour; a legend names them.
     """
     runs = validate_runs(runs)
     if summary.empty:
@@ -38,7 +38,7 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     if "condition" in summary.columns:  # one panel per model and condition
         summary, runs = _with_condition(summary), _with_condition(runs)
     models = list(pd.unique(summary["model"]))
-    sources = list(pd.unique(summary["lr_source"]))
+    sources = list(pd.unique(summary["recipe"]))
     widths = [
         max(4.5, 1.3 * summary.loc[summary["model"] == m, "freeze_mode"].nunique()) for m in models
     ]
@@ -63,16 +63,16 @@ def _draw_panel(ax: Axes, runs: pd.DataFrame, summary: pd.DataFrame, sources: li
     offsets = (np.arange(len(sources)) - (len(sources) - 1) / 2) * SOURCE_OFFSET
     for i, source in enumerate(sources):
         colour = f"C{i}"
-        rows = summary[summary["lr_source"] == source].set_index("freeze_mode").reindex(modes)
+        rows = summary[summary["recipe"] == source].set_index("freeze_mode").reindex(modes)
         x = np.arange(len(modes)) + offsets[i]
         mean, std = rows["test_mean"].to_numpy(float), rows["test_std"].to_numpy(float)
-        label = "Mean ± SD" if len(sources) == 1 else f"{source} lr: mean ± SD"
+        label = "Mean ± SD" if len(sources) == 1 else f"{source}: mean ± SD"
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         ax.plot(
             x, mean, color=colour, marker="o", markersize=8, linewidth=2.5, label=label, zorder=3
         )
         point_colour = POINT_COLOUR if len(sources) == 1 else colour
-        _draw_points(ax, runs[runs["lr_source"] == source], modes, x, point_colour, rng)
+        _draw_points(ax, runs[runs["recipe"] == source], modes, x, point_colour, rng)
     ax.set_xticks(np.arange(len(modes)), modes, rotation=30, ha="right")
     ax.set_xlabel("Freeze mode")
     ax.set_title(f"{summary['model'].iloc[0]} ({_seed_label(summary)})", fontweight="bold")
@@ -119,7 +119,7 @@ def plot_forest(effects: pd.DataFrame, margin: float, path: str | Path, title: s
 
     ``effects`` has one row per comparison with columns ``model, freeze_mode, estimate, low, high,
     verdict`` (differences in percentage points; verdict one of better/worse/equivalent/
-    inconclusive) and optionally ``lr_source`` and ``reference_mode``. Rows without an interval
+    inconclusive) and optionally ``recipe`` and ``reference_mode``. Rows without an interval
     (the reference itself) are skipped; the equivalence band (−margin, +margin) is shaded.
     """
     fig = forest_figure(effects, margin, title)
@@ -181,8 +181,8 @@ def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
     """The rows the forest plot draws, top to bottom: ``y, label, model, estimate, low, high, verdict``.
 
     Comparisons with a NaN estimate or interval are dropped. With several models each model's block
-    is preceded by a header row (its name as label, NaN verdict). ``lr_source`` joins the label
-    (``mode (tuned lr)``) when not every drawn row is ``fixed``.
+    is preceded by a header row (its name as label, NaN verdict). ``recipe`` joins the label
+    (``mode (tuned)``) when not every drawn row is ``fixed``.
     """
     effects = _validate_effects(effects)
     keep = effects[["estimate", "low", "high"]].notna().all(axis=1)
@@ -201,7 +201,7 @@ def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
         raise UserError(
             f"effects table has verdict {unknown.iloc[0]!r}; allowed: {', '.join(VERDICT_STYLE)}"
         )
-    show_source = "lr_source" in effects.columns and set(effects["lr_source"]) != {"fixed"}
+    show_source = "recipe" in effects.columns and set(effects["recipe"]) != {"fixed"}
     models = list(pd.unique(effects["model"]))
     out: list[dict] = []
     for model in models:
@@ -210,7 +210,7 @@ def forest_rows(effects: pd.DataFrame) -> pd.DataFrame:
         for _, row in effects[effects["model"] == model].iterrows():
             label = str(row["freeze_mode"])
             if show_source:
-                label = f"{label} ({row['lr_source']} lr)"
+                label = f"{label} ({row['recipe']})"
             out.append(
                 {
                     "label": label,
@@ -233,8 +233,8 @@ def _validate_effects(effects: pd.DataFrame) -> pd.DataFrame:
     for col in ("estimate", "low", "high"):
         out[col] = _numeric_column(out[col], "effects", col)
     out["verdict"] = out["verdict"].map(lambda v: v.strip().lower() if isinstance(v, str) else v)
-    if "lr_source" in out.columns:
-        out["lr_source"] = out["lr_source"].fillna("fixed").astype(str)
+    if "recipe" in out.columns:
+        out["recipe"] = out["recipe"].fillna("fixed").astype(str)
     return out
 
 
@@ -272,7 +272,7 @@ DEPTH_CONFIDENCE = 0.95  # the band around each depth curve: t interval of the m
 def plot_depth(runs: pd.DataFrame, path: str | Path) -> None:
     """Test accuracy against trainable share (log x, in %), all models on one axis, saved atomically.
 
-    Every run is a (slightly jittered) point. Per model (and lr source, when ``runs`` has several)
+    Every run is a (slightly jittered) point. Per model (and recipe, when ``runs`` has several)
     one line joins the per-mode means of the prefix family (the depth curve: ``freeze_none``,
     ``freeze_patch``, ``freeze_patch_0_<k>``; ResNet's ``freeze_0_..``) with a band of the 95 % t
     interval of each mean over runs; modes of other families (surgical, BitFit, LayerNorm, frozen
@@ -429,9 +429,9 @@ def _validate_depth(runs: pd.DataFrame) -> pd.DataFrame:
         )
     out["model"] = out["model"].astype(str)
     out["freeze_mode"] = out["freeze_mode"].astype(str)
-    sources = out["lr_source"].fillna("fixed").astype(str) if "lr_source" in out.columns else None
+    sources = out["recipe"].fillna("fixed").astype(str) if "recipe" in out.columns else None
     if sources is not None and sources.nunique() > 1:
-        out["series"] = out["model"] + " (" + sources + " lr)"
+        out["series"] = out["model"] + " (" + sources + ")"
     else:
         out["series"] = out["model"]
     return out
@@ -464,16 +464,16 @@ def plot_message(message: str, path: str | Path) -> None:
 
 # --- diagnostics: weight change and CKA per block, one line per freeze mode ------------------------
 
-DIAGNOSTICS_COLUMNS = ("model", "lr_source", "freeze_mode", "part", "weight_change", "cka")
+DIAGNOSTICS_COLUMNS = ("model", "recipe", "freeze_mode", "part", "weight_change", "cka")
 ZERO_MARK_SHARE = 0.25  # a frozen part (weight change 0) is drawn at this fraction of the smallest change
 
 
 def plot_diagnostics(table: pd.DataFrame, path: str | Path) -> None:
-    """Per model (and lr source) a row of two panels, saved atomically: the mean CKA between the
+    """Per model (and recipe) a row of two panels, saved atomically: the mean CKA between the
     initial and the fine-tuned representation by block, and the mean relative weight change by part
     (log scale; 0, a frozen part, is drawn as an x below the smallest change), one line per mode.
 
-    ``table`` is ``compare.diagnostics_summary``: one row per (model, lr_source, freeze_mode, part)
+    ``table`` is ``compare.diagnostics_summary``: one row per (model, recipe, freeze_mode, part)
     with parts in forward order.
     """
     fig = diagnostics_figure(table)
@@ -483,8 +483,8 @@ def plot_diagnostics(table: pd.DataFrame, path: str | Path) -> None:
 def diagnostics_figure(table: pd.DataFrame) -> Figure:
     """The figure ``plot_diagnostics`` saves."""
     require_table(table, DIAGNOSTICS_COLUMNS, "diagnostics table", "no diagnostics to plot")
-    groups = list(table.groupby(["model", "lr_source"], sort=False))
-    several_sources = table["lr_source"].nunique() > 1
+    groups = list(table.groupby(["model", "recipe"], sort=False))
+    several_sources = table["recipe"].nunique() > 1
     fig = Figure(figsize=(13.0, 4.2 * len(groups)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(groups), 2, squeeze=False)
@@ -504,7 +504,7 @@ def diagnostics_figure(table: pd.DataFrame) -> Figure:
             ax_change.plot(x, shown, marker="o", markersize=4, color=colour, label=mode)
             zero = change == 0
             ax_change.scatter(x[zero], np.full(zero.sum(), zero_at), marker="x", color=colour, s=22)
-        name = f"{model} ({source} lr)" if several_sources else str(model)
+        name = f"{model} ({source})" if several_sources else str(model)
         ax_cka.set_xticks(range(len(blocks)), blocks, rotation=45, ha="right", fontsize="small")
         ax_cka.set_ylabel("CKA (initial, fine-tuned)")
         ax_cka.set_title(f"{name}: representation change by block (1 = unchanged)", fontweight="bold")

@@ -712,6 +712,74 @@ def judge_all(
     return _family(rows, confidence)
 
 
+def _interaction_cells(clips: pd.DataFrame, mode: str, reference: str, recipe_a: str,
+                       recipe_b: str) -> _Cells:
+    """The (run, clip) cells scored by all four arms (``mode``, ``reference``) x (``recipe_a``,
+    ``recipe_b``), with d = (mode − reference under B) − (mode − reference under A), in pp.
+
+    The recipes of one run (seed, repeat, fold) train on the same fold cell from the same seed, so
+    d keeps the design of a plain difference (``design_variance``): clips crossed with runs, seeds
+    nested in fold cells; only its scale (−200 .. 200) differs.
+    """
+    _check_clip_table(clips)
+    require_table(clips, ("recipe",), "clip table", "no predictions to compare")
+    if mode == reference or recipe_a == recipe_b:
+        raise UserError(f"interaction of {mode} vs {reference} between {recipe_a} and {recipe_b}: "
+                        "the modes and the recipes must differ")
+    arms = [(recipe_b, mode), (recipe_b, reference), (recipe_a, mode), (recipe_a, reference)]
+    sub = clips.loc[clips["recipe"].isin([recipe_a, recipe_b]) & clips["mode"].isin([mode, reference])]
+    present = set(zip(sub["recipe"], sub["mode"], strict=True))
+    for recipe, name in arms:
+        if (recipe, name) not in present:
+            raise UserError(f"mode {name} has no clip predictions under recipe {recipe}")
+    index = [*RUN_KEYS, "clip_id"]
+    twice = sub.duplicated(["recipe", "mode", *index])
+    if twice.any():
+        row = sub[twice].iloc[0]
+        raise UserError(f"clip {row['clip_id']} is scored twice by mode {row['mode']} under recipe "
+                        f"{row['recipe']} in run (seed {row['seed']}, repeat {row['repeat']}, "
+                        f"fold {row['fold']})")
+    wide = sub.assign(correct=pd.to_numeric(sub["correct"]).astype(float)).pivot(
+        index=index, columns=["recipe", "mode"], values="correct")
+    wide = wide.reindex(columns=pd.MultiIndex.from_tuples(arms)).dropna()
+    if wide.empty:
+        raise UserError(f"recipes {recipe_a} and {recipe_b} x modes {mode} and {reference} share no "
+                        "(seed, repeat, fold, clip) cell")
+    y = wide.to_numpy(dtype=float)
+    keys = wide.index.to_frame(index=False)
+    return _Cells(diff=100.0 * ((y[:, 0] - y[:, 1]) - (y[:, 2] - y[:, 3])),
+                  seed=_codes(keys, ["seed"]), repeat=_codes(keys, ["repeat"]), fold=_codes(keys, ["fold"]),
+                  clip=_codes(keys, ["clip_id"]), pass_=_codes(keys, PASS_KEYS))
+
+
+def judge_interactions(
+    clips: pd.DataFrame,
+    reference: str,
+    recipe_a: str,
+    recipe_b: str,
+    margin: float,
+    confidence: float = 0.95,
+    modes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The mode x recipe interaction of every mode against ``reference`` as ONE family: for each
+    mode, (mode − reference under ``recipe_b``) − (mode − reference under ``recipe_a``), paired on
+    (seed, repeat, fold, clip), with the same interval, tests, Holm family and verdicts as
+    ``judge_all`` ("better": the mode gains more against the reference under B than under A)."""
+    _check_confidence(confidence)
+    if not margin > 0:
+        raise UserError(f"equivalence margin must be positive, got {margin}")
+    if modes is None:
+        modes = [m for m in pd.unique(clips["mode"]) if m != reference]
+    if not len(modes):
+        raise UserError(f"no mode besides the reference {reference} to judge")
+    rows = [_judge_row(_fit(_interaction_cells(clips, m, reference, recipe_a, recipe_b)), m, reference,
+                       margin, confidence) for m in modes]
+    table = _family(rows, confidence)
+    table.insert(0, "recipe_b", recipe_b)
+    table.insert(0, "recipe_a", recipe_a)
+    return table
+
+
 def run_differences(runs: pd.DataFrame, mode: str, reference: str, column: str = "test_acc") -> pd.Series:
     """Paired differences mode − reference of a per-run table, indexed by (seed, repeat, fold).
 
@@ -888,7 +956,7 @@ def components_from_seed_csv(runs: pd.DataFrame, mode: str, reference: str, colu
     plan has no clip floor (it says so). For a fixed split ``sd_run`` is the sd of the per-seed
     paired differences.
     """
-    for col in ("model", "lr_source"):
+    for col in ("model", "recipe"):
         if col in runs.columns and runs[col].nunique() > 1:
             raise UserError(f"per-run table mixes several {col} values; select one first")
     diffs = run_differences(runs, mode, reference, column)

@@ -10,6 +10,9 @@ planted, since the interval is then conditional on that training set.
 
 Everything is vectorised over simulations: ``simulate`` returns arrays with a leading
 simulation axis; ``to_clip_table`` turns one simulation into the compare stage's clip table.
+``simulate_interaction`` plants a mode x recipe interaction: four arms (mode, reference) x
+(recipe A, recipe B), each with its own cell and run effects, the runs of one (seed, cell) trained
+on the same clips; ``to_interaction_table`` is its clip table.
 """
 
 from __future__ import annotations
@@ -124,6 +127,74 @@ def to_clip_table(batch: Batch, i: int) -> pd.DataFrame:
     fold = np.broadcast_to(batch.fold[i][None, None], correct.shape)
     return pd.DataFrame({
         "mode": np.array(["mode", "ref"])[arm.ravel()],
+        "seed": seed.ravel(),
+        "fold": fold.ravel(),
+        "repeat": repeat.ravel(),
+        "clip_id": clip.ravel(),
+        "correct": correct.ravel().astype(int),
+    })
+
+
+@dataclass(frozen=True)
+class InteractionBatch:
+    """``n`` simulated studies of two recipes x (mode, reference).
+
+    ``correct``: (n, 4, seeds, repeats, clips) bool, arms (mode, reference) under recipe B, then
+    under recipe A; ``fold`` as ``Batch``'s; ``truth`` the planted population interaction (pp).
+    """
+
+    correct: np.ndarray
+    fold: np.ndarray
+    truth: float
+
+    @property
+    def diff(self) -> np.ndarray:
+        """(n, seeds, repeats, clips): (mode − reference under B) − (mode − reference under A), pp."""
+        c = self.correct.astype(float)
+        return 100.0 * ((c[:, 0] - c[:, 1]) - (c[:, 2] - c[:, 3]))
+
+
+ARMS = (("B", "mode"), ("B", "ref"), ("A", "mode"), ("A", "ref"))  # (recipe, mode) of each arm
+
+
+def simulate_interaction(cond: Condition, effect_a: float, interaction: float, n: int,
+                         rng: np.random.Generator) -> InteractionBatch:
+    """``n`` studies of ``cond`` in which mode − reference is ``effect_a`` pp under recipe A and
+    ``effect_a + interaction`` pp under recipe B (both references at ``cond.base_acc``).
+
+    Logit model per arm: μ_arm + u_clip + w_clip·[mode] + v_clip·[mode, B] + c_cell,arm + a_run,arm;
+    v (sd ``cond.sd_clip_mode``) makes the interaction vary between clips as w does the effect."""
+    sd_common = math.sqrt(cond.sd_clip**2 + cond.sd_cell**2 + cond.sd_run**2)
+    sd_mode_a = math.sqrt(sd_common**2 + cond.sd_clip_mode**2)
+    sd_mode_b = math.sqrt(sd_mode_a**2 + cond.sd_clip_mode**2)
+    mode_a, ref = _intercepts(float(effect_a), cond.base_acc, sd_mode_a, sd_common)
+    mode_b, _ = _intercepts(float(effect_a + interaction), cond.base_acc, sd_mode_b, sd_common)
+    mu = np.array([mode_b, ref, mode_a, ref])
+    k, r, s, c = cond.folds, cond.repeats, cond.seeds, cond.clips
+    rank = np.argsort(np.argsort(rng.random((n, r, c)), axis=-1), axis=-1)
+    fold = rank % k
+    u = rng.normal(0.0, cond.sd_clip, (n, 1, 1, 1, c))
+    is_mode = np.array([1.0, 0.0, 1.0, 0.0])[:, None, None, None]
+    is_mode_b = np.array([1.0, 0.0, 0.0, 0.0])[:, None, None, None]
+    w = rng.normal(0.0, cond.sd_clip_mode, (n, 1, 1, 1, c)) * is_mode
+    v = rng.normal(0.0, cond.sd_clip_mode, (n, 1, 1, 1, c)) * is_mode_b
+    cell = rng.normal(0.0, cond.sd_cell, (n, 4, 1, r, k)) if cond.sd_cell else np.zeros((n, 4, 1, r, k))
+    run = rng.normal(0.0, cond.sd_run, (n, 4, s, r, k))
+    per_clip = np.take_along_axis(cell + run, np.broadcast_to(fold[:, None, None], (n, 4, s, r, c)), axis=-1)
+    eta = mu[:, None, None, None] + u + w + v + per_clip
+    correct = rng.random(eta.shape) < special.expit(eta)
+    return InteractionBatch(correct=correct, fold=fold, truth=float(interaction))
+
+
+def to_interaction_table(batch: InteractionBatch, i: int) -> pd.DataFrame:
+    """Simulation ``i`` of ``batch`` as a clip table with a ``recipe`` column (recipes ``A``, ``B``;
+    modes ``mode``, ``ref``)."""
+    correct = batch.correct[i]
+    arm, seed, repeat, clip = np.indices(correct.shape)
+    fold = np.broadcast_to(batch.fold[i][None, None], correct.shape)
+    return pd.DataFrame({
+        "recipe": np.array([a[0] for a in ARMS])[arm.ravel()],
+        "mode": np.array([a[1] for a in ARMS])[arm.ravel()],
         "seed": seed.ravel(),
         "fold": fold.ravel(),
         "repeat": repeat.ravel(),

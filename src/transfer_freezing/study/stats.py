@@ -15,13 +15,13 @@ from ..errors import UserError, first_line, require_table
 from .inference import holm, sign_flip_test
 
 REQUIRED_COLUMNS = ("model", "freeze_mode", "seed", "test_acc", "best_val_acc")
-GROUP_KEYS = ("model", "lr_source")
+GROUP_KEYS = ("model", "recipe")
 CONDITION = "condition"  # optional column: a training condition (e.g. plain / augmented), its own group
-DEFAULT_LR_SOURCE = "fixed"
+DEFAULT_RECIPE = "fixed"
 
 SUMMARY_COLUMNS = (
     "model",
-    "lr_source",
+    "recipe",
     "freeze_mode",
     "reference_mode",
     "frozen_blocks",
@@ -46,12 +46,12 @@ SUMMARY_COLUMNS = (
 # inference.design_variance instead.
 T_P, SIGNFLIP_P, DZ = "pvalue_runs_independent_t", "pvalue_runs_independent_signflip", "cohens_dz_per_run"
 TEST_COLUMNS = (T_P, f"{T_P}_holm", SIGNFLIP_P, f"{SIGNFLIP_P}_holm", DZ)
-RUN_KEYS = ("seed", "repeat", "fold")  # what identifies a run within (model, lr_source, mode)
+RUN_KEYS = ("seed", "repeat", "fold")  # what identifies a run within (model, recipe, mode)
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
     """Read per-seed results: the original study's format (timestamp,model,freeze_mode,seed,...)
-    or this pipeline's ``reports/freezing_runs.csv`` (which adds run_id, lr and lr_source)."""
+    or this pipeline's ``reports/freezing_runs.csv`` (which adds run_id, lr and recipe)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"runs CSV not found: {path}")
@@ -69,15 +69,15 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
 
 
 def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Check columns and types; return a copy with ``lr_source`` filled (``fixed`` if absent)."""
+    """Check columns and types; return a copy with ``recipe`` filled (``fixed`` if absent)."""
     require_table(runs, REQUIRED_COLUMNS, "runs table", "no runs to compare")
     for col in ("model", "freeze_mode", "seed"):
         if runs[col].isna().any():
             raise UserError(f"runs table has an empty {col} in row {runs[col].isna().idxmax()}")
     out = runs.copy()
-    if "lr_source" not in out.columns:
-        out["lr_source"] = DEFAULT_LR_SOURCE
-    out["lr_source"] = out["lr_source"].fillna(DEFAULT_LR_SOURCE).astype(str)
+    if "recipe" not in out.columns:  # an older runs CSV names its lr source (fixed / tuned) only
+        out["recipe"] = out["lr_source"] if "lr_source" in out.columns else DEFAULT_RECIPE
+    out["recipe"] = out["recipe"].fillna(DEFAULT_RECIPE).astype(str)
     for col in ("test_acc", "best_val_acc", "trainable_share", "frozen_blocks"):
         if col in out.columns:
             out[col] = _numeric(out[col], col)
@@ -89,7 +89,7 @@ def validate_runs(runs: pd.DataFrame) -> pd.DataFrame:
         row = out[dup].iloc[0]
         condition = f", condition {row[CONDITION]}" if CONDITION in out.columns else ""
         raise UserError(
-            f"duplicate run: model {row['model']}{condition}, lr_source {row['lr_source']}, "
+            f"duplicate run: model {row['model']}{condition}, recipe {row['recipe']}, "
             f"freeze_mode {row['freeze_mode']}, " + ", ".join(f"{k} {row[k]}" for k in run)
         )
     return out
@@ -101,8 +101,8 @@ def run_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
-    """The columns whose values form one comparison group: model (and condition) and lr source."""
-    return ["model", CONDITION, "lr_source"] if CONDITION in runs.columns else list(GROUP_KEYS)
+    """The columns whose values form one comparison group: model (and condition) and recipe."""
+    return ["model", CONDITION, "recipe"] if CONDITION in runs.columns else list(GROUP_KEYS)
 
 
 def _numeric(col: pd.Series, name: str) -> pd.Series:
@@ -116,10 +116,10 @@ def _numeric(col: pd.Series, name: str) -> pd.Series:
 def summarize(
     runs: pd.DataFrame, reference_mode: str = "freeze_none", confidence: float = 0.95
 ) -> pd.DataFrame:
-    """One row per (model, lr_source, freeze_mode): mean/std/CI and paired tests vs the reference.
+    """One row per (model, recipe, freeze_mode): mean/std/CI and paired tests vs the reference.
 
     Modes keep their order of first appearance in ``runs``; Holm adjusts the p-values across the
-    non-reference modes within one (model, lr_source) group. With a ``condition`` column each
+    non-reference modes within one (model, recipe) group. With a ``condition`` column each
     condition is a group of its own too, and the summary gains that column after ``model``.
     """
     if not 0.0 < confidence < 1.0:
@@ -130,7 +130,7 @@ def summarize(
     rows: list[dict] = []
     for values, group in runs.groupby(keys, sort=False):
         labels = dict(zip(keys, values, strict=True))
-        for row in _summarize_group(group, labels["model"], labels["lr_source"], mode_order,
+        for row in _summarize_group(group, labels["model"], labels["recipe"], mode_order,
                                     reference_mode, confidence, labels.get(CONDITION)):
             rows.append({**row, **labels})
     columns = list(SUMMARY_COLUMNS)
@@ -145,7 +145,7 @@ def summarize(
 def _summarize_group(
     group: pd.DataFrame,
     model: str,
-    lr_source: str,
+    recipe: str,
     mode_order: list[str],
     reference_mode: str,
     confidence: float,
@@ -156,7 +156,7 @@ def _summarize_group(
         where = f"condition {condition}, " if condition is not None else ""
         raise UserError(
             f"reference mode {reference_mode} has no runs for model {model} "
-            f"({where}lr_source {lr_source}); modes present: {', '.join(modes)}"
+            f"({where}recipe {recipe}); modes present: {', '.join(modes)}"
         )
     ref = _by_run(group, reference_mode)
     rows = []
@@ -164,7 +164,7 @@ def _summarize_group(
         sub = group[group["freeze_mode"] == mode]
         row = {
             "model": model,
-            "lr_source": lr_source,
+            "recipe": recipe,
             "freeze_mode": mode,
             "reference_mode": reference_mode,
             **_describe(sub, confidence),
@@ -258,7 +258,7 @@ def to_markdown(summary: pd.DataFrame, margin: float | None = None) -> str:
         {
             "model": summary["model"],
             **({CONDITION: summary[CONDITION]} if CONDITION in summary.columns else {}),
-            "lr": summary["lr_source"],
+            "recipe": summary["recipe"],
             "freeze mode": summary["freeze_mode"],
             "trainable share": summary["trainable_share"].map(_percent),
             "test acc % (mean ± sd)": [
@@ -287,7 +287,7 @@ def _clips(summary: pd.DataFrame, judged: bool) -> pd.Series:
     """Distinct test clips per row (the reference: its group's), NaN when unknown."""
     if not judged or "n_clips" not in summary.columns:
         return pd.Series(math.nan, index=summary.index)
-    keys = [k for k in ("model", CONDITION, "lr_source") if k in summary.columns]
+    keys = [k for k in ("model", CONDITION, "recipe") if k in summary.columns]
     clips = summary["n_clips"].where(summary["n_clips"] > 0)
     return clips.fillna(clips.groupby([summary[k] for k in keys]).transform("max"))
 
@@ -306,7 +306,7 @@ def _delta(estimate: float, low: float, high: float, note: object) -> str:
 
 def _footnote(summary: pd.DataFrame, margin: float | None = None) -> str:
     refs = ", ".join(f"`{r}`" for r in pd.unique(summary.get("reference_mode", pd.Series([]))))
-    group = "model, condition and lr source" if CONDITION in summary.columns else "model and lr source"
+    group = "model, condition and recipe" if CONDITION in summary.columns else "model and recipe"
     designs = set(summary["design"].dropna()) if "design" in summary.columns else set()
     units = {"cells": "fold cells (training sets: repeat × fold) are the independent units, seeds nested "
                       "in them, clips crossed with runs and shared by repeats",
@@ -356,27 +356,27 @@ def _p(p: float) -> str:
 
 def condition_contrast(runs: pd.DataFrame, mode: str = "freeze_none",
                        confidence: float = 0.95) -> pd.DataFrame:
-    """One mode's test accuracy under each condition against the first condition, per model and lr source.
+    """One mode's test accuracy under each condition against the first condition, per model and recipe.
 
     The conditions were run with their own seeds (the original's augmented runs are not its plain
     seeds), so the comparison is unpaired: Welch's t-test (scipy.stats.ttest_ind, equal_var=False)
-    and its interval for the difference of means. One row per (model, lr_source, condition) after
+    and its interval for the difference of means. One row per (model, recipe, condition) after
     the first condition in ``runs``' order; empty without a ``condition`` column.
     """
     runs = validate_runs(runs)
-    columns = ["model", "lr_source", "mode", "condition", "baseline", "n", "n_baseline", "mean",
+    columns = ["model", "recipe", "mode", "condition", "baseline", "n", "n_baseline", "mean",
                "mean_baseline", "diff", "ci_low", "ci_high", "welch_p"]
     if CONDITION not in runs.columns:
         return pd.DataFrame(columns=columns)
     rows = []
-    for (model, lr_source), group in runs.groupby(list(GROUP_KEYS), sort=False):
+    for (model, recipe), group in runs.groupby(list(GROUP_KEYS), sort=False):
         group = group[group["freeze_mode"] == mode]
         conditions = list(pd.unique(group[CONDITION]))
         base = group.loc[group[CONDITION] == conditions[0], "test_acc"].dropna().to_numpy(float) \
             if conditions else np.array([])
         for other in conditions[1:]:
             x = group.loc[group[CONDITION] == other, "test_acc"].dropna().to_numpy(float)
-            row = {"model": model, "lr_source": lr_source, "mode": mode, "condition": other,
+            row = {"model": model, "recipe": recipe, "mode": mode, "condition": other,
                    "baseline": conditions[0], "n": len(x), "n_baseline": len(base),
                    "mean": float(x.mean()), "mean_baseline": float(base.mean()),
                    "diff": float(x.mean() - base.mean()), "ci_low": math.nan, "ci_high": math.nan,
@@ -394,7 +394,7 @@ def contrast_lines(contrast: pd.DataFrame, confidence: float = 0.95) -> list[str
     """``condition_contrast``'s rows as sentences."""
     lines = []
     for r in contrast.to_dict("records"):
-        source = f", {r['lr_source']} lr" if r["lr_source"] != DEFAULT_LR_SOURCE else ""
+        source = f", {r['recipe']}" if r["recipe"] != DEFAULT_RECIPE else ""
         interval = ("" if pd.isna(r["ci_low"]) else
                     f", {confidence:.0%} CI [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
         lines.append(

@@ -55,7 +55,7 @@ from pathlib import Path
 import ray
 from filelock import FileLock
 
-from .. import atomic
+from .. import atomic, config
 from ..config import Params, resolve_url
 from ..errors import Terminated, UserError, first_line
 from ..provenance import code_hash  # every node must run the driver's code
@@ -121,7 +121,7 @@ class Outcome:
 
 def train_cells(p: Params, cells: list[tuple[str, str, int, int, str]], params: str,
                 overrides: list[str], jobs: int | None, address: str | None) -> None:
-    """``tfreeze train`` for each (model, freeze, seed, fold, lr source) cell as a Ray task, ``jobs``
+    """``tfreeze train`` for each (model, freeze, seed, fold, recipe) cell as a Ray task, ``jobs``
     at a time (None: as many as fit)."""
     from . import stage as train_stage
 
@@ -129,30 +129,32 @@ def train_cells(p: Params, cells: list[tuple[str, str, int, int, str]], params: 
     out = _layout(p, "train.out")
     todo = []
     for cell in cells:
-        model, freeze, seed, fold, lr_source = cell
+        model, freeze, seed, fold, recipe = cell
         rel = train_stage.cell_name(*cell)
         todo.append(Job(
             name=rel,
             command=("train", "--model", model, "--freeze", freeze, "--seed", str(seed), "--fold", str(fold),
-                     "--lr-source", lr_source),
+                     "--recipe", recipe),
             outputs=((f"{out[0]}/{rel}", f"{out[1]}/{rel}"),),
             stage=stages.get(cell),
             run_dir=f"{out[1]}/{rel}"))
-    tuned = any(cell[4] == "tuned" for cell in cells)
+    tuned = any(config.is_tuned(p, cell[4]) for cell in cells)
     ship = [("features.out", None)] + ([("sweep.out", "*.json")] if tuned else [])
     run(p, todo, params, overrides, jobs, address, ship, what="runs")
 
 
-def sweep_workers(p: Params, studies: list[tuple[str, str]], params: str, overrides: list[str],
+def sweep_workers(p: Params, studies: list[tuple[str, str, str]], params: str, overrides: list[str],
                   workers: int, address: str | None) -> None:
-    """``workers`` ``tfreeze sweep`` processes per (model, freeze) study, as Ray tasks."""
+    """``workers`` ``tfreeze sweep`` processes per (model, freeze, recipe) study, as Ray tasks."""
     out = _layout(p, "sweep.out")
-    grid = {(m, f) for m in p["grid"]["tuned_models"] for f in p["grid"]["tuned_freeze_modes"]}
-    todo = [Job(name=f"sweep {model}/{freeze} worker {i + 1}",
-                command=("sweep", "--model", model, "--freeze", freeze, "--shared"),
-                outputs=((f"{out[0]}/{model}-{freeze}.json", f"{out[1]}/{model}-{freeze}.json"),),
-                stage=f"sweep@{model}-{freeze}" if (model, freeze) in grid else None)
-            for model, freeze in studies for i in range(workers)]
+    g = p["grid"]
+    grid = {(m, f, r) for m in g["tuned_models"] for f in g["tuned_freeze_modes"] for r in g["tuned_recipes"]}
+    todo = [Job(name=f"sweep {model}/{freeze}/{recipe} worker {i + 1}",
+                command=("sweep", "--model", model, "--freeze", freeze, "--recipe", recipe, "--shared"),
+                outputs=((f"{out[0]}/{model}-{freeze}-{recipe}.json",
+                          f"{out[1]}/{model}-{freeze}-{recipe}.json"),),
+                stage=f"sweep@{model}-{freeze}-{recipe}" if (model, freeze, recipe) in grid else None)
+            for model, freeze, recipe in studies for i in range(workers)]
     env = {"OPTUNA_STORAGE": resolve_url(os.environ.get("OPTUNA_STORAGE") or p["sweep"]["storage"])}
     run(p, todo, params, overrides, workers, address, [("features.out", None)],
         what="sweep workers", env=env)
@@ -202,7 +204,7 @@ def run(p: Params, jobs: list[Job], params: str, overrides: list[str], window: i
         try:
             _schedule(ctx, jobs, cpus, gpus, window, finished)
         finally:
-            _record(list(dict.fromkeys(j.stage for j in done if j.stage)), params, overrides)
+            _record(list(dict.fromkeys(j.stage for j in done if j.stage)), params, overrides, p)
     if failed:
         stages = {j.name.rsplit(" worker", 1)[0] for j in jobs if j.name in failed}
         raise UserError(f"{len(failed)} of {len(jobs)} {what} failed: {', '.join(sorted(stages))} "
@@ -441,8 +443,12 @@ def _bring_home(job: Job, files: dict[str, bytes]) -> None:
         (Path(job.run_dir) / "last.pt").unlink(missing_ok=True)  # the cell finished elsewhere
 
 
-def _record(stages: list[str], params: str, overrides: list[str]) -> None:
-    """``dvc commit -f`` the finished stages, when this is a DVC project run on its params.yaml."""
+RECIPE_READERS = ("train", "train_cells", "train_tuned", "sweep")  # stages whose deps are resolved recipes
+
+
+def _record(stages: list[str], params: str, overrides: list[str], p: Params | None = None) -> None:
+    """``dvc commit -f`` the finished stages, when this is a DVC project run on its params.yaml; with
+    train or sweep stages, first the ``recipes`` stage (its resolved recipes are their deps)."""
     here = Path.cwd()
     if not stages or not (here / ".dvc").is_dir() or not (here / "dvc.yaml").is_file():
         return
@@ -453,6 +459,11 @@ def _record(stages: list[str], params: str, overrides: list[str]) -> None:
         print(f"not recorded in dvc.lock: the runs used {used}, not params.yaml "
               f"(if they match it: dvc commit -f {' '.join(stages)})", flush=True)
         return
+    if p is not None and any(s.split("@")[0] in RECIPE_READERS for s in stages):
+        from .. import recipes
+
+        recipes.write(p)  # what the recipes stage writes for these params
+        stages = ["recipes", *stages]
     # `dvc commit -f` of every stage after one collection and with one write of dvc.lock (record.py),
     # in its own session: the terminal's Ctrl-C reaches only the driver, which holds it until
     # dvc.lock is written whole.

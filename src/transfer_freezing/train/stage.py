@@ -1,14 +1,17 @@
-"""The train stages: one grid cell (model, freeze mode, seed, fold, lr source) = features + training
+"""The train stages: one grid cell (model, freeze mode, seed, fold, recipe) = features + training
 core + MLflow run.
 
-Two lr sources, two DVC stages over one layout: ``train@<model>-<freeze>-<seed>-<fold>`` trains with
-the fixed ``train.lr`` (grid: grid.models x grid.freeze_modes), ``train_tuned@…`` with the best lr
-of the sweep's ``<sweep.out>/<model>-<freeze>.json`` (grid: grid.tuned_models x grid.tuned_freeze_modes), both
-over grid.seeds x grid.folds, into ``<train.out>/<model>/<freeze>/<fixed|tuned>/seed<k>/fold<c>/``.
-A fixed cell depends on ``train.lr`` and never on a sweep; a tuned cell on its sweep JSON and never
-on ``train.lr``. An empty list turns a grid off. ``grid.cells`` adds fixed-lr cells outside the
-product, each ``<model>/<mode>`` (``train_cells@<model>/<freeze>-<seed>-<fold>``, the same layout):
-one profile can give each architecture its own modes (ViT's 14 prefix depths, ResNet's 6 stages).
+A recipe (params' ``recipes``: a delta over ``train``) has a fixed lr or ``lr: tuned``; two DVC
+stages over one layout: ``train@<model>-<freeze>-<recipe>-<seed>-<fold>`` trains each fixed-lr recipe
+of grid.recipes over grid.models x grid.freeze_modes, ``train_tuned@…`` each tuned one of
+grid.tuned_recipes at the best lr of its sweep's ``<sweep.out>/<model>-<freeze>-<recipe>.json``
+over grid.tuned_models x grid.tuned_freeze_modes, both over grid.seeds x grid.folds, into
+``<train.out>/<model>/<freeze>/<recipe>/seed<k>/fold<c>/``. A cell's recipe reaches DVC as the
+``recipes`` stage's resolved file (``recipes.py``: a tuned cell's less its lr), so a fixed cell never
+depends on a sweep and a tuned cell never on ``train.lr``. An empty list turns a grid off.
+``grid.cells`` adds fixed-lr cells outside the product, each ``<model>/<mode>``
+(``train_cells@<model>/<freeze>-<recipe>-<seed>-<fold>``, the same layout): one profile can give each
+architecture its own modes (ViT's 14 prefix depths, ResNet's 6 stages).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..grid import (  # noqa: F401 - the grid's names, re-exported for the stage
     dvc_stage,
     grid,
     run_dir,
+    source_of,
     stages,
 )
 from ..model import freezing, layer_decay
@@ -42,13 +46,13 @@ from . import checkpoint, diagnostics, scores, tracking
 from . import core as training
 from . import run_reports as reports
 
-# The params the train stages list in dvc.yaml (tests/test_training.py compares): the recipe (the
-# whole ``train`` section: what decides a run's numbers) and ``tracking``; a tuned cell the recipe
-# less train.lr (its lr is its sweep JSON, a dependency of its own). A run logs exactly these as
-# MLflow params (less LOCATIONS), plus its resolved ``run.*`` settings. Other sections cannot change
-# its numbers (grid: which cells exist; runtime: how it runs; a run logs its resolved device and
-# compile flag as run.* params), so changing them re-runs nothing and never conflicts with a
-# resumed run's params.
+# The params a run logs (tests/test_training.py compares): its resolved recipe (the ``train``
+# section of ``config.recipe_params``: what decides a run's numbers; a tuned cell's less train.lr, its
+# lr being its sweep JSON) and ``tracking``, less LOCATIONS, plus its resolved ``run.*`` settings,
+# its recipe's name and lr source. In dvc.yaml the recipe is the ``recipes`` stage's resolved file
+# (``recipes.VIEWS``), which holds the same keys. Other sections cannot change its numbers (grid:
+# which cells exist; runtime: how it runs; a run logs its resolved device and compile flag as run.*
+# params), so changing them re-runs nothing and never conflicts with a resumed run's params.
 STAGE_PARAMS = ("train", "tracking")
 TUNED_STAGE_PARAMS = (*(k for k in config.SCHEMA if k.startswith("train.") and k != "train.lr"), "tracking")
 LOCATIONS = ("train.out",)  # where outputs go, not what they hold: listed (within train), not logged
@@ -72,8 +76,8 @@ class Workspace:
         return cls(features.Store.from_params(p), Path(p["train"]["out"]), Path(p["sweep"]["out"]),
                    tracking.Tracking.from_params(p))
 
-    def run_dir(self, model: str, freeze: str, seed: int, fold: int, lr_source: str) -> Path:
-        return run_dir(self.models_out, model, freeze, seed, fold, lr_source)
+    def run_dir(self, model: str, freeze: str, seed: int, fold: int, recipe: str) -> Path:
+        return run_dir(self.models_out, model, freeze, seed, fold, recipe)
 
     @property
     def cache_dir(self) -> Path:
@@ -92,36 +96,36 @@ class Workspace:
 
 
 
-def stage_name(model: str, freeze: str, seed: int, fold: int, lr_source: str, listed: bool = False) -> str:
+def stage_name(model: str, freeze: str, seed: int, fold: int, recipe: str, tuned: bool = False,
+               listed: bool = False) -> str:
     """The DVC stage this process runs (``DVC_STAGE`` inside ``dvc repro``), else the cell's."""
-    return os.environ.get("DVC_STAGE") or dvc_stage(model, freeze, seed, fold, lr_source, listed)
+    return os.environ.get("DVC_STAGE") or dvc_stage(model, freeze, seed, fold, recipe, tuned, listed)
 
 
-def sweep_json(p: Params, model: str, freeze: str) -> Path:
-    """The sweep stage's result for (model, freeze): a train_tuned cell's lr."""
-    return Path(p["sweep"]["out"]) / f"{model}-{freeze}.json"
+def sweep_json(p: Params, model: str, freeze: str, recipe: str = config.TUNED) -> Path:
+    """The sweep stage's result for (model, freeze, recipe): a train_tuned cell's lr."""
+    return Path(p["sweep"]["out"]) / f"{model}-{freeze}-{recipe}.json"
 
 
-def resolve_lr(p: Params, model: str, freeze: str, lr_source: str, seed: int) -> tuple[float, dict]:
-    """(learning rate, provenance tags): ``train.lr``, or the best lr of the cell's sweep JSON.
+def resolve_lr(p: Params, model: str, freeze: str, recipe: str, seed: int) -> tuple[float, dict]:
+    """(learning rate, provenance tags): the recipe's lr, or (``lr: tuned``) the best lr of the
+    cell's sweep JSON.
 
     A tuned cell refuses a sweep whose trials trained with its own seed: it would replay a trial.
     """
-    if lr_source not in LR_SOURCES:
-        raise UserError(f"lr source {lr_source!r} is not allowed; expected one of {', '.join(LR_SOURCES)}")
-    if lr_source == "fixed":
-        return float(p["train"]["lr"]), {}
-    path = sweep_json(p, model, freeze)
+    if not config.is_tuned(p, recipe):  # unknown recipe -> one line
+        return float(config.recipe(p, recipe)["lr"]), {}
+    path = sweep_json(p, model, freeze, recipe)
     if not path.is_file():
-        raise UserError(f"tuned-lr cell {model}/{freeze} needs {path}, which does not exist; "
-                        f"run: dvc repro sweep@{model}-{freeze}")
+        raise UserError(f"tuned-lr cell {model}/{freeze}/{recipe} needs {path}, which does not exist; "
+                        f"run: dvc repro sweep@{model}-{freeze}-{recipe}")
     result = json.loads(path.read_text())
     seeds = result.get("seeds")
     if seeds is None or seed in seeds:
         why = ("lacks its trial seeds (an older sweep)" if seeds is None
                else f"trained its trials with seed {seed}")
         raise UserError(f"{path} {why}; a tuned cell with seed {seed} must not replay a trial: "
-                        f"re-run the sweep (dvc repro -f sweep@{model}-{freeze})")
+                        f"re-run the sweep (dvc repro -f sweep@{model}-{freeze}-{recipe})")
     return float(result["best_lr"]), {"lr_study": str(result.get("study", ""))}
 
 
@@ -145,29 +149,33 @@ def stage_params(p: Params, lr_source: str = "fixed") -> dict[str, object]:
             if any(k == key or k.startswith(key + ".") for key in keys) and k not in LOCATIONS}
 
 
-def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, lr_source: str = "fixed") -> dict:
-    """The train stages' entry point: resolve params once, then run the cell."""
+def train(p: Params, model: str, freeze: str, seed: int, fold: int = 0, recipe: str = "fixed") -> dict:
+    """The train stages' entry point: resolve params once (the cell's recipe over ``train``), then
+    run the cell."""
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
-    lr, provenance = resolve_lr(p, model, freeze, lr_source, seed)
-    ws = Workspace.from_params(p)
+    lr, provenance = resolve_lr(p, model, freeze, recipe, seed)
+    source = source_of(p, recipe)
+    rp = config.recipe_params(p, recipe)
+    ws = Workspace.from_params(rp)
     meta = ws.features.read_meta()
-    cfg = run_config(p, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
-    logged = {**stage_params(p, lr_source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
-              "run.lr_source": lr_source}
-    is_listed = lr_source == "fixed" and (model, freeze) in listed_pairs(p)
+    cfg = run_config(rp, model, freeze, seed, lr, len(meta["classes"]), fold=fold)
+    logged = {**stage_params(rp, source), **{f"run.{k}": v for k, v in asdict(cfg).items()},
+              "run.recipe": recipe, "run.lr_source": source}
+    is_listed = source == "fixed" and (model, freeze) in listed_pairs(p)
     policy = p["keep"]["weights"]
-    return train_cell(ws, cfg, lr_source, logged, full_params=config.flat(p),
+    return train_cell(ws, cfg, recipe, logged, full_params=config.flat(rp),
                       checkpoint_seconds=p["runtime"]["checkpoint_seconds"],
-                      diagnostics_clips=p["train"]["diagnostics_clips"], extra_tags=provenance,
-                      listed=is_listed,
+                      diagnostics_clips=rp["train"]["diagnostics_clips"],
+                      extra_tags=provenance,
+                      listed=is_listed, tuned=source == "tuned",
                       drop_weights=None if checkpoint.keeps_weights(policy, seed, p["grid"]["seeds"])
                       else policy)
 
 
-def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: dict,
+def train_cell(ws: Workspace, cfg: training.RunConfig, recipe: str, logged: dict,
                full_params: dict | None = None, checkpoint_seconds: float = 60.0,
                diagnostics_clips: int = 0, extra_tags: dict[str, str] | None = None,
-               listed: bool = False, drop_weights: str | None = None) -> dict:
+               listed: bool = False, drop_weights: str | None = None, tuned: bool = False) -> dict:
     """Run one cell, log it to MLflow, write model.pt, metrics.json, diagnostics.json and run.json.
 
     ``diagnostics.json`` (``diagnostics``): the weight change of every part, and with
@@ -183,18 +191,19 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     if cfg.weights == "imagenet":
         models.weights_file(cfg.model, cfg.weights_path)  # missing offline -> one line, before any output
     exp_id = tracking.connect(ws.tracking)
-    out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
+    out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold, recipe)
     out.mkdir(parents=True, exist_ok=True)
-    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source, listed)
+    stage = stage_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, recipe, tuned, listed)
     resumed_id = _resumable_run(out, cfg, exp_id, stage)
     feature_hash = ws.features.content_hash()
     repeat, fold = splits.repeat_fold(cfg.fold, meta.get("folds"))  # cfg.fold is the cell
     tags = {"model": cfg.model, "freeze_mode": cfg.freeze, "seed": str(cfg.seed), "cell": str(cfg.fold),
             "repeat": str(repeat), "fold": str(fold),
-            "lr_source": lr_source, "weights_kept": str(drop_weights is None).lower(), **(extra_tags or {}),
+            "recipe": recipe, "lr_source": "tuned" if tuned else "fixed",
+            "weights_kept": str(drop_weights is None).lower(), **(extra_tags or {}),
             "dvc_stage": stage, "feature_hash": feature_hash,
             "features_params_hash": meta["params_hash"], **tracking.git_tags()}
-    name = cell_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, lr_source)
+    name = cell_name(cfg.model, cfg.freeze, cfg.seed, cfg.fold, recipe)
     gpu = training.pick_device(cfg.device).type == "cuda"
     with training.sigterm_as_interrupt(), \
             tracking.run(name, run_id=resumed_id, tags=tags, system_metrics=gpu) as active:
@@ -240,7 +249,8 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, lr_source: str, logged: d
     atomic.write_json(out / "metrics.json", metrics)
     atomic.write_json(out / "run.json", {"run_id": run_id, "experiment_id": exp_id,
                                          "tracking_uri": tracking.mask(ws.tracking.uri),
-                                         "lr": cfg.lr, "lr_source": lr_source})
+                                         "lr": cfg.lr, "recipe": recipe,
+                                         "lr_source": "tuned" if tuned else "fixed"})
     checkpoint.finish(out)
     print(f"{name}: test acc {result.test_acc:.1f} % "
           f"(best val {result.best_val_acc:.1f} % at epoch {result.best_epoch + 1}), "

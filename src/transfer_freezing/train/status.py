@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import grid
+from .. import grid, recipes
 from ..config import Params
 from ..grid import LAST
 from . import tracking
@@ -77,6 +77,9 @@ def cells(p: Params) -> list[CellStatus]:
     """
     stages = grid.stages(p)
     changed = dvc_changed(list(stages.values()))
+    if changed is not None:  # a recipe edited since its file was written: DVC sees it at the next repro
+        edited = recipes.edited(p)
+        changed |= {stage for cell, stage in stages.items() if cell.recipe in edited}
     out = Path(p["train"]["out"])
     folders = {stage: grid.run_dir(out, *cell) for cell, stage in stages.items()}
     open_cells = [stage for stage, folder in folders.items() if not _recorded(stage, folder, changed)]

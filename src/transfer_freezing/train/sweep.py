@@ -1,4 +1,7 @@
-"""Optuna learning-rate sweep per (model, freeze mode), every trial an MLflow child run.
+"""Optuna learning-rate sweep per (model, freeze mode, tuned-lr recipe), every trial an MLflow child run.
+
+A trial trains with the recipe (``config.recipe``: ``train`` with its delta) at the trial's lr, for
+``sweep.epochs``.
 
 A trial's value is the mean, over its runs, of the best validation accuracy (never test): one run
 per (seed, fold) of ``sweep.seeds`` x ``sweep.folds``, at least two, so the chosen rate is not one
@@ -29,7 +32,7 @@ MLflow: one parent run per study (tags ``optuna_study`` and ``sweep_role=parent`
 kept as the study's user attr ``mlflow_parent_run_id``. Each trial is a child run (tag
 ``mlflow.parentRunId``) with its params, per-epoch metrics and a ``state`` tag (complete / pruned /
 failed). When the study has all its trials, the parent gets ``best_lr`` / ``best_val_acc`` and the
-two figures (``sweep_figures``), and ``reports/sweep/<model>-<freeze>.json`` is written (the same
+two figures (``sweep_figures``), and ``reports/sweep/<model>-<freeze>-<recipe>.json`` is written (the same
 bytes whichever worker writes it).
 """
 
@@ -49,7 +52,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import atomic
-from ..config import Params, resolve_url
+from ..config import Params, recipe_params, resolve_url
 from ..errors import UserError
 from ..model import freezing
 from ..provenance import code_hash, json_hash
@@ -86,15 +89,16 @@ class SweepConfig:
     storage: str
     heartbeat_seconds: int
     out: Path
+    recipe: str = "tuned"  # the tuned-lr recipe swept (its name is in the result's file name)
 
     @classmethod
-    def from_params(cls, p: Params) -> SweepConfig:
+    def from_params(cls, p: Params, recipe: str = "tuned") -> SweepConfig:
         s = p["sweep"]
         storage = resolve_url(os.environ.get("OPTUNA_STORAGE") or s["storage"])
         return cls(s["n_trials"], s["lr_low"], s["lr_high"], s["epochs"], tuple(s["seeds"]),
                    tuple(s["folds"]), s["sampler_seed"], s["pruner_warmup_epochs"],
                    s["pruner_startup_trials"], storage, p["runtime"]["sweep_heartbeat_seconds"],
-                   Path(s["out"]))
+                   Path(s["out"]), recipe)
 
     @property
     def runs(self) -> list[tuple[int, int]]:
@@ -102,21 +106,24 @@ class SweepConfig:
         return [(seed, fold) for seed in self.seeds for fold in self.folds]
 
     def output_path(self, model: str, freeze: str) -> Path:
-        return self.out / f"{model}-{freeze}.json"
+        return self.out / f"{model}-{freeze}-{self.recipe}.json"
 
 
 # --------------------------------------------------------------------------- public entry point
 
-def run_study(p: Params, model: str, freeze: str, workers: ModuleType | None = None) -> dict:
-    """The sweep stage's entry point: resolve params once, then run the (model, freeze) study.
+def run_study(p: Params, model: str, freeze: str, recipe: str = "tuned",
+              workers: ModuleType | None = None) -> dict:
+    """The sweep stage's entry point: resolve params once (the recipe over ``train``), then run the
+    (model, freeze, recipe) study.
 
     ``workers``: the ``sweep_workers`` module when other processes work on the same study at once
     (``tfreeze sweep --shared`` / ``--workers N``); the CLI passes it, so a lone sweep (the DVC
     stage) never imports it.
     """
-    s = SweepConfig.from_params(p)
+    s = SweepConfig.from_params(p, recipe)
     _check_space(s)
     freezing.plan(model, freeze)  # unknown mode -> one line, before any work
+    p = recipe_params(p, recipe)  # unknown recipe -> one line
     ws = train_stage.Workspace.from_params(p)
     meta = ws.features.read_meta()
 
@@ -323,7 +330,8 @@ def _create_parent(study: optuna.Study, exp_id: str, name: str, s: SweepConfig,
     """The study's MLflow parent run, with the sweep's settings as params; its id kept in the study."""
     client = mlflow.MlflowClient()
     tags = {"optuna_study": name, "sweep_role": "parent", "model": cfg.model, "freeze_mode": cfg.freeze,
-            "optuna_storage": tracking.mask(s.storage), "code_hash": code_hash(), **tracking.git_tags()}
+            "recipe": s.recipe, "optuna_storage": tracking.mask(s.storage), "code_hash": code_hash(),
+            **tracking.git_tags()}
     run = tracking.retry_locked(client.create_run)(exp_id, run_name=f"sweep/{name}", tags=tags)
     params = {"study": name, "model": cfg.model, "freeze": cfg.freeze, "seeds": list(s.seeds),
               "folds": list(s.folds),
@@ -359,7 +367,8 @@ def summary(study, s: SweepConfig, model: str, freeze: str, name: str, parent_id
                       "runs": t.user_attrs.get("runs", [])})
     done = sum(t.state in FINISHED for t in trials)
     return {
-        "model": model, "freeze": freeze, "study": name, "storage": tracking.mask(s.storage),
+        "model": model, "freeze": freeze, "recipe": s.recipe, "study": name,
+        "storage": tracking.mask(s.storage),
         "objective": "mean over (seed, fold) runs of the best validation accuracy (%)",
         "direction": "maximize", "seeds": list(s.seeds), "folds": list(s.folds),
         "best_lr": best.params["lr"], "best_value": best.value, "best_trial": best.number,
