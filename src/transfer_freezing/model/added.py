@@ -76,7 +76,7 @@ class LoRA(nn.Module):
         """The full-size update ``scale * B A`` (zero outside the slices)."""
         updates = self.scale * (self.lora_b @ self.lora_a)
         pieces, at = [], 0
-        for (a, b), update in zip(self.rows, updates):
+        for (a, b), update in zip(self.rows, updates, strict=True):
             if a > at:
                 pieces.append(updates.new_zeros(a - at, updates.shape[-1]))
             pieces.append(update)
@@ -182,6 +182,10 @@ def merge(model: nn.Module) -> int:
     found = [(m, name) for m in model.modules() if parametrize.is_parametrized(m)
              for name, plist in m.parametrizations.items() if any(isinstance(p, LoRA) for p in plist)]
     for module, name in found:
+        # parametrize keeps the weight's property on a class made for the module, which a deepcopy
+        # shares with its original; removal deletes it from the class: give the module its own first
+        cls = module.__class__
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return len(found)
 

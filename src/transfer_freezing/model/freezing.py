@@ -256,7 +256,7 @@ FAMILIES: dict[str, tuple[Family, ...]] = {
                "rank-r LoRA of q and v in every block (+ MLP with _mlp), scale alpha/r, + head",
                _lora, _listed("lora_r4", "lora_r16", "lora_r4_mlp")),
         Family("adapter", r"adapter_(houlsby|pfeiffer)_w(\d+)", "adapter_houlsby_w<w>, adapter_pfeiffer_w<w>",
-               "bottleneck adapters of width w (houlsby: after attention and MLP; pfeiffer: after MLP) + head",
+               "width-w bottleneck adapters (houlsby: after attention and MLP; pfeiffer: after MLP) + head",
                _adapter, _listed("adapter_houlsby_w16", "adapter_houlsby_w64", "adapter_pfeiffer_w16",
                                  "adapter_pfeiffer_w64")),
         Family("vpt", r"vpt_(shallow|deep)_p(\d+)", "vpt_shallow_p<p>, vpt_deep_p<p>",

@@ -180,7 +180,8 @@ def initial_model(config: Mapping[str, Any], seed: int, weights_path: str | None
     model = models.build(config["model"], config["num_classes"], config["image_size"], config["weights"],
                          weights_path or config["weights_path"])
     plan = freezing.plan(config["model"], config["freeze"])
-    trainable, total = freezing.apply(model, plan, config["model"], freeze_bn_stats=config["frozen_bn"] == "eval")
+    trainable, total = freezing.apply(model, plan, config["model"],
+                                      freeze_bn_stats=config["frozen_bn"] == "eval")
     return model, trainable, total
 
 
