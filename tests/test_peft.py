@@ -5,6 +5,7 @@ import copy
 import re
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from test_optim import CFG, _data
@@ -14,6 +15,7 @@ from transfer_freezing.errors import UserError
 from transfer_freezing.model import activation_cache as prefix_cache
 from transfer_freezing.model import added, freezing
 from transfer_freezing.model import registry as models
+from transfer_freezing.study import compare, figures, stats
 from transfer_freezing.train import checkpoint, diagnostics
 from transfer_freezing.train import core as training
 from transfer_freezing.train.hooks import Faults
@@ -154,3 +156,48 @@ def test_diagnostics_report_the_added_part(mode):
     blocks = [changes[f"block_{i:02d}"] for i in range(12)]
     # LoRA's update is merged into the block's weights; adapters and prompts leave them untouched
     assert all(b > 0 for b in blocks) if mode == "lora_r4" else blocks == [0.0] * 12
+
+
+# --------------------------------------------------------------------------- the frontier
+
+# Planted means (share, accuracy): freeze_patch_0_11 is the cheapest, lora_r4 beats everything
+# that trains more, so the frontier is exactly those two; bitfit and freeze_none are dominated.
+PLANTED = {"freeze_none": (1.0, 60.0), "lora_r4": (0.0018, 62.0), "bitfit": (0.0013, 55.0),
+           "freeze_patch_0_11": (0.0001, 40.0), "adapter_houlsby_w64": (0.028, 61.0)}
+
+
+def _frontier_runs() -> pd.DataFrame:
+    return pd.DataFrame([{"model": "vit_b_16", "freeze_mode": mode, "seed": s, "trainable_share": share,
+                          "test_acc": acc + (s - 1), "best_val_acc": acc}
+                         for mode, (share, acc) in PLANTED.items() for s in range(3)])
+
+
+def test_pareto_marks_exactly_the_undominated_points():
+    share, acc = zip(*PLANTED.values(), strict=True)
+    front = figures.pareto(share, acc)
+    assert dict(zip(PLANTED, front.tolist(), strict=True)) == {
+        "freeze_none": False, "lora_r4": True, "bitfit": True, "freeze_patch_0_11": True,
+        "adapter_houlsby_w64": False}
+    assert figures.pareto([0.1, 0.1, float("nan")], [50.0, 50.0, 99.0]).tolist() == [True, True, False]
+
+
+def test_the_depth_figure_rings_the_frontier():
+    ax = figures.depth_figure(_frontier_runs()).axes[0]
+    (rings,) = [c for c in ax.collections if c.get_gid() == "pareto_point"]
+    assert sorted(map(tuple, rings.get_offsets().round(2).tolist())) == [(0.01, 40.0), (0.13, 55.0),
+                                                                          (0.18, 62.0)]
+    assert [c.get_gid() for c in ax.collections].count("pareto_front") == 1
+    assert "Pareto frontier" in ax.get_title()
+
+
+def test_the_budget_table_ranks_within_each_share_budget():
+    summary = stats.summarize(_frontier_runs(), reference_mode="freeze_none", confidence=0.95)
+    table = compare.budget_table(summary)
+    ranked = {b: list(g["freeze mode"]) for b, g in table.groupby("budget", sort=False)}
+    assert ranked == {"≤ 1 %": ["lora_r4", "bitfit", "freeze_patch_0_11"],
+                      "≤ 10 %": ["lora_r4", "adapter_houlsby_w64", "bitfit", "freeze_patch_0_11"],
+                      "all": ["lora_r4", "adapter_houlsby_w64", "freeze_none", "bitfit", "freeze_patch_0_11"]}
+    top = table.iloc[0]
+    assert (top["rank"], top["family"], top["Pareto"], top["trainable share"]) == (1, "lora", "yes", "0.18 %")
+    assert table.loc[table["freeze mode"] == "freeze_none", "Δ test (pp) [CI]"].tolist() == ["reference"]
+    assert "### Within a trainable-share budget" in compare.budget_markdown(summary)

@@ -31,8 +31,9 @@ from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 # Not run here, though each validates and renders (test_config): the demo profile is params.yaml
 # itself, which the `repro` fixture takes, shrunk (conftest.TINY), through `dvc repro` to its table
 # (test_pipeline); depth_demo shrinks to depth's study (the same models, modes, cells and lr source)
-# on a 3-fold k-fold cell instead of a stratified split, two designs the other profiles run.
-COVERED = {"demo", "depth_demo"}
+# on a 3-fold k-fold cell instead of a stratified split, two designs the other profiles run; so
+# does peft_demo to peft's (whose shrink trains one mode of each family: LoRA, adapters, prompts).
+COVERED = {"demo", "depth_demo", "peft_demo"}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
 # Each architecture's offline demo model: the registry's model of that family without weights.
 DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
