@@ -56,7 +56,7 @@ def test_tfreeze_profile_writes_params_whole_and_refuses_bad_input_in_one_line(t
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == ""
     assert bad.stderr.startswith("tfreeze profile: error: unknown profile 'papr' (did you mean 'paper'?); "
                                  "profiles: decisive, demo, depth, depth_demo, optimizer, "
-                                 "optimizer_demo, paper")
+                                 "optimizer_demo, paper, peft, peft_demo")
     (tmp_path / "profiles" / "typo.yaml").write_text("train:\n  epoch: 3\n")
     typo = tfreeze("profile", "typo", cwd=tmp_path, check=False)
     assert typo.returncode == 2 and typo.stderr.count("\n") == 1

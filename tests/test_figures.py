@@ -270,7 +270,8 @@ def test_depth_figure_draws_runs_means_and_mode_labels() -> None:
         order = sorted(MODES, key=SHARES.get)  # the line runs from the smallest share up
         np.testing.assert_allclose(line.get_xdata(), [SHARES[m] * 100 for m in order])
         np.testing.assert_allclose(line.get_ydata(), expected[order].to_numpy())
-    scatters = [c for c in ax.collections if c.get_gid() != "depth_band"]
+    lines = ("depth_band", "pareto_front", "pareto_point")
+    scatters = [c for c in ax.collections if c.get_gid() not in lines]
     assert [len(c.get_offsets()) for c in scatters] == [16, 16]  # every run is a point
     for c in scatters:
         x = c.get_offsets()[:, 0]

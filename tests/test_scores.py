@@ -51,8 +51,9 @@ def _runs(effect: float, seeds: int, rng: np.random.Generator, sd: float = 2.0) 
     for seed in range(seeds):
         shared = rng.normal(70, 3)
         for mode, shift in (("freeze_none", 0.0), ("freeze_patch", effect)):
-            rows.append({"model": "m", "recipe": "fixed", "lr_source": "fixed", "freeze_mode": mode, "seed": seed, "fold": 0,
-                         "repeat": 0, "test_macro_f1": shared + shift + rng.normal(0, sd)})
+            rows.append({"model": "m", "recipe": "fixed", "lr_source": "fixed", "freeze_mode": mode,
+                         "seed": seed, "fold": 0, "repeat": 0,
+                         "test_macro_f1": shared + shift + rng.normal(0, sd)})
     return pd.DataFrame(rows)
 
 

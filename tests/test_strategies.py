@@ -13,7 +13,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from transfer_freezing import cli, config
 from transfer_freezing.errors import UserError
 from transfer_freezing.model import activation_cache as prefix_cache
-from transfer_freezing.model import catalogue, freezing
+from transfer_freezing.model import added, catalogue, freezing
 from transfer_freezing.model import registry as models
 from transfer_freezing.train import core as training
 from transfer_freezing.train import stage as train_stage
@@ -32,6 +32,13 @@ VIT_B_16 = {
     "freeze_patch_0_5_cls": 42_536_458, "freeze_patch_0_8_cls": 21_272_842,
     "tune_0_2": 21_271_306, "tune_3_5": 21_271_306, "tune_6_8": 21_271_306, "tune_9_11": 21_271_306,
     "bitfit": 110_602, "layernorm": 46_090,
+    # parameter-efficient families (+ the 7,690 head): LoRA q, v: 12 blocks x 2 slices x r (768 + 768);
+    # _mlp adds r (768 + 3072) x 2 per block; adapters 2 x 768 w + w + 768 each (Houlsby two per
+    # block, Pfeiffer one); prompts p x 768 (shallow once, deep per block)
+    "lora_r4": 155_146, "lora_r16": 597_514, "lora_r4_mlp": 523_786,
+    "adapter_houlsby_w16": 616_330, "adapter_houlsby_w64": 2_386_954,
+    "adapter_pfeiffer_w16": 312_010, "adapter_pfeiffer_w64": 1_197_322,
+    "vpt_shallow_p10": 15_370, "vpt_deep_p10": 99_850,
 }
 RESNET50 = {
     "freeze_none": 23_528_522, "freeze_0": 23_518_986, "freeze_0_1": 23_303_178,
@@ -40,7 +47,8 @@ RESNET50 = {
     "bitfit": 73_610,  # BatchNorm affine 53,120 + fc 20,490
 }
 FAMILIES = {"freeze_none": "prefix", "freeze_patch_0_5": "prefix", "freeze_patch_0_5_cls": "prefix_cls",
-            "tune_0_2": "surgical", "bitfit": "bitfit", "layernorm": "layernorm"}
+            "tune_0_2": "surgical", "bitfit": "bitfit", "layernorm": "layernorm", "lora_r16": "lora",
+            "adapter_pfeiffer_w64": "adapter", "vpt_shallow_p10": "vpt"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +80,7 @@ def test_freeze_on_a_real_model_gives_the_catalogue_counts(rows, name):
     for mode, row in rows[name].items():
         net = models.build(name, 10)  # 224 px, as the catalogue counts (ViT's position embedding)
         plan = freezing.plan(name, mode)
-        trainable, _ = freezing.freeze(net, plan, freeze_bn_stats=False)
+        trainable, _ = added.apply(net, plan, name, freeze_bn_stats=False)
         assert trainable == row["trainable"], mode
         assert all(p.requires_grad != plan.frozen(n) for n, p in net.named_parameters()), mode
 

@@ -100,7 +100,8 @@ def test_bad_mode_gives_one_line(tiny):
     assert proc.stderr.strip() == (
         "tfreeze train: error: unknown freeze mode 'freeze_everything' for vit_demo; valid: freeze_none, "
         "freeze_patch, freeze_patch_0_<k> (k 0-11), freeze_patch[_0_<k>]_cls (class token frozen too), "
-        "tune_<a>[_<b>] (blocks a-b + head, 0-11), bitfit, layernorm"
+        "tune_<a>[_<b>] (blocks a-b + head, 0-11), bitfit, layernorm, lora_r<r>[_a<alpha>][_mlp] (alpha 8 "
+        "by default), adapter_houlsby_w<w>, adapter_pfeiffer_w<w>, vpt_shallow_p<p>, vpt_deep_p<p>"
     )
 
 

@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
                               "variance this study measured (or the --from-csv table)")
     subs.choices["profile"].add_argument(
         "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo, optimizer, "
-                     "optimizer_demo) or a YAML file")
+                     "optimizer_demo, peft, peft_demo) or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)

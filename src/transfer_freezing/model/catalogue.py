@@ -15,16 +15,28 @@ def rows(model_name: str, num_classes: int = 10) -> list[dict]:
     """
     with torch.device("meta"):
         net = models.build(model_name, num_classes)
-    named = list(net.named_parameters())
-    total = sum(p.numel() for _, p in named)
     out = []
     for mode in freezing.modes(model_name):
         plan = freezing.plan(model_name, mode)
-        frozen = sum(p.numel() for n, p in named if freezing.under(n, plan.prefixes))
+        named = _with_added(net, model_name, plan)
+        total = sum(p.numel() for _, p in named)
+        frozen = sum(p.numel() for n, p in named if plan.frozen(n))
         out.append({"model": model_name, "mode": mode, "family": plan.family, "trains": plan.trains,
                     "frozen_blocks": plan.frozen_blocks, "trainable": total - frozen,
                     "share": (total - frozen) / total, "prefixes": plan.prefixes})
     return out
+
+
+def _with_added(net: torch.nn.Module, model_name: str, plan: freezing.FreezePlan) -> list:
+    """``net``'s named parameters, with the parts ``plan``'s family adds (on a meta copy)."""
+    if plan.adds is None:
+        return list(net.named_parameters())
+    from . import added
+
+    with torch.device("meta"):
+        copy = models.build(model_name, net.get_submodule(models.spec(model_name).head).out_features)
+    added.attach(copy, model_name, plan.adds)
+    return list(copy.named_parameters())
 
 
 def _frozen_text(row: dict) -> str:
@@ -48,6 +60,8 @@ def describe(model: str | None = None, num_classes: int = 10, counts: bool = Fal
                 lines.append(f"  {r['mode']:<22} {r['family']:<10} {r['trainable']:>12,} trainable "
                              f"({100 * r['share']:6.2f} %)  {_frozen_text(r)}")
             lines.append(f"  (mode names: {freezing.valid(name)})")
+            lines += [f"  (not defined: {grammar.replace('.*', '*')}: {why})"
+                      for grammar, why in freezing.NOT_APPLICABLE[spec.family]]
         else:
             lines.append("  modes: " + ", ".join(freezing.modes(name)))
     if not counts:

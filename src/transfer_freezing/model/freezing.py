@@ -9,6 +9,9 @@ grammar for mode names plus a builder that turns the numbers in a name and the a
   (a regular expression, e.g. every ``...bias``) or by the kind of module that owns the parameter
   (LayerNorm, BatchNorm).
 
+- ``adds``: modules the family adds to the frozen backbone (``Addition``: LoRA, bottleneck
+  adapters, visual prompts; built by ``added.attach`` after freezing, so they are what trains).
+
 The head is never frozen. A rule without exceptions is its own list of prefixes (the prefix and
 surgical families); a rule with exceptions is resolved once on the architecture's parameter names
 (built on the meta device: no memory, no weights) into the module and parameter names that cover
@@ -37,12 +40,39 @@ if TYPE_CHECKING:  # torch is imported where a model is touched: naming and chec
 
 
 @dataclass(frozen=True)
+class Addition:
+    """What a parameter-efficient family adds to every (or the first) block: ``method`` (``lora``,
+    ``adapter``, ``prompt``), ``size`` (rank r, width w, prompt count p), ``variant`` (``attn`` or
+    ``attn_mlp``; ``houlsby`` or ``pfeiffer``; ``shallow`` or ``deep``), ``alpha`` (LoRA's scale
+    numerator: the update is ``alpha / r * B A``)."""
+
+    method: str
+    size: int
+    variant: str
+    alpha: float = 0.0
+
+    def blocks(self, blocks: tuple[str, ...]) -> tuple[str, ...]:
+        """The blocks it acts in: shallow prompts the first one, everything else all of them."""
+        return blocks[:1] if self.variant == "shallow" else blocks
+
+
+# Names of the parameters the families add (``added``'s modules); never a torchvision name.
+ADDED = re.compile(r"(?:^|\.)(?:lora_a|lora_b|adapter_attn|adapter_mlp|prompt)(?:\.|$)")
+
+
+def added(name: str) -> bool:
+    """Whether the parameter or state-dict key ``name`` belongs to a part a family added."""
+    return ADDED.search(name) is not None
+
+
+@dataclass(frozen=True)
 class Rule:
     """Which parameters one mode freezes, as data over parameter names."""
 
     freeze: tuple[str, ...]
     keep_params: str = ""  # re.search over a parameter's full name: stays trainable
     keep_kinds: tuple[str, ...] = ()  # parameters owned by these torch.nn classes stay trainable
+    adds: Addition | None = None  # trainable modules added after freezing (parameter-efficient families)
 
     @property
     def exact(self) -> bool:
@@ -75,10 +105,11 @@ class FreezePlan:
     frozen_blocks: int
     family: str = "prefix"
     trains: str = ""
+    adds: Addition | None = None
 
     def frozen(self, name: str) -> bool:
-        """Whether the parameter ``name`` is frozen under this plan."""
-        return under(name, self.prefixes)
+        """Whether the parameter ``name`` is frozen under this plan (added parts never are)."""
+        return under(name, self.prefixes) and not added(name)
 
 
 # --------------------------------------------------------------------------- the parts a rule names
@@ -155,6 +186,29 @@ def _layernorm(s: models.ModelSpec, m: re.Match) -> Rule:
     return Rule(_everything(s), keep_kinds=("LayerNorm",))
 
 
+LORA_ALPHA = 8  # LoRA's alpha when the name gives none: fixed across ranks, so alpha / r scales the update
+
+
+def _lora(s: models.ModelSpec, m: re.Match) -> Rule | None:
+    """``lora_r<r>[_a<alpha>][_mlp]``: the backbone frozen, rank-r updates of q and v (+ the MLP)."""
+    rank, alpha = int(m[1]), float(m[2]) if m[2] is not None else LORA_ALPHA
+    if rank < 1 or alpha <= 0:
+        return None
+    return Rule(_everything(s), adds=Addition("lora", rank, "attn_mlp" if m[3] else "attn", alpha))
+
+
+def _adapter(s: models.ModelSpec, m: re.Match) -> Rule | None:
+    """``adapter_houlsby_w<w>`` (after attention and MLP), ``adapter_pfeiffer_w<w>`` (after the MLP)."""
+    width = int(m[2])
+    return Rule(_everything(s), adds=Addition("adapter", width, m[1])) if width >= 1 else None
+
+
+def _prompt(s: models.ModelSpec, m: re.Match) -> Rule | None:
+    """``vpt_shallow_p<p>`` (p tokens at the input), ``vpt_deep_p<p>`` (p tokens at every block)."""
+    count = int(m[2])
+    return Rule(_everything(s), adds=Addition("prompt", count, m[1])) if count >= 1 else None
+
+
 def _vit_prefix_listed(s: models.ModelSpec) -> tuple[str, ...]:
     return ("freeze_none", "freeze_patch", *(f"freeze_patch_0_{k}" for k in range(len(s.blocks))))
 
@@ -178,6 +232,10 @@ def _one(name: str) -> Callable[[models.ModelSpec], tuple[str, ...]]:
     return lambda s: (name,)
 
 
+def _listed(*names: str) -> Callable[[models.ModelSpec], tuple[str, ...]]:
+    return lambda s: names
+
+
 _SURGICAL_GRAMMAR = r"tune_(\d+)(?:_(\d+))?"
 
 FAMILIES: dict[str, tuple[Family, ...]] = {
@@ -193,6 +251,17 @@ FAMILIES: dict[str, tuple[Family, ...]] = {
         Family("bitfit", "bitfit", "bitfit", "all biases + head", _bitfit, _one("bitfit")),
         Family("layernorm", "layernorm", "layernorm", "all LayerNorm weights and biases + head",
                _layernorm, _one("layernorm")),
+        Family("lora", r"lora_r(\d+)(?:_a(\d+))?(_mlp)?",
+               "lora_r<r>[_a<alpha>][_mlp] (alpha 8 by default)",
+               "rank-r LoRA of q and v in every block (+ MLP with _mlp), scale alpha/r, + head",
+               _lora, _listed("lora_r4", "lora_r16", "lora_r4_mlp")),
+        Family("adapter", r"adapter_(houlsby|pfeiffer)_w(\d+)", "adapter_houlsby_w<w>, adapter_pfeiffer_w<w>",
+               "width-w bottleneck adapters (houlsby: after attention and MLP; pfeiffer: after MLP) + head",
+               _adapter, _listed("adapter_houlsby_w16", "adapter_houlsby_w64", "adapter_pfeiffer_w16",
+                                 "adapter_pfeiffer_w64")),
+        Family("vpt", r"vpt_(shallow|deep)_p(\d+)", "vpt_shallow_p<p>, vpt_deep_p<p>",
+               "p prompt tokens (shallow: at the input; deep: at every block) + head",
+               _prompt, _listed("vpt_shallow_p10", "vpt_deep_p10")),
     ),
     "resnet": (
         Family("prefix", r"freeze_none|freeze_0(?:_\d+)*",
@@ -211,6 +280,10 @@ NOT_APPLICABLE: dict[str, tuple[tuple[str, str], ...]] = {
     "resnet": (
         ("layernorm", "ResNet has no LayerNorm (its norms are BatchNorm: 'bitfit' trains their affine)"),
         (r".*_cls", "ResNet has no class token"),
+        (r"lora_.*", "LoRA is defined here on attention projections, and a ResNet has none"),
+        (r"adapter_.*", "bottleneck adapters sit after a transformer block's attention and MLP, "
+                        "which a ResNet has not"),
+        (r"vpt_.*", "visual prompts are tokens, and a ResNet has no token sequence"),
     ),
     "vit": (),
 }
@@ -260,8 +333,9 @@ def _plan(model_name: str, mode: str) -> FreezePlan:
     s = models.spec(model_name)
     family, rule = _rule(model_name, mode)
     frozen = rule.freeze if rule.exact else _resolve(s, rule)
-    blocks = sum(under(b, frozen) for b in s.blocks)
-    return FreezePlan(mode, frozen, blocks, family.name, family.trains)
+    touched = rule.adds.blocks(s.blocks) if rule.adds else ()
+    blocks = sum(under(b, frozen) and b not in touched for b in s.blocks)
+    return FreezePlan(mode, frozen, blocks, family.name, family.trains, rule.adds)
 
 
 def prefixes(model_name: str, mode: str) -> tuple[str, ...]:

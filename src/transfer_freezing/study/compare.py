@@ -13,6 +13,7 @@ from .. import atomic, config
 from ..config import Params
 from ..data import features
 from ..errors import UserError
+from ..model import freezing
 from ..train import diagnostics, scores, tracking
 from ..train import stage as train_stage
 from . import baseline, evaluation, figures, inference, stats
@@ -25,6 +26,8 @@ NAMES = {"md": "freezing_comparison.md", "csv": "freezing_comparison.csv",
          "forest": "freezing_forest.png", "depth": "freezing_depth.png", "baseline": "baseline.csv",
          "conditions": "condition_contrast.csv", "diagnostics": "freezing_diagnostics.csv",
          "diagnostics_png": "freezing_diagnostics.png", "interaction": "recipe_interaction.csv"}
+# Trainable-share budgets of the ranked table (<= 1 %, <= 10 %, all).
+BUDGETS = ((0.01, "≤ 1 %"), (0.10, "≤ 10 %"), (1.0, "all"))
 DIAGNOSTICS = ("weight_change", "cka")  # the per-part MLflow metric families of train/diagnostics.py
 
 
@@ -179,6 +182,7 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
         atomic.write_text(out / NAMES["baseline"], floor.to_csv(index=False))
         checks["baseline"] = {"test_mean": float(floor["test_acc"].mean()), "cells": len(floor)}
         markdown += _baseline_markdown(summary, floor)
+    markdown += budget_markdown(summary)
     summary, section = _scores(summary, runs, reference, confidence)
     markdown += section + _write_diagnostics(runs, out)
     atomic.write_text(out / NAMES["md"], markdown + "\n")
@@ -336,6 +340,52 @@ def _checks_markdown(checks: dict) -> str:
                          f"freeze_none and freeze_patch_0_5 above freeze_patch), joint one-sided test on the "
                          f"design model over {value['n_runs']} paired runs: p = {stats.fmt_p(value['p'])}")
     return "\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def budget_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The strategies ranked by mean test accuracy within each trainable-share budget (``BUDGETS``),
+    per model (condition, lr source): family, share, accuracy, the difference to the reference with
+    its interval (the crossed one when per-clip predictions were compared), the verdict, and whether
+    the mode is on the Pareto frontier of its group (``figures.pareto``). Empty without shares."""
+    if "trainable_share" not in summary or summary["trainable_share"].isna().all():
+        return pd.DataFrame()
+    keys = [k for k in ("model", stats.CONDITION, "lr_source") if k in summary.columns]
+    rows = []
+    for _, group in summary.groupby(keys, sort=False, dropna=False):
+        on_front = figures.pareto(group["trainable_share"], group["test_mean"])
+        front = dict(zip(group.index, on_front, strict=True))
+        for budget, label in BUDGETS:
+            inside = group[group["trainable_share"] <= budget * (1 + 1e-9)]
+            for rank, (i, r) in enumerate(inside.sort_values("test_mean", ascending=False).iterrows(), 1):
+                ref = r["freeze_mode"] == r["reference_mode"]
+                rows.append({"budget": label, "rank": rank, **{k: r[k] for k in keys},
+                             "freeze mode": r["freeze_mode"], "family": _family(r["model"], r["freeze_mode"]),
+                             "trainable share": stats._percent(r["trainable_share"]),
+                             "test acc %": f"{r['test_mean']:.1f}",
+                             "Δ test (pp) [CI]": "reference" if ref else stats._delta(
+                                 r.get("estimate", math.nan), r.get("low", math.nan), r.get("high", math.nan),
+                                 r.get("note")),
+                             "verdict": "–" if ref or pd.isna(r.get("verdict", math.nan)) else r["verdict"],
+                             "Pareto": "yes" if front[i] else ""})
+    return pd.DataFrame(rows).rename(columns={"lr_source": "lr"})
+
+
+def budget_markdown(summary: pd.DataFrame) -> str:
+    """``budget_table`` as a Markdown section ('' when the runs carry no trainable share)."""
+    table = budget_table(summary)
+    if table.empty:
+        return ""
+    return ("\n### Within a trainable-share budget\n\nStrategies ranked by mean test accuracy among those "
+            "training at most the budget's share of the model's parameters; Pareto: no strategy trains "
+            "less and scores higher.\n\n" + table.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+def _family(model: str, mode: str) -> str:
+    """The freeze family of ``mode`` ('' for a model or mode outside the registry)."""
+    try:
+        return freezing.family_of(model, mode)
+    except UserError:
+        return ""
 
 
 def _baseline_markdown(summary: pd.DataFrame, floor: pd.DataFrame) -> str:

@@ -5,12 +5,14 @@ architecture on one axis), and the per-block diagnostics (weight change and CKA 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from scipy import stats as sps
@@ -276,7 +278,9 @@ def plot_depth(runs: pd.DataFrame, path: str | Path) -> None:
     one line joins the per-mode means of the prefix family (the depth curve: ``freeze_none``,
     ``freeze_patch``, ``freeze_patch_0_<k>``; ResNet's ``freeze_0_..``) with a band of the 95 % t
     interval of each mean over runs; modes of other families (surgical, BitFit, LayerNorm, frozen
-    class token) are means without a line. Every mean is labelled with its freeze mode.
+    class token, LoRA, adapters, prompts) are means without a line. Every mean is labelled with its
+    freeze mode; the Pareto frontier of each series' means (``pareto``) is ringed and joined by a
+    dashed staircase.
     """
     fig = depth_figure(runs)
     _save(fig, path)
@@ -338,6 +342,7 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
                 zorder=3,
                 gid="other_family",
             )
+        _draw_front(ax, mean, colour)
         _label_means(ax, mean, colour, below=i % 2 == 1, right_from=right_from)
     ax.set_xscale("log")
     ax.set_xlim(
@@ -351,10 +356,36 @@ def depth_figure(runs: pd.DataFrame) -> Figure:
     ax.set_xlabel("Trainable parameters (% of model, log scale)")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(f"lines: prefix depths, band {DEPTH_CONFIDENCE:.0%} CI of the mean over runs (cut at the "
-                 "axes); diamonds: other strategies", fontsize="small")
+                 "axes); diamonds: other strategies;\nringed, dashed: the Pareto frontier of the means "
+                 "(no mode trains less and scores higher)", fontsize="small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", frameon=True)
     return fig
+
+
+def pareto(share: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
+    """Which (share, accuracy) points are on the Pareto frontier: no other point has a share at
+    most as large and an accuracy at least as high, one of them strictly (NaN: never on it)."""
+    s, a = np.asarray(share, dtype=float), np.asarray(accuracy, dtype=float)
+    ok = ~(np.isnan(s) | np.isnan(a))
+    front = np.zeros(len(s), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = ok & (s <= s[i]) & (a >= a[i]) & ((s < s[i]) | (a > a[i]))
+        front[i] = not others.any()
+    return front
+
+
+def _draw_front(ax: Axes, mean: pd.DataFrame, colour: str) -> None:
+    """The Pareto frontier of one series' means: a dashed staircase through them, each ringed."""
+    front = mean[pareto(mean["share_pct"], mean["test_mean"])].sort_values("share_pct")
+    if front.empty:
+        return
+    x, y = front["share_pct"].to_numpy(), front["test_mean"].to_numpy()
+    stairs = np.column_stack([np.repeat(x, 2)[1:], np.repeat(y, 2)[:-1]])  # steps-post through them
+    ax.add_collection(LineCollection([stairs], colors=colour, linestyles="--", linewidths=1.2, zorder=2.5,
+                                     gid="pareto_front"), autolim=False)
+    ax.scatter(front["share_pct"], front["test_mean"], s=150, facecolors="none", edgecolors=colour,
+               linewidths=1.2, zorder=4, gid="pareto_point")
 
 
 def _label_means(

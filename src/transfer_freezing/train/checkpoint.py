@@ -38,7 +38,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from .. import atomic
 from ..errors import Terminated, UserError
 from ..grid import LAST
-from ..model import freezing
+from ..model import added, freezing
 from ..model import registry as models
 
 FORMAT = "lean-1"
@@ -138,7 +138,8 @@ def apply(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
 
 
 def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
-    """Rebuild the trained model of a ``model.pt``: registry weights + the stored changed part.
+    """Rebuild the trained model of a ``model.pt``: registry weights + the stored changed part
+    (a parameter-efficient family's added parameters and head; LoRA merged into the weights).
 
     The frozen part is rebuilt as training built it (the pretrained file, or the seeded random
     initialisation) and checked against the stored hash, so a checkpoint is never applied to
@@ -152,6 +153,7 @@ def load_model(path: str | Path, weights_path: str | None = None) -> nn.Module:
                         "rerun the cell with keep.weights: all to rebuild it")
     model = base_model(state, path, weights_path)
     apply(model, state["weights"])
+    added.merge(model)  # LoRA folded into plain weights: torchvision's names, no parametrization
     return model
 
 
@@ -167,7 +169,8 @@ def initial_model(config: Mapping[str, Any], seed: int, weights_path: str | None
                   ) -> tuple[nn.Module, int, int]:
     """The model a run starts from, and its (trainable, total) parameter counts: the registry's
     build of ``config["model"]`` under ``torch.manual_seed(seed)`` (the pretrained file, or the
-    seeded random initialisation) with the freeze mode applied, on the CPU.
+    seeded random initialisation) with the freeze mode applied (``added.apply``: a
+    parameter-efficient family's added modules are initialised from the same seed), on the CPU.
 
     ``config`` holds ``core.RunConfig``'s fields (``asdict``, or a checkpoint's stored ``config``);
     ``weights_path`` overrides its own. Training (``core.setup``) and loading (``base_model``) both
@@ -177,7 +180,8 @@ def initial_model(config: Mapping[str, Any], seed: int, weights_path: str | None
     model = models.build(config["model"], config["num_classes"], config["image_size"], config["weights"],
                          weights_path or config["weights_path"])
     plan = freezing.plan(config["model"], config["freeze"])
-    trainable, total = freezing.freeze(model, plan.prefixes, freeze_bn_stats=config["frozen_bn"] == "eval")
+    trainable, total = added.apply(model, plan, config["model"],
+                                      freeze_bn_stats=config["frozen_bn"] == "eval")
     return model, trainable, total
 
 

@@ -39,7 +39,7 @@ from ..data.inputs import Split, to_model_input
 from ..errors import Terminated
 from ..grid import LAST
 from ..model import activation_cache as prefix_cache
-from ..model import attention, freezing, layer_decay, readout
+from ..model import added, attention, freezing, layer_decay, readout
 from ..model import registry as models
 from . import augment as augmentation
 from . import checkpoint
@@ -493,7 +493,8 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
                                                    schedule=state.scheduler,
                                                    augment=partial(augment, epoch=epoch) if augment else None,
                                                    label_smoothing=cfg.label_smoothing)
-                    va_loss, va_acc, _ = run_epoch(net, split.val, cfg.batch_size, device, desc="val")
+                    with added.evaluation():  # LoRA's merged weights computed once per pass
+                        va_loss, va_acc, _ = run_epoch(net, split.val, cfg.batch_size, device, desc="val")
                     row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
                            "lr": lr}
                     print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.1f}  "
@@ -507,8 +508,9 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
     net, split = path or forward_path(cfg, model, data, device, cache_dir)
     checkpoint.apply(model, state.best_weights)
     checkpoint.save_model(workdir / "model.pt", state.best_weights, cfg, frozen, io)
-    te_loss, te_acc, test = predict(net, split.test, cfg.batch_size, device)
-    _, _, val = predict(net, split.val, cfg.batch_size, device)
+    with added.evaluation():
+        te_loss, te_acc, test = predict(net, split.test, cfg.batch_size, device)
+        _, _, val = predict(net, split.val, cfg.batch_size, device)
     confusion = _confusion(test.labels, test.preds, cfg.num_classes)
     return Result(te_acc, te_loss, state.best["acc"], state.best["epoch"], trainable, total,
                   time.perf_counter() - state.started, state.history, confusion, {"val": val, "test": test},

@@ -12,7 +12,9 @@ base) and the *fine-tuned* one (that base plus the best weights of ``model.pt``)
   as buffers, a trained one as parameters, and both count the same). Parts are
   ``registry.ModelSpec``'s: ``stem`` (patch embedding + position embedding / conv1 + bn1), one
   ``block_NN`` per backbone block, ``tail`` (class token + final LayerNorm; ResNet has none) and
-  ``head``. A frozen part is exactly 0.
+  ``head``. A frozen part is exactly 0. A parameter-efficient family's added parameters (LoRA
+  factors, adapters, prompts) are one more part, ``added``; LoRA's update is merged into the
+  weights first, so a block shows the change LoRA made to it.
 - **linear CKA** (Kornblith et al. 2019) between the two models' outputs of every backbone block
   on a fixed sample of test clips: for a ViT the class token of each encoder block's output, for a
   ResNet each stage's output average-pooled over space. ``cka`` is the *unbiased* form (the
@@ -43,7 +45,7 @@ from torch import nn
 
 from .. import atomic
 from ..data.inputs import Split, to_model_input
-from ..model import freezing
+from ..model import added, freezing
 from ..model import registry as models
 from . import checkpoint
 
@@ -139,7 +141,7 @@ def part_order(name: str) -> tuple[int, int]:
     """Sort key of a part name in forward order: stem, block_00, block_01, ..., tail, head."""
     if name.startswith("block_"):
         return (1, int(name.removeprefix("block_")))
-    return ({"stem": 0, "tail": 2, "head": 3}.get(name, 4), 0)
+    return ({"stem": 0, "tail": 2, "head": 3, "added": 4}.get(name, 5), 0)
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,11 +151,19 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def weight_changes(model_name: str, initial: nn.Module, tuned: nn.Module) -> dict[str, float]:
-    """Relative weight change of every part of ``model_name`` between two of its models."""
+    """Relative weight change of every part of ``model_name`` between two of its models.
+
+    A parameter-efficient family's added parameters (``freezing.added``: LoRA factors, adapters,
+    prompts) are one more part, ``added``. Then both models' LoRA updates are merged into their
+    weights (in place; the same function), so a block's change is what LoRA did to its weights.
+    """
     before, after = weights(initial), weights(tuned)
-    out = {}
+    extra = {k: v for k, v in before.items() if freezing.added(k)}
+    out = {"added": relative_change(extra, after)} if extra else {}
+    if added.merge(initial) + added.merge(tuned):
+        before, after = weights(initial), weights(tuned)
     for part in parts(model_name):
-        keys = [k for k in before if freezing.under(k, part.prefixes)]
+        keys = [k for k in before if freezing.under(k, part.prefixes) and not freezing.added(k)]
         out[part.name] = relative_change({k: before[k] for k in keys}, after)
     return out
 
@@ -224,7 +234,8 @@ def diagnose(cfg: dict, initial: nn.Module, tuned: nn.Module, test: Split, clips
     name = cfg["model"]
     changes = weight_changes(name, initial, tuned)
     n = min(clips, len(test))
-    entries: dict[str, dict] = {p.name: {"weight_change": changes[p.name]} for p in parts(name)}
+    entries: dict[str, dict] = {part: {"weight_change": change} for part, change in
+                                sorted(changes.items(), key=lambda kv: part_order(kv[0]))}
     if n >= MIN_CLIPS:
         images, _ = sample(test, n)
         before = block_features(name, initial, images, batch_size, device)
