@@ -35,7 +35,7 @@ from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 COVERED = {"demo", "depth_demo"}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
 # Each architecture's offline demo model: the registry's model of that family without weights.
-DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
+DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if not spec.weights}
 # The same for every profile: what makes a run small, never what makes the study what it is.
 SMALL = {"data.clip_seconds": TINY["data.clip_seconds"],
          "data.synthetic_clips_per_class": TINY["data.synthetic_clips_per_class"],

@@ -198,9 +198,10 @@ SCHEMA: dict[str, Setting] = {
                            "swept and tuned-lr grid (stages sweep, train_tuned); [] turns both off"),
     "grid.tuned_freeze_modes": S(["freeze_none"], any_list(text())),
     # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
-    "train.weights": S("none", choice("none", "imagenet"),
-                       "none | imagenet (torch hub cache or weights_path)"),
-    "train.weights_path": S(None, optional_text()),
+    "train.weights": S("none", text(),
+                       "none | imagenet (each model's default entry) | an entry's name (tfreeze models "
+                       "--weights) | a state-dict file ({model}: the cell's model)"),
+    "train.weights_path": S(None, optional_text(), "the file of the named entry, instead of its cache"),
     "train.epochs": S(20, positive_int()),
     "train.batch_size": S(32, positive_int()),
     "train.lr": S(1e-3, positive_float(),
@@ -350,8 +351,8 @@ def _check_relations(p: Params, source: str) -> None:
     _check_listed_cells(p, source)
     _check_reference(p, source)
     _check_sizes(p, source)
-    if p["train"]["weights"] == "imagenet":
-        _check_imagenet(p, source)
+    if p["train"]["weights"] != "none":
+        _check_weights(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
         raise UserError(f"{source}: split.train + split.val + split.test = {total:g}; must sum to 1")
@@ -486,22 +487,31 @@ def _check_sizes(p: Params, source: str) -> None:
                         f"features.hop_length >= {least} for these clips and n_fft")
 
 
-def _check_imagenet(p: Params, source: str) -> None:
+def _check_weights(p: Params, source: str) -> None:
+    """Every model of the grid has the weights ``train.weights`` names, at ``features.image_size``
+    and with the normalisation the inputs get (``data.inputs``: ImageNet's mean and std)."""
+    from .data.inputs import IMAGENET_MEAN, IMAGENET_STD
     from .model import registry as models
 
+    value, size = p["train"]["weights"], p["features"]["image_size"]
     listed = [cell.partition("/")[0] for cell in p["grid"]["cells"]]
     for name in dict.fromkeys(p["grid"]["models"] + listed + p["grid"]["tuned_models"]):
-        if models.spec(name).weights is None:
-            with_weights = [m for m, s in models.REGISTRY.items() if s.weights is not None]
-            raise UserError(
-                f"{source}: train.weights = 'imagenet' but model {name!r} has no ImageNet weights; "
-                f"use train.weights = none or a model among {', '.join(with_weights)}"
-            )
-    if p["features"]["image_size"] != 224:
-        raise UserError(
-            f"{source}: train.weights = 'imagenet' needs features.image_size = 224 "
-            f"(got {p['features']['image_size']})"
-        )
+        try:
+            w = models.entry(name, value)
+            if w is None:
+                continue
+            models.check_image_size(name, w, size)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        got = models.expect(w)
+        if not (_close(got.mean, IMAGENET_MEAN) and _close(got.std, IMAGENET_STD)):
+            raise UserError(f"{source}: train.weights = {value!r} of {name} expects inputs normalised "
+                            f"with mean {got.mean} and std {got.std}; the inputs get ImageNet's "
+                            f"{IMAGENET_MEAN} / {IMAGENET_STD} (data/inputs.py): not supported")
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
 
 
 def _did_you_mean(key: str) -> str:
