@@ -145,7 +145,7 @@ CLI_ROWS = [
     pytest.param(typo_in_file, "params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)",
                  id="params-unknown-key-in-file"),
     pytest.param(argv("train", *sets("grid.models=[vit_z]")),
-                 "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50, resnet_demo",
+                 "unknown model 'vit_z'; valid: vit_b_16, deit_b_16, vit_demo, resnet50, resnet_demo",
                  id="params-unknown-model"),
     pytest.param(argv("sweep", "--model", "vit_demo", "--freeze", "freeze_all"),
                  "unknown freeze mode 'freeze_all' for vit_demo; valid: freeze_none",
