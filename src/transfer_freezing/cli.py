@@ -26,6 +26,12 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
     print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
 
 
+def cmd_pretrain(p: config.Params, args: argparse.Namespace) -> None:
+    from .train import pretrain
+
+    pretrain.run(p)
+
+
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
     from .grid import select
 
@@ -119,6 +125,7 @@ def _cell(sub: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "data": (cmd_data, "materialise raw audio under data/raw/ (synthetic, gtzan or folder)"),
     "features": (cmd_features, "split the corpus and compute log-mel spectrogram arrays"),
+    "pretrain": (cmd_pretrain, "pretrain the demo models on formula-driven fractals (a source task)"),
     "train": (cmd_train, "train (model, freeze mode, seed, fold, lr source) cells, tracked in MLflow"),
     "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode)"),
     "compare": (cmd_compare, "freezing comparison table, statistics and figure from MLflow"),

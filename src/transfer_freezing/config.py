@@ -234,6 +234,21 @@ SCHEMA: dict[str, Setting] = {
     # record (train/checkpoint.py). It decides model.pt, not a run's numbers.
     "keep.weights": S("all", choice("all", "first_seed", "none"),
                       "all | first_seed | none: which runs keep trained weights in model.pt"),
+    # pretrain: the pretrain stage (train/pretrain.py) trains these models on FractalDB-style
+    # fractals (data/fractals.py) at features.image_size; train.weights: <out>/{model}.pt loads them.
+    "pretrain.models": S([], any_list(text()),
+                         "models to pretrain on fractals ([]: the stage writes nothing)"),
+    "pretrain.classes": S(16, int_range(2, 1000, "a class is one random IFS"), "fractal classes (IFS)"),
+    "pretrain.images_per_class": S(32, int_range(8, 10_000, "every 8th is held out"),
+                                   "instances per class (every 8th held out to score the source task)"),
+    "pretrain.points": S(3000, int_range(100, 1_000_000, "chaos-game points per image"),
+                         "chaos-game points per image"),
+    "pretrain.epochs": S(8, positive_int()),
+    "pretrain.batch_size": S(64, positive_int()),
+    "pretrain.lr": S(3e-4, positive_float(), "AdamW, one-cycle schedule"),
+    "pretrain.weight_decay": S(0.05, non_negative_float()),
+    "pretrain.seed": S(0, non_negative_int(), "the fractals and the initialisation"),
+    "pretrain.out": S("pretrain", text(), "<out>/<model>.pt per model, and pretrain.json"),
     "sweep.n_trials": S(20, positive_int()),
     "sweep.lr_low": S(1e-5, positive_float()),
     "sweep.lr_high": S(1e-1, positive_float()),
@@ -353,6 +368,7 @@ def _check_relations(p: Params, source: str) -> None:
     _check_sizes(p, source)
     if p["train"]["weights"] != "none":
         _check_weights(p, source)
+    _check_pretrain(p, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
         raise UserError(f"{source}: split.train + split.val + split.test = {total:g}; must sum to 1")
@@ -508,6 +524,25 @@ def _check_weights(p: Params, source: str) -> None:
             raise UserError(f"{source}: train.weights = {value!r} of {name} expects inputs normalised "
                             f"with mean {got.mean} and std {got.std}; the inputs get ImageNet's "
                             f"{IMAGENET_MEAN} / {IMAGENET_STD} (data/inputs.py): not supported")
+
+
+def _check_pretrain(p: Params, source: str) -> None:
+    """pretrain.models are registry models; a grid model that loads ``<pretrain.out>/{model}.pt``
+    is among them (else the train stage would wait for a file the pretrain stage never writes)."""
+    from .model import registry as models
+
+    for name in p["pretrain"]["models"]:
+        models.spec(name)
+    value = p["train"]["weights"]
+    if not (models.is_file_value(value) and "{model}" in value
+            and Path(value).parent == Path(p["pretrain"]["out"])):
+        return
+    listed = [cell.partition("/")[0] for cell in p["grid"]["cells"]]
+    missing = [m for m in dict.fromkeys(p["grid"]["models"] + listed + p["grid"]["tuned_models"])
+               if m not in p["pretrain"]["models"]]
+    if missing:
+        raise UserError(f"{source}: train.weights = {value} but pretrain.models lacks {', '.join(missing)}; "
+                        f"allowed: add them to pretrain.models, or train.weights = none")
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
