@@ -200,7 +200,7 @@ SCHEMA: dict[str, Setting] = {
     # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
     "train.weights": S("none", text(),
                        "none | imagenet (each model's default entry) | an entry's name (tfreeze models "
-                       "--weights) | a state-dict file ({model}: the cell's model)"),
+                       "lists them) | a state-dict file ({model}: the cell's model)"),
     "train.weights_path": S(None, optional_text(), "the file of the named entry, instead of its cache"),
     "train.epochs": S(20, positive_int()),
     "train.batch_size": S(32, positive_int()),
