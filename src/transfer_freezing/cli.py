@@ -180,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
                          help="how many runs (seeds x folds x repeats) would detect EFFECT pp, from the "
                               "variance this study measured (or the --from-csv table)")
     subs.choices["profile"].add_argument(
-        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo) or a YAML file")
+        "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo, pretraining) "
+                      "or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)
