@@ -128,6 +128,9 @@ def test_a_state_dict_file_per_model_skips_its_head(tmp_path):
     net = models.build("vit_demo", 10, image_size=32, weights=str(tmp_path / "{model}.pt"))
     assert torch.equal(net.conv_proj.weight, source.conv_proj.weight)
     assert net.heads.head.out_features == 10
+    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pth")  # a training script's checkpoint
+    wrapped = models.build("vit_demo", 10, image_size=32, weights=str(tmp_path / "wrapped.pth"))
+    assert torch.equal(wrapped.encoder.ln.weight, source.encoder.ln.weight)
     with pytest.raises(UserError, match=r"file .*resnet_demo.pt not found; .*dvc repro pretrain"):
         models.build("resnet_demo", 10, image_size=32, weights=str(tmp_path / "{model}.pt"))
 

@@ -350,6 +350,9 @@ def _describe_expected(name: str, value: str) -> str:
     return expect(w).file.name if w else f"a state dict of {name} (e.g. the pretrain stage's output)"
 
 
+WRAPPERS = {"model", "state_dict"}  # training scripts' checkpoints that hold the state dict under one key
+
+
 def _read_state(path: Path, name: str, value: str) -> dict:
     import torch
 
@@ -368,6 +371,8 @@ def _read_state(path: Path, name: str, value: str) -> dict:
     if not isinstance(state, dict):
         raise UserError(f"weights file {path} holds a {type(state).__name__}, not a state dict; "
                         f"expected {_describe_expected(name, value)}")
+    if len(state) == 1 and isinstance(next(iter(state.values())), dict) and set(state) & WRAPPERS:
+        state = next(iter(state.values()))  # e.g. DeiT's own release: {"model": state_dict}
     return state
 
 
