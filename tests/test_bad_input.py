@@ -145,7 +145,7 @@ CLI_ROWS = [
     pytest.param(typo_in_file, "params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)",
                  id="params-unknown-key-in-file"),
     pytest.param(argv("train", *sets("grid.models=[vit_z]")),
-                 "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50, resnet_demo",
+                 "unknown model 'vit_z'; valid: vit_b_16, deit_b_16, vit_demo, resnet50, resnet_demo",
                  id="params-unknown-model"),
     pytest.param(argv("sweep", "--model", "vit_demo", "--freeze", "freeze_all"),
                  "unknown freeze mode 'freeze_all' for vit_demo; valid: freeze_none",
@@ -247,11 +247,12 @@ CLI_ROWS = [
                  "params.yaml now holds; re-run the features stage: dvc repro features",
                  id="env-features-built-with-other-params"),
     pytest.param(argv("train", *sets("train.weights=imagenet")),
-                 "train.weights = 'imagenet' but model 'vit_demo' has no ImageNet weights; "
-                 "use train.weights = none or a model among vit_b_16, resnet50",
+                 "train.weights = 'imagenet' but model 'vit_demo' has no pretrained weights; use "
+                 "train.weights = none, a state-dict file, or a model among vit_b_16, deit_b_16, resnet50",
                  id="env-imagenet-weights-for-a-demo-model"),
     pytest.param(argv("train", *sets(*RESNET50, "train.weights=imagenet")),
-                 "train.weights = 'imagenet' needs features.image_size = 224 (got 32)",
+                 "resnet50's weights IMAGENET1K_V2 expect 224x224 inputs: set "
+                 "features.image_size = 224 (got 32; inputs are not resized)",
                  id="env-imagenet-weights-at-another-image-size"),
     # audio
     pytest.param(gtzan(empty="metal"), "class 'metal' has no audio files in ",
@@ -436,7 +437,7 @@ def test_missing_weights_offline_fail_fast_naming_file_and_folder(tmp_path, monk
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/resnet50-11ad3fa6.pth"
-        monkeypatch.setattr(models.ModelSpec, "weights_url", lambda spec: url)
+        monkeypatch.setattr(models.Weights, "url", lambda weights: url)
         start = time.monotonic()
 
         with pytest.raises(UserError) as err:
@@ -457,7 +458,7 @@ WEIGHT_FILES = {
 WEIGHT_MESSAGES = {
     "not a torch file": "could not be read as a state dict (",
     "another architecture": "does not fit resnet50: 246 missing keys (e.g. 'layer1.0.conv3.weight'), "
-                            "20 tensors of another shape (e.g. 'layer1.0.conv1.weight')",
+                            "19 tensors of another shape (e.g. 'layer1.0.conv1.weight')",
     "not a state dict": "holds a list, not a state dict",
 }
 

@@ -56,7 +56,7 @@ def test_tfreeze_profile_writes_params_whole_and_refuses_bad_input_in_one_line(t
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == ""
     assert bad.stderr.startswith("tfreeze profile: error: unknown profile 'papr' (did you mean 'paper'?); "
                                  "profiles: decisive, demo, depth, depth_demo, optimizer, "
-                                 "optimizer_demo, paper, peft, peft_demo")
+                                 "optimizer_demo, paper, peft, peft_demo, pretraining")
     (tmp_path / "profiles" / "typo.yaml").write_text("train:\n  epoch: 3\n")
     typo = tfreeze("profile", "typo", cwd=tmp_path, check=False)
     assert typo.returncode == 2 and typo.stderr.count("\n") == 1
@@ -109,7 +109,7 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
         ("split.scheme=random",
          "split.scheme = 'random' is not allowed; expected one of stratified, filtered, kfold"),
         ("split.scheme=filtered", "split.scheme = 'filtered' needs data.source = 'gtzan'"),
-        ("grid.models=[vit_z]", "unknown model 'vit_z'; valid: vit_b_16, vit_demo, resnet50"),
+        ("grid.models=[vit_z]", "unknown model 'vit_z'; valid: vit_b_16, deit_b_16, vit_demo, resnet50"),
         ("grid.freeze_modes=[freeze_all]", "unknown freeze mode 'freeze_all' for vit_demo; valid:"),
         ("data.source=gtzan", "data.source = 'gtzan' needs data.path"),
         ("sweep.lr_low=1.0", "sweep.lr_low = 1 must be below sweep.lr_high"),

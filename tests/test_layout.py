@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLOW = ["data", "model", "train", "study"]
 STAGE_ENTRY = {"data": "data.corpus", "features": "data.features", "train": "train.stage",
                "train_tuned": "train.stage", "train_cells": "train.stage",
-               "sweep": "train.sweep", "compare": "study.compare"}
+               "sweep": "train.sweep", "compare": "study.compare", "pretrain": "train.pretrain"}
 PKG = imports.PACKAGE
 
 

@@ -284,7 +284,8 @@ def test_dvc_yaml_lists_every_stage_as_a_tfreeze_subcommand():
     import yaml
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"data", "features", "train", "train_cells", "train_tuned", "compare", "sweep"}
+    assert set(stages) == {"data", "features", "pretrain", "train", "train_cells", "train_tuned", "compare",
+                           "sweep"}
     for name, stage in stages.items():  # the three train stages: one subcommand, three grids
         assert stage["cmd"].split()[:2] == ["tfreeze", name.split("_")[0]]
 

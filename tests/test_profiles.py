@@ -38,7 +38,7 @@ STEMS = {path.stem for path in (REPO / "profiles").glob("*.yaml")}
 COVERED = {"demo"} | {stem for stem in STEMS if stem.endswith("_demo") and stem[: -len("_demo")] in STEMS}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
 # Each architecture's offline demo model: the registry's model of that family without weights.
-DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if spec.weights is None}
+DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if not spec.weights}
 # The same for every profile: what makes a run small, never what makes the study what it is.
 SMALL = {"data.clip_seconds": TINY["data.clip_seconds"],
          "data.synthetic_clips_per_class": TINY["data.synthetic_clips_per_class"],

@@ -26,6 +26,12 @@ def cmd_features(p: config.Params, args: argparse.Namespace) -> None:
     print(f"features written to {p['features']['out']}: {shapes} ({meta['dtype']})")
 
 
+def cmd_pretrain(p: config.Params, args: argparse.Namespace) -> None:
+    from .train import pretrain
+
+    pretrain.run(p)
+
+
 def cmd_train(p: config.Params, args: argparse.Namespace) -> None:
     from .grid import select
 
@@ -139,6 +145,7 @@ def _cell(sub: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "data": (cmd_data, "materialise raw audio under data/raw/ (synthetic, gtzan or folder)"),
     "features": (cmd_features, "split the corpus and compute log-mel spectrogram arrays"),
+    "pretrain": (cmd_pretrain, "pretrain the demo models on formula-driven fractals (a source task)"),
     "recipes": (cmd_recipes, "write each grid recipe, resolved over train, for the train and sweep stages"),
     "train": (cmd_train, "train (model, freeze mode, seed, fold, recipe) cells, tracked in MLflow"),
     "sweep": (cmd_sweep, "Optuna learning-rate sweep per (model, freeze mode, tuned-lr recipe)"),
@@ -202,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
                               "variance this study measured (or the --from-csv table)")
     subs.choices["profile"].add_argument(
         "name", help="a profile under profiles/ (demo, paper, decisive, depth, depth_demo, optimizer, "
-                     "optimizer_demo, peft, peft_demo) or a YAML file")
+                     "optimizer_demo, peft, peft_demo, pretraining) or a YAML file")
     ui = subs.choices["ui"]
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1 only)")
     ui.add_argument("--port", type=int, default=5000)

@@ -211,9 +211,10 @@ SCHEMA: dict[str, Setting] = {
     "grid.tuned_recipes": S(["tuned"], any_list(text()),
                             "tuned-lr recipes (lr: tuned), crossed with tuned_models x tuned_freeze_modes"),
     # train: the recipe, what decides a run's numbers (a new key here reaches RunConfig by its name).
-    "train.weights": S("none", choice("none", "imagenet"),
-                       "none | imagenet (torch hub cache or weights_path)"),
-    "train.weights_path": S(None, optional_text()),
+    "train.weights": S("none", text(),
+                       "none | imagenet (each model's default entry) | an entry's name (tfreeze models "
+                       "lists them) | a state-dict file ({model}: the cell's model)"),
+    "train.weights_path": S(None, optional_text(), "the file of the named entry, instead of its cache"),
     "train.epochs": S(20, positive_int()),
     "train.batch_size": S(32, positive_int()),
     "train.lr": S(1e-3, positive_float(),
@@ -258,6 +259,21 @@ SCHEMA: dict[str, Setting] = {
         "name -> delta over train; lr: tuned takes the lr from that recipe's sweep"),
     "keep.weights": S("all", choice("all", "first_seed", "none"),
                       "all | first_seed | none: which runs keep trained weights in model.pt"),
+    # pretrain: the pretrain stage (train/pretrain.py) trains these models on FractalDB-style
+    # fractals (data/fractals.py) at features.image_size; train.weights: <out>/{model}.pt loads them.
+    "pretrain.models": S([], any_list(text()),
+                         "models to pretrain on fractals ([]: the stage writes nothing)"),
+    "pretrain.classes": S(16, int_range(2, 1000, "a class is one random IFS"), "fractal classes (IFS)"),
+    "pretrain.images_per_class": S(32, int_range(8, 10_000, "every 8th is held out"),
+                                   "instances per class (every 8th held out to score the source task)"),
+    "pretrain.points": S(3000, int_range(100, 1_000_000, "chaos-game points per image"),
+                         "chaos-game points per image"),
+    "pretrain.epochs": S(8, positive_int()),
+    "pretrain.batch_size": S(64, positive_int()),
+    "pretrain.lr": S(3e-4, positive_float(), "AdamW, one-cycle schedule"),
+    "pretrain.weight_decay": S(0.05, non_negative_float()),
+    "pretrain.seed": S(0, non_negative_int(), "the fractals and the initialisation"),
+    "pretrain.out": S("pretrain", text(), "<out>/<model>.pt per model, and pretrain.json"),
     "sweep.n_trials": S(20, positive_int()),
     "sweep.lr_low": S(1e-5, positive_float()),
     "sweep.lr_high": S(1e-1, positive_float()),
@@ -445,8 +461,11 @@ def _check_relations(p: Params, source: str) -> None:
     _check_listed_cells(p, source)
     _check_reference(p, source)
     _check_sizes(p, source)
-    if any(t["weights"] == "imagenet" for t in [p["train"], *(recipe(p, r) for r in grid_recipes(p))]):
-        _check_imagenet(p, source)
+    recipes = [p["train"], *(recipe(p, name) for name in grid_recipes(p))]
+    for weights in dict.fromkeys(t["weights"] for t in recipes):
+        if weights != "none":
+            _check_weights(p, weights, source)
+        _check_pretrain(p, weights, source)
     total = p["split"]["train"] + p["split"]["val"] + p["split"]["test"]
     if abs(total - 1.0) > 1e-6:
         raise UserError(f"{source}: split.train + split.val + split.test = {total:g}; must sum to 1")
@@ -607,22 +626,50 @@ def _check_sizes(p: Params, source: str) -> None:
                         f"features.hop_length >= {least} for these clips and n_fft")
 
 
-def _check_imagenet(p: Params, source: str) -> None:
+def _check_weights(p: Params, value: str, source: str) -> None:
+    """Every model of the grid has the weights ``value`` (a ``train.weights`` of the base or a grid
+    recipe) names, at ``features.image_size`` and with the normalisation the inputs get
+    (``data.inputs``: ImageNet's mean and std)."""
+    from .data.inputs import IMAGENET_MEAN, IMAGENET_STD
     from .model import registry as models
 
+    size = p["features"]["image_size"]
     listed = [cell.partition("/")[0] for cell in p["grid"]["cells"]]
     for name in dict.fromkeys(p["grid"]["models"] + listed + p["grid"]["tuned_models"]):
-        if models.spec(name).weights is None:
-            with_weights = [m for m, s in models.REGISTRY.items() if s.weights is not None]
-            raise UserError(
-                f"{source}: train.weights = 'imagenet' but model {name!r} has no ImageNet weights; "
-                f"use train.weights = none or a model among {', '.join(with_weights)}"
-            )
-    if p["features"]["image_size"] != 224:
-        raise UserError(
-            f"{source}: train.weights = 'imagenet' needs features.image_size = 224 "
-            f"(got {p['features']['image_size']})"
-        )
+        try:
+            w = models.entry(name, value)
+            if w is None:
+                continue
+            models.check_image_size(name, w, size)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        got = models.expect(w)
+        if not (_close(got.mean, IMAGENET_MEAN) and _close(got.std, IMAGENET_STD)):
+            raise UserError(f"{source}: train.weights = {value!r} of {name} expects inputs normalised "
+                            f"with mean {got.mean} and std {got.std}; the inputs get ImageNet's "
+                            f"{IMAGENET_MEAN} / {IMAGENET_STD} (data/inputs.py): not supported")
+
+
+def _check_pretrain(p: Params, value: str, source: str) -> None:
+    """pretrain.models are registry models; a grid model that loads ``<pretrain.out>/{model}.pt``
+    is among them (else the train stage would wait for a file the pretrain stage never writes)."""
+    from .model import registry as models
+
+    for name in p["pretrain"]["models"]:
+        models.spec(name)
+    if not (models.is_file_value(value) and "{model}" in value
+            and Path(value).parent == Path(p["pretrain"]["out"])):
+        return
+    listed = [cell.partition("/")[0] for cell in p["grid"]["cells"]]
+    missing = [m for m in dict.fromkeys(p["grid"]["models"] + listed + p["grid"]["tuned_models"])
+               if m not in p["pretrain"]["models"]]
+    if missing:
+        raise UserError(f"{source}: train.weights = {value} but pretrain.models lacks {', '.join(missing)}; "
+                        f"allowed: add them to pretrain.models, or train.weights = none")
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
 
 
 def _did_you_mean(key: str) -> str:

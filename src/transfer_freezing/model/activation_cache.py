@@ -90,6 +90,26 @@ def _vit_stages(s: models.ModelSpec) -> tuple[Stage, ...]:
     )
 
 
+def _timm_vit_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # timm VisionTransformer.forward_features up to the first block, op for op.
+    return model.norm_pre(model.patch_drop(model._pos_embed(x)))
+
+
+def _timm_vit_pool(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.norm(x), pre_logits=True)  # pool, fc_norm, head_drop
+
+
+def _timm_vit_stages(s: models.ModelSpec) -> tuple[Stage, ...]:
+    """timm's VisionTransformer (DeiT) cut at the same boundaries as torchvision's."""
+    return (
+        Stage("patch", ("patch_embed",), partial(_submodule, "patch_embed")),
+        Stage("tokens", ("cls_token", "pos_embed", "pos_drop", "patch_drop", "norm_pre"), _timm_vit_tokens),
+        *_blocks(s),
+        Stage("pool", ("norm", "fc_norm", "head_drop"), _timm_vit_pool),
+        Stage("head", (s.head,), partial(_submodule, s.head)),
+    )
+
+
 def _resnet_stages(s: models.ModelSpec) -> tuple[Stage, ...]:
     return (
         Stage("stem", (*s.stem, "relu", "maxpool"), _resnet_stem),
@@ -103,16 +123,18 @@ def _blocks(s: models.ModelSpec) -> tuple[Stage, ...]:
     return tuple(Stage(b, (b,), partial(_submodule, b), block=True) for b in s.blocks)
 
 
-FAMILY_STAGES: dict[str, Callable[[models.ModelSpec], tuple[Stage, ...]]] = {
-    "vit": _vit_stages,
-    "resnet": _resnet_stages,
+# By (family, impl): whose module layout the forward is cut in (``registry.ModelSpec.impl``).
+FAMILY_STAGES: dict[tuple[str, str], Callable[[models.ModelSpec], tuple[Stage, ...]]] = {
+    ("vit", "torchvision"): _vit_stages,
+    ("vit", "timm"): _timm_vit_stages,
+    ("resnet", "torchvision"): _resnet_stages,
 }
 
 
 def stages(model_name: str) -> tuple[Stage, ...]:
     """``model_name``'s forward as stages; running them in order is ``model(x)``."""
     s = models.spec(model_name)
-    return FAMILY_STAGES[s.family](s)
+    return FAMILY_STAGES[s.family, s.impl](s)
 
 
 class Span(nn.Module):

@@ -1,7 +1,8 @@
 """Parts the parameter-efficient families add to a frozen ViT: LoRA, bottleneck adapters, prompts.
 
 Each is a small module of this project's own, attached to torchvision's ``VisionTransformer``
-without forking it (``attach``), after the backbone is frozen, so only the added parameters and
+(or timm's, DeiT-B/16: ``SITES`` holds where each part goes in either layout) without forking it
+(``attach``), after the backbone is frozen, so only the added parameters and
 the head train:
 
 - **LoRA** (Hu et al. 2022): a ``torch.nn.utils.parametrize`` parametrization of a weight,
@@ -35,6 +36,7 @@ them from the backbone's own parameters by these names.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,16 +46,42 @@ from . import attention, freezing
 from . import registry as models
 from .freezing import Addition
 
-# LoRA's targets per block: (module, weight, row slices as fractions of the weight's rows).
-# torchvision's in_proj_weight is [q; k; v]: the q and v thirds. MLPBlock: Linear 0 and Linear 3.
-LORA_TARGETS: dict[str, tuple[tuple[str, str, tuple[tuple[int, int, int], ...]], ...]] = {
-    "attn": (("self_attention", "in_proj_weight", ((0, 1, 3), (2, 3, 3))),),
-    "mlp": (("mlp.0", "weight", ((0, 1, 1),)), ("mlp.3", "weight", ((0, 1, 1),))),
+Slices = tuple[tuple[int, int, int], ...]  # row slices (i, j, parts): rows n*i/parts .. n*j/parts
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Where the added parts go in one ViT block, by the module layout (``ModelSpec.impl``).
+
+    ``lora_attn`` / ``lora_mlp``: LoRA's targets (module, weight, row slices); q, k, v are packed
+    as [q; k; v] rows in both libraries, so q and v are the first and last thirds. ``after_attn``
+    / ``after_mlp``: the module whose output an adapter rewrites (the attention sub-layer's and the
+    MLP's, before the residual sum); ``norm``: a parameter whose shape and device the added parts
+    take (the width E)."""
+
+    lora_attn: tuple[tuple[str, str, Slices], ...]
+    lora_mlp: tuple[tuple[str, str, Slices], ...]
+    after_attn: str
+    after_mlp: str
+    norm: str
+
+
+QV: Slices = ((0, 1, 3), (2, 3, 3))
+WHOLE: Slices = ((0, 1, 1),)
+SITES: dict[str, Sites] = {
+    # torchvision EncoderBlock: ln_1, self_attention (packed in_proj_weight), dropout, ln_2, mlp (0, 3)
+    "torchvision": Sites((("self_attention", "in_proj_weight", QV),),
+                         (("mlp.0", "weight", WHOLE), ("mlp.3", "weight", WHOLE)),
+                         after_attn="dropout", after_mlp="mlp", norm="ln_1.weight"),
+    # timm Block (DeiT): norm1, attn (qkv Linear, proj), ls1, norm2, mlp (fc1, fc2), ls2
+    "timm": Sites((("attn.qkv", "weight", QV),),
+                  (("mlp.fc1", "weight", WHOLE), ("mlp.fc2", "weight", WHOLE)),
+                  after_attn="attn", after_mlp="mlp", norm="norm1.weight"),
 }
-# Adapter sites: the module whose output an adapter rewrites, per placement.
+# Adapter modules per placement, and which site each rewrites.
 ADAPTER_SITES: dict[str, tuple[tuple[str, str], ...]] = {
-    "houlsby": (("adapter_attn", "dropout"), ("adapter_mlp", "mlp")),
-    "pfeiffer": (("adapter_mlp", "mlp"),),
+    "houlsby": (("adapter_attn", "after_attn"), ("adapter_mlp", "after_mlp")),
+    "pfeiffer": (("adapter_mlp", "after_mlp"),),
 }
 
 
@@ -136,8 +164,15 @@ def attach(model: nn.Module, model_name: str, addition: Addition) -> int:
     return sum(p.numel() for p in model.parameters()) - before
 
 
+def _patch_size(model: nn.Module) -> int:
+    """The patch side: torchvision's ``patch_size``, timm's ``patch_embed.patch_size`` (a pair)."""
+    size = getattr(model, "patch_size", None) or model.patch_embed.patch_size
+    return size if isinstance(size, int) else size[0]
+
+
 def _lora(model: nn.Module, s: models.ModelSpec, a: Addition) -> None:
-    targets = LORA_TARGETS["attn"] + (LORA_TARGETS["mlp"] if a.variant == "attn_mlp" else ())
+    sites = SITES[s.impl]
+    targets = sites.lora_attn + (sites.lora_mlp if a.variant == "attn_mlp" else ())
     for block in s.blocks:
         for module_name, weight_name, slices in targets:
             module = model.get_submodule(f"{block}.{module_name}")
@@ -151,21 +186,22 @@ def _lora(model: nn.Module, s: models.ModelSpec, a: Addition) -> None:
 
 
 def _adapter(model: nn.Module, s: models.ModelSpec, a: Addition) -> None:
+    sites = SITES[s.impl]
     for block_name in s.blocks:
         block = model.get_submodule(block_name)
-        like = block.ln_1.weight
+        like = block.get_parameter(sites.norm)
         for name, site in ADAPTER_SITES[a.variant]:
             adapter = Adapter(like.shape[0], a.size, like)
             block.add_module(name, adapter)
-            block.get_submodule(site).register_forward_hook(adapter.after)
+            block.get_submodule(getattr(sites, site)).register_forward_hook(adapter.after)
 
 
 def _prompt(model: nn.Module, s: models.ModelSpec, a: Addition) -> None:
     blocks = s.blocks if a.variant == "deep" else s.blocks[:1]
     for i, block_name in enumerate(blocks):
         block = model.get_submodule(block_name)
-        like = block.ln_1.weight
-        prompt = Prompt(a.size, like.shape[0], model.patch_size, replace=i > 0, like=like)
+        like = block.get_parameter(SITES[s.impl].norm)
+        prompt = Prompt(a.size, like.shape[0], _patch_size(model), replace=i > 0, like=like)
         block.add_module("prompt", prompt)
         block.register_forward_pre_hook(prompt.before)
 

@@ -49,12 +49,25 @@ def _frozen_text(row: dict) -> str:
     return "trains: " + row["trains"]
 
 
+def weights_lines(model_name: str) -> list[str]:
+    """One line per pretrained-weights entry of ``model_name``: its name, expected input size and
+    normalisation (from torchvision's / timm's metadata) and the file the loader looks for."""
+    out = []
+    for i, w in enumerate(models.spec(model_name).weights):
+        e = models.expect(w)
+        alias = f" (= {models.DEFAULT_ALIAS})" if i == 0 else ""
+        out.append(f"  weights {w.name}{alias}: {w.source}, {e.image_size}x{e.image_size} px, "
+                   f"mean {e.mean}, std {e.std}; file {e.file}")
+    return out or ["  weights: none registered (train.weights: none, or a state-dict file)"]
+
+
 def describe(model: str | None = None, num_classes: int = 10, counts: bool = False) -> str:
     names = [model] if model else list(models.REGISTRY)
     lines = []
     for name in names:
         spec = models.spec(name)
         lines.append(f"{name}: {spec.description}")
+        lines.extend(weights_lines(name))
         if counts:
             for r in rows(name, num_classes):
                 lines.append(f"  {r['mode']:<22} {r['family']:<10} {r['trainable']:>12,} trainable "

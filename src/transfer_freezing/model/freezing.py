@@ -150,7 +150,7 @@ def _vit_prefix(s: models.ModelSpec, m: re.Match) -> Rule | None:
 def _vit_prefix_cls(s: models.ModelSpec, m: re.Match) -> Rule | None:
     """The prefix mode with the class token frozen as well."""
     base = _vit_prefix(s, m)
-    return None if base is None else Rule(tuple(dict.fromkeys((*base.freeze, "class_token"))))
+    return None if base is None else Rule(tuple(dict.fromkeys((*base.freeze, s.class_token))))
 
 
 def _resnet_prefix(s: models.ModelSpec, m: re.Match) -> Rule | None:

@@ -188,8 +188,8 @@ def train_cell(ws: Workspace, cfg: training.RunConfig, recipe: str, logged: dict
     (its settings changed) is marked KILLED with the reason.
     """
     data, meta = ws.load_data(cfg.batch_size, cfg.fold)
-    if cfg.weights == "imagenet":
-        models.weights_file(cfg.model, cfg.weights_path)  # missing offline -> one line, before any output
+    if cfg.weights != "none":  # missing offline -> one line, before any output
+        models.weights_file(cfg.model, cfg.weights_path, cfg.weights)
     exp_id = tracking.connect(ws.tracking)
     out = ws.run_dir(cfg.model, cfg.freeze, cfg.seed, cfg.fold, recipe)
     out.mkdir(parents=True, exist_ok=True)
