@@ -100,7 +100,7 @@ def test_repro_writes_table_figure_and_per_run_outputs(repro):
     assert np.allclose(probe["cka"].dropna(), 1.0) and set(probe["n_runs"]) == {2}
     assert "### Why: weight change and representation change per block" in markdown
     assert "### Scores beyond accuracy (test clips)" in markdown  # read from MLflow's scores/ section
-    judged = table.set_index(["lr_source", "freeze_mode"]).loc[("fixed", "freeze_patch_0_11")]
+    judged = table.set_index(["recipe", "freeze_mode"]).loc[("fixed", "freeze_patch_0_11")]
     assert judged["test_nll_low"] <= judged["test_nll_estimate"] <= judged["test_nll_high"]
     assert (repro / "reports/freezing_diagnostics.png").stat().st_size > 10_000
     for freeze, source, seed in CELLS:
@@ -284,8 +284,8 @@ def test_dvc_yaml_lists_every_stage_as_a_tfreeze_subcommand():
     import yaml
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == {"data", "features", "pretrain", "train", "train_cells", "train_tuned", "compare",
-                           "sweep"}
+    assert set(stages) == {"data", "features", "pretrain", "recipes", "train", "train_cells", "train_tuned",
+                           "compare", "sweep"}
     for name, stage in stages.items():  # the three train stages: one subcommand, three grids
         assert stage["cmd"].split()[:2] == ["tfreeze", name.split("_")[0]]
 
@@ -368,6 +368,7 @@ def test_a_train_stage_killed_under_dvc_repro_resumes_into_the_same_run(repro, t
     stage = "train@vit_demo-freeze_none-fixed-1-0"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TFREEZE_KILL_AFTER_EPOCH": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    sh("dvc", "repro", "-s", "recipes", cwd=work)  # the train.epochs edit reaches the stage through it
     killed = subprocess.run(["dvc", "repro", "-s", stage], cwd=work, env=env, capture_output=True, text=True)
     assert killed.returncode != 0 and (work / KILLED / "last.pt").is_file()
     (orphan,) = [r for r in _stage_runs(work, stage) if r.info.status == "RUNNING"]
@@ -434,7 +435,8 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
 
     work = _copy(repro, tmp_path / "exps")
     _commit(work, "lock")
-    one = ["-S", "train.epochs=1", "-S", "grid.seeds=[1]", "-S", "grid.tuned_models=[]"]  # two fixed-lr cells
+    one = ["-S", "train.epochs=1", "-S", "grid.seeds=[1]", "-S", "grid.tuned_models=[]",
+           "-S", "grid.recipes=[fixed]"]  # two fixed-lr cells
     sh("dvc", "exp", "run", "--temp", "-n", "temp-exp", *one, cwd=work)
     sh("dvc", "exp", "run", "--queue", "-n", "queued-exp", *one, "-S", "train.momentum=0.8", cwd=work)
     sh("dvc", "queue", "start", "-j", "1", cwd=work)

@@ -108,7 +108,7 @@ def test_partial_sweep_is_completed_and_rerun_adds_nothing(proj: Path, capsys) -
     ts = trials(p)
     assert len(ts) == N and len(finished(ts)) == N
     assert [t.number for t in ts] == list(range(N))
-    out = proj / "reports" / "sweep" / f"{MODEL}-{FREEZE}.json"
+    out = proj / "reports" / "sweep" / f"{MODEL}-{FREEZE}-tuned.json"
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
     best = max((t for t in ts if t.state.name == "COMPLETE"), key=lambda t: t.value)
@@ -157,7 +157,7 @@ def test_killed_worker_trial_is_failed_and_retried(proj: Path) -> None:
     assert retried[0].state.name in ("COMPLETE", "PRUNED")
     assert len(ts) == N + 1  # the killed trial + N finished, nothing over budget
     check_mlflow(proj, ts, extra_failed=1)
-    written = json.loads((proj / "reports" / "sweep" / f"{MODEL}-{FREEZE}.json").read_text())
+    written = json.loads((proj / "reports" / "sweep" / f"{MODEL}-{FREEZE}-tuned.json").read_text())
     assert [r["state"] for r in written["trials"]].count("fail") == 1
 
 
