@@ -184,7 +184,9 @@ def test_ctrl_c_while_dvc_commit_runs_lets_it_finish(tiny: Path, tmp_path: Path)
 
     out, _, _ = _ctrl_c(driver, release=marker)
 
-    assert "recorded 3 stage(s) in dvc.lock (dvc commit)" in out  # the two cells and the recipes stage
+    # the two cells, the recipes stage and the pretrain stage (no models: its empty report, written)
+    assert "recorded 4 stage(s) in dvc.lock (dvc commit)" in out
+    assert json.loads((tiny / "pretrain/pretrain.json").read_text()) == {}
     lock = yaml.safe_load((tiny / "dvc.lock").read_text())
     assert {f"train@vit_demo-freeze_patch_0_11-fixed-{seed}-0" for seed in (1, 2)} <= set(lock["stages"])
     runs = _runs(tiny)

@@ -448,7 +448,8 @@ RECIPE_READERS = ("train", "train_cells", "train_tuned", "sweep")  # stages whos
 
 def _record(stages: list[str], params: str, overrides: list[str], p: Params | None = None) -> None:
     """``dvc commit -f`` the finished stages, when this is a DVC project run on its params.yaml; with
-    train or sweep stages, first the ``recipes`` stage (its resolved recipes are their deps)."""
+    train or sweep stages, first the ``recipes`` stage (its resolved recipes are their deps) and,
+    where its output is missing and it pretrains nothing, the ``pretrain`` stage."""
     here = Path.cwd()
     if not stages or not (here / ".dvc").is_dir() or not (here / "dvc.yaml").is_file():
         return
@@ -464,6 +465,15 @@ def _record(stages: list[str], params: str, overrides: list[str], p: Params | No
 
         recipes.write(p)  # what the recipes stage writes for these params
         stages = ["recipes", *stages]
+        if not Path(p["pretrain"]["out"]).exists():  # the pretrain stage's output: their dep too
+            if p["pretrain"]["models"]:
+                raise UserError(f"not recorded in dvc.lock: {p['pretrain']['out']}/ (the pretrain stage's "
+                                "output, a dep of the train stages) is missing; run dvc repro pretrain, "
+                                f"then dvc commit -f {' '.join(stages)}")
+            from . import pretrain
+
+            pretrain.run(p)  # no models: only the empty pretrain.json the stage writes
+            stages = ["pretrain", *stages]
     # `dvc commit -f` of every stage after one collection and with one write of dvc.lock (record.py),
     # in its own session: the terminal's Ctrl-C reaches only the driver, which holds it until
     # dvc.lock is written whole.
