@@ -86,6 +86,7 @@ def test_a_run_logs_its_groups_and_the_recipe_carries_both_settings(tmp_path):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["train.layer_decay=0"], "train.layer_decay = 0.0 is not allowed; expected a number in (0, 1]"),
     (["train.layer_decay=1.2"], "train.layer_decay = 1.2 is not allowed"),
+    (["train.clip_grad_norm=-1"], "train.clip_grad_norm = -1.0 is not allowed; expected a number >= 0"),
     (["train.lp_epochs=2"], "train.lp_epochs = 2 must be below train.epochs = 2"),
     (["train.epochs=6", "train.lp_epochs=2", "train.warmup_epochs=2"],
      "train.warmup_epochs = 2 must be below both LP-FT phases"),
@@ -94,6 +95,28 @@ def test_bad_recipe_values_give_one_line(tmp_path, overrides, message):
     with pytest.raises(UserError) as err:
         config.load(write_params(tmp_path), overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05, 1e3])
+def test_clip_grad_norm_bounds_each_steps_update(tmp_path, clip):
+    # train.clip_grad_norm reaches the run config by name (a recipe may set it), and with plain SGD
+    # at lr 1 one batch's update is the clipped gradient: its global norm min(clip, |g|).
+    p = config.load(write_params(tmp_path), [f"train.clip_grad_norm={clip}"])
+    assert train_stage.run_config(p, "vit_demo", "freeze_none", 1, 1.0, 10).clip_grad_norm == clip
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 4)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    net.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    full = torch.linalg.vector_norm(torch.cat([q.grad.flatten() for q in net.parameters()])).item()
+    before = [q.detach().clone() for q in net.parameters()]
+    split = training.Split(images=x, labels=y, clip_ids=[str(i) for i in range(16)])
+    training.run_epoch(net, split, 16, torch.device("cpu"), torch.optim.SGD(net.parameters(), lr=1.0),
+                       clip_grad_norm=clip)
+    step = torch.linalg.vector_norm(torch.cat([(q - b).flatten() for q, b in zip(net.parameters(), before,
+                                                                                 strict=True)])).item()
+    assert step == pytest.approx(min(clip, full) if clip else full, rel=1e-5)
+    assert full > 0.05  # the middle case clips
 
 
 def test_phases_split_the_epochs():

@@ -240,6 +240,9 @@ SCHEMA: dict[str, Setting] = {
                                  "torchaudio TimeMasking(this): up to this-1 frames zeroed (0: off)"),
     "train.label_smoothing": S(0.0, Rule("a number in [0, 1)", lambda x: _num(x) and 0 <= x < 1),
                                "label smoothing of the training loss (0: none); evaluation stays plain"),
+    "train.clip_grad_norm": S(0.0, Rule("a number >= 0", lambda x: _num(x) and x >= 0),
+                              "clip the gradients' global L2 norm to this before each optimiser step "
+                              "(torch.nn.utils.clip_grad_norm_; 0: off)"),
     "train.layer_decay": S(1.0, Rule("a number in (0, 1]", lambda x: _num(x) and 0 < x <= 1),
                            "layer-wise lr decay: block i of d trains at lr * decay^(d - i), the stem at "
                            "lr * decay^(d + 1), the head at lr (ResNet: stages); 1: off"),

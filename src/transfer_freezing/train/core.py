@@ -81,6 +81,7 @@ class RunConfig:
     augment_freq_mask: int = 20
     augment_time_mask: int = 30
     label_smoothing: float = 0.0  # of the training loss (cross-entropy); evaluation stays plain
+    clip_grad_norm: float = 0.0  # the gradients' global L2 norm clipped to this per step (0: off)
     layer_decay: float = 1.0  # layer-wise lr decay (``layer_decay``): block i at lr * decay**(depth - i)
     lp_epochs: int = 0  # LP-FT: the first lp_epochs train the head only (``phases``)
 
@@ -351,13 +352,14 @@ def forward_path(cfg: RunConfig, model: nn.Module, data: Data, device: torch.dev
 def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.device,
               opt: torch.optim.Optimizer | None = None, order: torch.Tensor | None = None,
               desc: str = "", schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
-              augment: Callable[..., torch.Tensor] | None = None, label_smoothing: float = 0.0
-              ) -> tuple[float, float, torch.Tensor]:
+              augment: Callable[..., torch.Tensor] | None = None, label_smoothing: float = 0.0,
+              clip_grad_norm: float = 0.0) -> tuple[float, float, torch.Tensor]:
     """One pass over ``split``: trains when ``opt`` is given. Returns (loss, acc %, predictions).
 
     ``net`` maps a batch of ``split.images`` to logits. Sums stay on the device (float64 loss,
     the same arithmetic as Python floats), so a GPU epoch syncs with the host once, at its end.
-    ``label_smoothing`` smooths the cross-entropy (``fit`` gives it to training passes only). When
+    ``label_smoothing`` smooths the cross-entropy (``fit`` gives it to training passes only);
+    ``clip_grad_norm`` > 0 clips the trainable gradients' global L2 norm before each step. When
     training, ``schedule`` steps after every optimiser step and ``augment(images, step=batch
     index)`` rewrites each batch before the forward pass.
     """
@@ -381,6 +383,8 @@ def run_epoch(net: nn.Module, split: Split, batch_size: int, device: torch.devic
         if training:
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_grad_norm:
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_grad_norm)
             opt.step()
             if schedule is not None:
                 schedule.step()
@@ -492,7 +496,8 @@ def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = 
                                                    desc=f"epoch {epoch + 1}/{cfg.epochs} train",
                                                    schedule=state.scheduler,
                                                    augment=partial(augment, epoch=epoch) if augment else None,
-                                                   label_smoothing=cfg.label_smoothing)
+                                                   label_smoothing=cfg.label_smoothing,
+                                                   clip_grad_norm=cfg.clip_grad_norm)
                     with added.evaluation():  # LoRA's merged weights computed once per pass
                         va_loss, va_acc, _ = run_epoch(net, split.val, cfg.batch_size, device, desc="val")
                     row = {"train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
