@@ -201,3 +201,17 @@ def test_the_budget_table_ranks_within_each_share_budget():
     assert (top["rank"], top["family"], top["Pareto"], top["trainable share"]) == (1, "lora", "yes", "0.18 %")
     assert table.loc[table["freeze mode"] == "freeze_none", "Δ test (pp) [CI]"].tolist() == ["reference"]
     assert "### Within a trainable-share budget" in compare.budget_markdown(summary)
+
+
+def test_the_budget_table_ranks_each_recipe_on_its_own():
+    # Two recipes of one model: each ranked and given its frontier within itself, named in a column.
+    runs = pd.concat([_frontier_runs().assign(recipe="sgd"),
+                      _frontier_runs().assign(recipe="adamw", test_acc=lambda d: 100 - d["test_acc"])])
+    table = compare.budget_table(stats.summarize(runs, reference_mode="freeze_none", confidence=0.95))
+    every = table[table["budget"] == "all"]
+    assert list(every["recipe"]) == ["sgd"] * 5 + ["adamw"] * 5
+    assert list(every["rank"]) == [1, 2, 3, 4, 5] * 2
+    assert list(every.loc[every["recipe"] == "adamw", "freeze mode"]) == [
+        "freeze_patch_0_11", "bitfit", "freeze_none", "adapter_houlsby_w64", "lora_r4"]
+    # under adamw the least-training mode scores best: it alone is on that recipe's frontier
+    assert list(every.loc[every["recipe"] == "adamw", "Pareto"]) == ["yes", "", "", "", ""]

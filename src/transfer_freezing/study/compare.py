@@ -344,12 +344,13 @@ def _checks_markdown(checks: dict) -> str:
 
 def budget_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The strategies ranked by mean test accuracy within each trainable-share budget (``BUDGETS``),
-    per model (condition, lr source): family, share, accuracy, the difference to the reference with
-    its interval (the crossed one when per-clip predictions were compared), the verdict, and whether
-    the mode is on the Pareto frontier of its group (``figures.pareto``). Empty without shares."""
+    per comparison group (model, condition, recipe): family, share, accuracy, the difference to the
+    reference with its interval (the crossed one when per-clip predictions were compared), the
+    verdict, and whether the mode is on the Pareto frontier of its group (``figures.pareto``).
+    Empty without shares."""
     if "trainable_share" not in summary or summary["trainable_share"].isna().all():
         return pd.DataFrame()
-    keys = [k for k in ("model", stats.CONDITION, "lr_source") if k in summary.columns]
+    keys = [k for k in stats.group_keys(summary) if k in summary.columns]
     rows = []
     for _, group in summary.groupby(keys, sort=False, dropna=False):
         on_front = figures.pareto(group["trainable_share"], group["test_mean"])
@@ -367,7 +368,7 @@ def budget_table(summary: pd.DataFrame) -> pd.DataFrame:
                                  r.get("note")),
                              "verdict": "–" if ref or pd.isna(r.get("verdict", math.nan)) else r["verdict"],
                              "Pareto": "yes" if front[i] else ""})
-    return pd.DataFrame(rows).rename(columns={"lr_source": "lr"})
+    return pd.DataFrame(rows)
 
 
 def budget_markdown(summary: pd.DataFrame) -> str:
