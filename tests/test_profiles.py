@@ -36,7 +36,14 @@ from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
 # k-fold cell instead of a stratified split, two designs the other profiles run).
 STEMS = {path.stem for path in (REPO / "profiles").glob("*.yaml")}
 COVERED = {"demo"} | {stem for stem in STEMS if stem.endswith("_demo") and stem[: -len("_demo")] in STEMS}
-PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml") if path.stem not in COVERED)
+# Profiles whose shrunk study another slow test already runs through `dvc repro` (each still
+# validates and renders in test_config): shrunk, optimizer is the headline's modes under two
+# fixed-lr recipes on a k-fold cell, which test_pipeline's `repro` fixture trains (fixed and adamw,
+# with the mode x recipe interaction checked); pretraining's two sources both become the weightless
+# vit_demo, which leaves the headline's modes on a k-fold split: the demo's own shape.
+ELSEWHERE = {"optimizer": "test_pipeline.py::repro", "pretraining": "test_pipeline.py::repro"}
+PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml")
+                  if path.stem not in COVERED and path.stem not in ELSEWHERE)
 # Each architecture's offline demo model: the registry's model of that family without weights.
 DEMO = {spec.family: name for name, spec in models.REGISTRY.items() if not spec.weights}
 # The same for every profile: what makes a run small, never what makes the study what it is.
@@ -172,3 +179,19 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
     sweeps = len(config.pairs(p, "tuned")) * len(p["grid"]["tuned_recipes"])
     print(f"\n{profile.name}: dvc repro of {len(runs)} runs and {sweeps} sweeps to the table "
           f"in {seconds:.0f} s")
+
+
+@pytest.mark.parametrize("name", sorted(ELSEWHERE))
+def test_a_profile_run_elsewhere_shrinks_to_the_shape_that_test_runs(name):
+    # The claim behind ELSEWHERE, checked: shrunk, the profile is one weightless demo model on a
+    # single-repeat k-fold split, with fixed-lr recipes that the pipeline fixture's recipes match
+    # in kind (SGD, and AdamW where the profile has it), and no listed cells.
+    from test_pipeline import BOTH
+
+    small = config.flat(shrink(config.load(REPO / "profiles" / f"{name}.yaml"), Path("corpus")))
+    assert (small["split.scheme"], small["split.repeats"], small["grid.models"]) == ("kfold", 1, ["vit_demo"])
+    assert small["grid.cells"] == [] and small["grid.freeze_modes"][0] == "freeze_none"
+    tuned = small["grid.tuned_recipes"] if small["grid.tuned_models"] else []
+    optimizers = {(small["recipes"][r] or {}).get("optimizer", "sgd") for r in small["grid.recipes"] + tuned}
+    fixture = {(BOTH["recipes"][r] or {}).get("optimizer", "sgd") for r in BOTH["grid.recipes"]}
+    assert optimizers <= fixture and len(small["grid.recipes"]) <= len(BOTH["grid.recipes"])
