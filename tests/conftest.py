@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+# One torch thread per process: the suite runs a process per core (pytest-xdist), and each starts
+# tfreeze subprocesses that would otherwise take every core each (train.core.configure).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from transfer_freezing import config
 from transfer_freezing.data import corpus as data
 from transfer_freezing.data import features

@@ -428,14 +428,15 @@ def physical_cores() -> int:
 
 
 def configure(device: torch.device) -> None:
-    """Per-process settings: deterministic kernels, CPU threads = physical cores, TF32 on GPUs."""
+    """Per-process settings: deterministic kernels, CPU threads = physical cores (or
+    ``OMP_NUM_THREADS`` where the environment sets it), TF32 on GPUs."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        torch.set_num_threads(physical_cores())
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or physical_cores())
 
 
 def fit(cfg: RunConfig, data: Data, workdir: Path, on_epoch: EpochHook | None = None,
