@@ -152,7 +152,7 @@ def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     assert (tags["cell"], tags["repeat"], tags["fold"]) == (str(folds + 1), "1", "1")
     assert run.info.run_name == grid.cell_name(*cell)
     printed = tfreeze("compare", cwd=root, env=env).stdout
-    assert re.search(rf"^\| {cell.model} \| fixed \| {mode} ", printed, re.M), printed
+    assert re.search(rf"^\| {cell.model} +\| fixed +\| {mode} ", printed, re.M), printed
 
 
 @pytest.mark.slow
