@@ -35,6 +35,8 @@ TINY = {
     "runtime.checkpoint_seconds": 0,  # resumable state after every epoch: the kill tests need it
     "train.epochs": 2,
     "train.batch_size": 16,
+    "train.weights": "none",  # the demo's pretrained weights: test_pretrain trains and loads them
+    "pretrain.models": [],
     "grid.tuned_models": ["vit_demo"],
     "grid.tuned_freeze_modes": ["freeze_none"],
     "sweep.n_trials": 2,
