@@ -15,7 +15,7 @@ from transfer_freezing.data.inputs import Split
 from transfer_freezing.model import freezing
 from transfer_freezing.model import registry as models
 from transfer_freezing.study import compare
-from transfer_freezing.train import core, diagnostics
+from transfer_freezing.train import core, diagnostics, tracking
 from transfer_freezing.train import stage as train_stage
 
 
@@ -221,9 +221,9 @@ def test_a_demo_run_writes_diagnostics_json_and_mlflow_metrics(tiny):
     mlflow.set_tracking_uri("sqlite:///mlruns/mlflow.db")
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    logged = run.data.metrics["weight_change.block_11"]
+    logged = run.data.metrics[tracking.metric_name("weight_change.block_11")]  # diagnostics/weight_change/...
     assert logged == pytest.approx(diag["parts"]["block_11"]["weight_change"])
-    assert run.data.metrics["cka.block_00"] == pytest.approx(1.0, abs=1e-6)
+    assert run.data.metrics["diagnostics/cka/block_00"] == pytest.approx(1.0, abs=1e-6)
     assert {a.path for a in client.list_artifacts(run_id, "diagnostics")} == {
         "diagnostics/diagnostics.json", "diagnostics/diagnostics.png"}
 

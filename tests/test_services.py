@@ -47,7 +47,9 @@ def test_two_workers_share_one_study(tiny: Path, servers) -> None:
     env = {**os.environ, "OPTUNA_STORAGE": pg.url("optuna"), "MLFLOW_TRACKING_URI": tracking_url,
            "OMP_NUM_THREADS": "1"}
     env.pop("TFREEZE_KILL_AFTER_EPOCH", None)
-    cmd = [TFREEZE, "sweep", "--model", MODEL, "--freeze", FREEZE]
+    # --shared: the multi-process protocol (sweep_workers); two plain sweeps would each take the
+    # other's running trial for one a killed sweep left (docs/sweep.md)
+    cmd = [TFREEZE, "sweep", "--model", MODEL, "--freeze", FREEZE, "--shared"]
     t0 = time.monotonic()
     workers = [subprocess.Popen(cmd, cwd=tiny, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for _ in range(2)]
@@ -60,7 +62,7 @@ def test_two_workers_share_one_study(tiny: Path, servers) -> None:
     sys.stderr.write(f"two workers, {N} trials: {wall:.1f} s\n")
 
     # Optuna: exactly N finished trials, unique numbers, and both workers did some of them.
-    result = json.loads((tiny / "reports" / "sweep" / f"{MODEL}-{FREEZE}.json").read_text())
+    result = json.loads((tiny / "reports" / "sweep" / f"{MODEL}-{FREEZE}-tuned.json").read_text())
     study = optuna.load_study(study_name=result["study"], storage=pg.url("optuna"))
     trials = study.get_trials()
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]

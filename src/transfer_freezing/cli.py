@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -232,6 +233,10 @@ def _error(command: str, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started as a background job of a shell without job control, which ignores SIGINT for it
+        # (and Python keeps that): a grid's Ctrl-C / SIGINT must still stop it (docs/operations.md).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # `models` describes the registries and works without a params file; `profile` writes one.
         needs_params = args.command != "profile" and (args.command != "models" or args.overrides)
