@@ -7,7 +7,7 @@ One variance model serves the interval, the tests, the verdicts, the MDD and the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -700,6 +700,14 @@ def judge_all(
     with one paired run gets no interval, NaN p-values (outside the family) and the note
     "one run: no interval".
     """
+    return _judge_modes(clips, reference, margin, confidence, modes,
+                        lambda m: _paired_cells(clips, m, reference))
+
+
+def _judge_modes(clips: pd.DataFrame, reference: str, margin: float, confidence: float,
+                 modes: Sequence[str] | None, cells: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
+    """What ``judge_all`` and ``judge_interactions`` share: the checks, then one ``_judge_row`` per
+    mode of its paired cells (``cells(mode)``), Holm over all of them as one family."""
     _check_confidence(confidence)
     if not margin > 0:
         raise UserError(f"equivalence margin must be positive, got {margin}")
@@ -707,9 +715,7 @@ def judge_all(
         modes = [m for m in pd.unique(clips["mode"]) if m != reference]
     if not len(modes):
         raise UserError(f"no mode besides the reference {reference} to judge")
-    rows = [_judge_row(_fit(_paired_cells(clips, m, reference)), m, reference, margin, confidence)
-            for m in modes]
-    return _family(rows, confidence)
+    return _family([_judge_row(_fit(cells(m)), m, reference, margin, confidence) for m in modes], confidence)
 
 
 def _interaction_cells(clips: pd.DataFrame, mode: str, reference: str, recipe_a: str,
@@ -765,16 +771,8 @@ def judge_interactions(
     mode, (mode − reference under ``recipe_b``) − (mode − reference under ``recipe_a``), paired on
     (seed, repeat, fold, clip), with the same interval, tests, Holm family and verdicts as
     ``judge_all`` ("better": the mode gains more against the reference under B than under A)."""
-    _check_confidence(confidence)
-    if not margin > 0:
-        raise UserError(f"equivalence margin must be positive, got {margin}")
-    if modes is None:
-        modes = [m for m in pd.unique(clips["mode"]) if m != reference]
-    if not len(modes):
-        raise UserError(f"no mode besides the reference {reference} to judge")
-    rows = [_judge_row(_fit(_interaction_cells(clips, m, reference, recipe_a, recipe_b)), m, reference,
-                       margin, confidence) for m in modes]
-    table = _family(rows, confidence)
+    table = _judge_modes(clips, reference, margin, confidence, modes,
+                         lambda m: _interaction_cells(clips, m, reference, recipe_a, recipe_b))
     table.insert(0, "recipe_b", recipe_b)
     table.insert(0, "recipe_a", recipe_a)
     return table
