@@ -79,15 +79,21 @@ def test_adamw_and_cosine_runs_train_and_differ_from_sgd(tmp_path):
     assert [r["lr"] for r in runs["cosine"].history] == pytest.approx([0.01 / 3, 0.01, 0.005])
 
 
-def test_an_interrupted_cosine_run_resumes_to_the_uninterrupted_result(tmp_path):
-    cfg = replace(CFG, optimizer="adamw", lr=1e-3, schedule="cosine", warmup_epochs=1)
-    data = _data()
+def whole_and_resumed(cfg, data, tmp_path):
+    """``cfg`` trained whole, and again failed in epoch 2 then resumed: asserts the two agree
+    (every epoch's row, the test accuracy and loss); returns (whole, resumed)."""
     whole = training.fit(cfg, data, tmp_path / "whole")
     with pytest.raises(RuntimeError, match="injected failure"):
         training.fit(cfg, data, tmp_path / "cut", hooks=Faults(fail_in_epoch=2))
     resumed = training.fit(cfg, data, tmp_path / "cut")
     assert resumed.history == whole.history
     assert (resumed.test_acc, resumed.test_loss) == (whole.test_acc, whole.test_loss)
+    return whole, resumed
+
+
+def test_an_interrupted_cosine_run_resumes_to_the_uninterrupted_result(tmp_path):
+    cfg = replace(CFG, optimizer="adamw", lr=1e-3, schedule="cosine", warmup_epochs=1)
+    whole_and_resumed(cfg, _data(), tmp_path)
 
 
 class _SigtermAt(Hooks):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from test_optim import CFG, _data
+from test_optim import CFG, _data, whole_and_resumed
 
 from transfer_freezing import cli
 from transfer_freezing.errors import UserError
@@ -18,7 +18,6 @@ from transfer_freezing.model import registry as models
 from transfer_freezing.study import compare, figures, stats
 from transfer_freezing.train import checkpoint, diagnostics
 from transfer_freezing.train import core as training
-from transfer_freezing.train.hooks import Faults
 
 MODES = ("lora_r4", "lora_r4_mlp", "adapter_houlsby_w16", "adapter_pfeiffer_w16", "vpt_shallow_p10",
          "vpt_deep_p10")
@@ -128,12 +127,7 @@ def test_describe_prints_the_new_families_and_what_resnet_lacks(capsys):
 def test_a_lora_run_resumes_exactly_checkpoints_lean_and_loads_merged(tmp_path):
     cfg = replace(CFG, freeze="lora_r4")
     data = _data()
-    whole = training.fit(cfg, data, tmp_path / "whole")
-    with pytest.raises(RuntimeError, match="injected failure"):
-        training.fit(cfg, data, tmp_path / "cut", hooks=Faults(fail_in_epoch=2))
-    resumed = training.fit(cfg, data, tmp_path / "cut")
-    assert resumed.history == whole.history
-    assert (resumed.test_acc, resumed.test_loss) == (whole.test_acc, whole.test_loss)
+    whole, _ = whole_and_resumed(cfg, data, tmp_path)
     assert whole.history[-1]["train_loss"] < whole.history[0]["train_loss"]
 
     stored = checkpoint.read_model(tmp_path / "whole" / "model.pt")["weights"]
