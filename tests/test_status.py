@@ -43,3 +43,27 @@ def test_mlflow_is_asked_only_about_the_cells_that_are_not_done(tmp_path: Path, 
     (grid.run_dir(tmp_path / "models", *first[0]) / "run.json").write_text('{"run_id": "r"}')
     asked.clear()
     assert {r.state for r in status.cells(p)} == {"done"} and asked == []  # no MLflow at all
+
+
+# A command that reads params and files only: what it must not import (torch alone costs 1.5 s a
+# process; `tfreeze recipes` runs in every `dvc repro`).
+HEAVY = ("torch", "torchvision", "mlflow", "sklearn", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["recipes"], ["status"], ["profile", "paper"],
+                                  ["features", "--set", "features.image_size=100000"]],
+                         ids=["help", "recipes", "status", "profile", "bad-set"])
+def test_light_commands_import_no_torch_nor_mlflow(argv: list[str], tmp_path: Path):
+    import subprocess
+    import sys
+
+    from conftest import write_params
+
+    # the demo's weights (the pretrain stage's file): validation checks them, torch-free
+    write_params(tmp_path, **{"train.weights": "pretrain/{model}.pt", "pretrain.models": ["vit_demo"]})
+
+    code = ("import sys\nfrom transfer_freezing import cli\ntry:\n    cli.main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stderr.splitlines()[-1] == "[]", proc.stderr

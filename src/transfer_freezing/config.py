@@ -633,7 +633,7 @@ def _check_weights(p: Params, value: str, source: str) -> None:
     """Every model of the grid has the weights ``value`` (a ``train.weights`` of the base or a grid
     recipe) names, at ``features.image_size`` and with the normalisation the inputs get
     (``data.inputs``: ImageNet's mean and std)."""
-    from .data.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from .data import IMAGENET_MEAN, IMAGENET_STD
     from .model import registry as models
 
     size = p["features"]["image_size"]

@@ -7,9 +7,7 @@ from functools import cache
 
 import torch
 
-# torchvision's ImageNet statistics, applied at load time (the original's dataset did this).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from . import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
