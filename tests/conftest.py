@@ -45,16 +45,50 @@ TINY = {
 }
 
 
-# The longest test files (`--durations`: each holds minutes of `dvc repro`), sent out first.
-LONGEST = ("test_profiles.py", "test_pipeline.py", "test_ray.py")
+# Files whose tests share no module- or class-scoped fixture: each test is its own unit of work, so
+# their minutes-long tests (a `dvc repro` of a shrunk profile, a Ray cluster) spread over the
+# workers. Every other file is one unit, its module fixtures built once (a `dvc repro` of a tiny
+# study, a PostgreSQL cluster). `pytest_collection_modifyitems` checks the premise.
+SPLIT = ("test_profiles.py", "test_ray.py", "test_concurrency.py", "test_training.py")
+# Sent out first, in this order: the longest unit (test_pipeline's module fixture and its tests),
+# then the split files' long tests (`--durations`).
+LONGEST = ("test_pipeline.py", "test_profiles.py", "test_ray.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pyproject's ``--dist loadfile``, with the tests of ``SPLIT`` files as units of their own."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPLIT else path
+
+        def _reschedule(self, node) -> None:
+            # A worker holds its running test and the next one (pytest needs to know the next
+            # item), not three: a second long test queued behind a long one idles another worker.
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
+
+    return Scheduler(config, log)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     """The long tests first. Under pytest-xdist (``--dist loadfile --no-loadscope-reorder``,
-    pyproject's addopts) a test file is one unit of work, so its module-scoped fixtures (a `dvc
-    repro` of a tiny study, a PostgreSQL cluster) are built once, and units go out in this order:
-    the longest files first, so the workers finish together instead of one running the last long
-    file alone (xdist's own reorder, by number of tests, would send these last)."""
+    pyproject's addopts, with ``Scheduler``'s units) units go out in this order: the longest first,
+    so the workers finish together instead of one running the last long unit alone (xdist's own
+    reorder, by number of tests, would send these last)."""
+    for item in items:
+        if item.path.name in SPLIT:
+            shared = [name for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                      if defs[-1].scope in ("module", "class", "package")]
+            if shared:
+                raise pytest.UsageError(f"{item.nodeid} uses {shared}, fixtures of a wider scope than "
+                                        f"one test: remove {item.path.name} from conftest.SPLIT")
+
     def rank(item) -> tuple[int, bool]:
         name = item.path.name
         return (LONGEST.index(name) if name in LONGEST else len(LONGEST),
