@@ -54,6 +54,7 @@ HEAVY = ("torch", "torchvision", "mlflow", "sklearn", "matplotlib")
                                   ["features", "--set", "features.image_size=100000"]],
                          ids=["help", "recipes", "status", "profile", "bad-set"])
 def test_light_commands_import_no_torch_nor_mlflow(argv: list[str], tmp_path: Path):
+    import ast
     import subprocess
     import sys
 
@@ -66,4 +67,6 @@ def test_light_commands_import_no_torch_nor_mlflow(argv: list[str], tmp_path: Pa
             "except SystemExit:\n    pass\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.stderr.splitlines()[-1] == "[]", proc.stderr
+    # status may ask MLflow about the cells that are not done (here every cell): only it, mlflow
+    allowed = {"mlflow"} if argv == ["status"] else set()
+    assert set(ast.literal_eval(proc.stderr.splitlines()[-1])) <= allowed, proc.stderr
