@@ -328,6 +328,11 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
     assert not any(f"Running stage '{cell}'" in ran for cell in cells)
     history = work / "models/vit_demo/freeze_patch_0_11/fixed/seed2/fold0/history.csv"
     assert history.read_text().count("\n") == 2
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")  # the seeds' runs, side by side
+    for seed in (1, 2):
+        folder = work / f"models/vit_demo/freeze_patch_0_11/fixed/seed{seed}/fold0"
+        run = json.loads((folder / "run.json").read_text())
+        assert client.get_run(run["run_id"]).info.status == "FINISHED"
 
 
 def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
