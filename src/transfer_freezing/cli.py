@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The console command: ``main``, then exit. ``gc.freeze()`` first: the interpreter's last
     garbage collections over the ~640,000 objects torch, torchvision and MLflow leave cost a train
-    stage 2.3 s after its work is done (measured: 13.6 s -> 11.3 s per demo cell); frozen objects
+    stage 2.3 s after its work is done (measured: 13.6 s -> 11.1 s per demo cell); frozen objects
     are left to the process's end. Every atexit handler (MLflow ending its run) still runs."""
     code = main()
     gc.freeze()
