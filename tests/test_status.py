@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from transfer_freezing.train import status
+
+from conftest import write_params
 
 
 @pytest.mark.parametrize("content", ["", "{not json", "{}", "[1, 2]"])
@@ -54,12 +59,6 @@ HEAVY = ("torch", "torchvision", "mlflow", "sklearn", "matplotlib")
                                   ["features", "--set", "features.image_size=100000"]],
                          ids=["help", "recipes", "status", "profile", "bad-set"])
 def test_light_commands_import_no_torch_nor_mlflow(argv: list[str], tmp_path: Path):
-    import ast
-    import subprocess
-    import sys
-
-    from conftest import write_params
-
     # the demo's weights (the pretrain stage's file): validation checks them, torch-free
     write_params(tmp_path, **{"train.weights": "pretrain/{model}.pt", "pretrain.models": ["vit_demo"]})
 
