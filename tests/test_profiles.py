@@ -26,7 +26,7 @@ from transfer_freezing import config, grid
 from transfer_freezing.model import freezing
 from transfer_freezing.model import registry as models
 
-from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze
+from conftest import BIN, REPO, TINY, dvc_project, sh, tfreeze, write_params
 
 # Not run here, though each validates and renders (test_config): the demo profile is params.yaml
 # itself, which the `repro` fixture takes, shrunk (conftest.TINY), through `dvc repro` to its table
@@ -40,8 +40,14 @@ COVERED = {"demo"} | {stem for stem in STEMS if stem.endswith("_demo") and stem[
 # validates and renders in test_config): shrunk, optimizer is the headline's modes under two
 # fixed-lr recipes on a k-fold cell, which test_pipeline's `repro` fixture trains (fixed and adamw,
 # with the mode x recipe interaction checked); pretraining's two sources both become the weightless
-# vit_demo, which leaves the headline's modes on a k-fold split: the demo's own shape.
-ELSEWHERE = {"optimizer": "test_pipeline.py::repro", "pretraining": "test_pipeline.py::repro"}
+# vit_demo, which leaves the headline's modes on a k-fold split: the demo's own shape; paper is
+# depth's study (its GTZAN copy, stratified split, seeds and ViT modes) without depth's ResNet cells,
+# plus a tuned-lr grid (sweeps, then tuned cells) of exactly the `repro` fixture's model and modes.
+ELSEWHERE = {"optimizer": "test_pipeline.py::repro", "pretraining": "test_pipeline.py::repro",
+             "paper": "depth + test_pipeline.py::repro"}
+# What paper shrunk may differ in from depth shrunk (checked by a test below).
+PAPER_NOT_DEPTH = {"grid.cells", "grid.tuned_models", "grid.tuned_freeze_modes", "runtime.gpus_per_run",
+                   "tracking.experiment"}
 PROFILES = sorted(path for path in (REPO / "profiles").glob("*.yaml")
                   if path.stem not in COVERED and path.stem not in ELSEWHERE)
 # Each architecture's offline demo model: the registry's model of that family without weights.
@@ -181,7 +187,7 @@ def test_every_profile_shrunk_reaches_its_comparison_table(profile, tiny_built, 
           f"in {seconds:.0f} s")
 
 
-@pytest.mark.parametrize("name", sorted(ELSEWHERE))
+@pytest.mark.parametrize("name", sorted(set(ELSEWHERE) - {"paper"}))
 def test_a_profile_run_elsewhere_shrinks_to_the_shape_that_test_runs(name):
     # The claim behind ELSEWHERE, checked: shrunk, the profile is one weightless demo model on a
     # single-repeat k-fold split, with fixed-lr recipes that the pipeline fixture's recipes match
@@ -195,3 +201,19 @@ def test_a_profile_run_elsewhere_shrinks_to_the_shape_that_test_runs(name):
     optimizers = {(small["recipes"][r] or {}).get("optimizer", "sgd") for r in small["grid.recipes"] + tuned}
     fixture = {(BOTH["recipes"][r] or {}).get("optimizer", "sgd") for r in BOTH["grid.recipes"]}
     assert optimizers <= fixture and len(small["grid.recipes"]) <= len(BOTH["grid.recipes"])
+
+
+def test_paper_shrunk_is_depth_plus_the_pipelines_tuned_grid(tmp_path):
+    # The claim behind ELSEWHERE["paper"], checked: shrunk, paper equals depth shrunk (run above)
+    # but for depth's ResNet cells (paper has none) and paper's tuned-lr grid, which is the `repro`
+    # fixture's tuned grid (the same model and modes; its sweeps and tuned cells run there); the
+    # GPU share per run does not act on CPU runs, and the experiment name only names.
+    from test_pipeline import BOTH
+
+    paper, depth = (config.flat(shrink(config.load(REPO / "profiles" / f"{name}.yaml"), Path("corpus")))
+                    for name in ("paper", "depth"))
+    assert {k for k in paper.keys() | depth.keys() if paper.get(k) != depth.get(k)} == PAPER_NOT_DEPTH
+    assert "depth" in {p.stem for p in PROFILES} and paper["grid.cells"] == []
+    pipeline = config.flat(config.load(write_params(tmp_path, **BOTH)))
+    for key in ("grid.tuned_models", "grid.tuned_freeze_modes", "grid.tuned_recipes"):
+        assert paper[key] == pipeline[key], key
