@@ -298,14 +298,14 @@ def test_dvc_exp_run_with_a_changed_param_retrains_and_records_the_experiment(re
     # grid.tuned_models=[] turns the tuned-lr study off: its stages leave the pipeline, compare drops
     # its rows.
     ran = sh("dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1", "-S", "grid.tuned_models=[]",
-             "-S", "grid.seeds=[1]", "-S", "grid.recipes=[fixed]", cwd=work).stdout
+             "-S", "grid.seeds=[1]", "-S", "grid.recipes=[fixed]", "-S", "grid.cells=[]", cwd=work).stdout
     assert "Running stage 'train@vit_demo-freeze_none-fixed-1-0'" in ran
     assert "Running stage 'features'" not in ran
     assert "Running stage 'train_tuned@" not in ran
     shown = sh("dvc", "exp", "show", "--csv", cwd=work).stdout
     assert "one-epoch" in shown
     metrics = pd.read_csv(work / "reports/freezing_runs.csv")
-    assert len(metrics) == 2 and set(metrics["lr_source"]) == {"fixed"}
+    assert len(metrics) == 1 and set(metrics["lr_source"]) == {"fixed"}
     assert (work / "models/vit_demo/freeze_none/fixed/seed1/fold0/history.csv").read_text().count("\n") == 2
 
 
@@ -442,7 +442,7 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
     work = _copy(repro, tmp_path / "exps")
     _commit(work, "lock")
     one = ["-S", "train.epochs=1", "-S", "grid.seeds=[1]", "-S", "grid.tuned_models=[]",
-           "-S", "grid.recipes=[fixed]"]  # two fixed-lr cells
+           "-S", "grid.recipes=[fixed]", "-S", "grid.cells=[]"]  # one fixed-lr cell: the reference
     sh("dvc", "exp", "run", "--temp", "-n", "temp-exp", *one, cwd=work)
     sh("dvc", "exp", "run", "--queue", "-n", "queued-exp", *one, "-S", "train.momentum=0.8", cwd=work)
     sh("dvc", "queue", "start", "-j", "1", cwd=work)
@@ -458,7 +458,7 @@ def test_dvc_exp_temp_and_queue_log_into_the_projects_store(repro, tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
     for name in ("temp-exp", "queued-exp"):
         run_ids = _exp_run_ids(work, name)
-        assert len(run_ids) == 2
+        assert len(run_ids) == 1
         for run_id in run_ids:
             run = client.get_run(run_id)
             assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
