@@ -90,6 +90,20 @@ def test_one_run_per_mode_says_there_is_no_interval(tmp_path) -> None:
     assert (tmp_path / compare.NAMES["forest"]).is_file()
 
 
+def test_the_reference_mode_alone_still_writes_every_figure(tmp_path) -> None:
+    # A baseline-only study (grid.freeze_modes: [freeze_none]) under `dvc repro`: the forest figure
+    # is a declared output, so it says there is nothing to compare instead of being left out.
+    runs, clips = _study(folds=3, repeats=2, seeds=2)
+    alone = runs["freeze_mode"] == "freeze_none"
+    clips = {split: table[table["mode"] == "freeze_none"] for split, table in clips.items()}
+
+    summary = compare.write_outputs(runs[alone], tmp_path, "freeze_none", 0.95, clips, margin=1.0, folds=3)
+
+    assert list(summary["freeze_mode"]) == ["freeze_none"]
+    for name in ("md", "csv", "runs", "stats", "png", "forest", "depth"):
+        assert (tmp_path / compare.NAMES[name]).stat().st_size > 0, name
+
+
 def test_duplicate_runs_name_their_repeat_and_fold() -> None:
     runs, _ = _study(folds=3, repeats=2, seeds=2)
     with pytest.raises(Exception, match="seed 1, repeat 0, fold 0"):

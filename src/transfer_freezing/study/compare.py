@@ -175,6 +175,9 @@ def write_outputs(runs: pd.DataFrame, out: Path, reference: str, confidence: flo
                                 title="mode − reference: difference and interval (design model)")
         else:  # one paired run per mode: no run-to-run variance, so no interval to draw
             figures.plot_message(f"{inference.ONE_RUN} (add seeds, folds or repeats)", out / NAMES["forest"])
+    else:  # the reference mode alone (a baseline-only study): the figure says so, as DVC expects it
+        figures.plot_message(f"only the reference mode {reference}: no difference to draw "
+                             "(add freeze modes)", out / NAMES["forest"])
     markdown = f"{heading}\n\n{stats.to_markdown(summary, margin)}" + _checks_markdown(checks)
     if clips is not None:
         markdown += _write_interactions(clips["test"], reference, margin, confidence, out, checks)
