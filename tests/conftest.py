@@ -124,6 +124,14 @@ def tiny_built(tmp_path_factory) -> Path:
         features.build(p)
     finally:
         os.chdir(cwd)
+    # An empty MLflow store (MLflow's tables, no experiment of ours): each test's copy opens it
+    # instead of creating the tables through MLflow's migrations (1.1-1.6 s per new store). A
+    # project's first run creating its store is what test_pipeline's and test_profiles' do.
+    import mlflow
+
+    store = root / p["tracking"]["uri"].removeprefix("sqlite:///")  # relative: the project's own
+    store.parent.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{store}").search_experiments()
     return root
 
 
@@ -145,6 +153,17 @@ def tfreeze(*args: str, cwd: Path, env: dict | None = None, check: bool = True):
     if check and proc.returncode != 0:
         raise AssertionError(f"tfreeze {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def tfreeze_here(capsys, *args: str) -> tuple[int, str, str]:
+    """``tfreeze args`` in this process, in the working directory (the CLI's ``main``, what the
+    console command runs, without a new interpreter's ~5 s of imports): exit code, stdout, stderr."""
+    from transfer_freezing import cli
+
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:

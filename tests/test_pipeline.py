@@ -16,7 +16,7 @@ import pytest
 
 from transfer_freezing.train import scores
 
-from conftest import BIN, REPO, dvc_project, sh, tfreeze, write_params
+from conftest import BIN, REPO, dvc_project, sh, tfreeze, tfreeze_here, write_params
 
 # Every test here runs `dvc repro`, a Ray grid or training subprocesses: minutes in all.
 pytestmark = pytest.mark.slow
@@ -244,22 +244,24 @@ def test_metrics_show_lists_every_run(repro):
     assert "test_acc" in shown and "seed2/fold0/metrics.json" in shown
 
 
-def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path):
+def test_compare_names_the_stage_when_its_mlflow_run_is_gone(repro, tmp_path, capsys, monkeypatch):
     work = tmp_path / "copy"
     shutil.copytree(repro, work, symlinks=True)
     run_id = pd.read_csv(work / "reports/freezing_runs.csv")["run_id"].iloc[0]
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
     mlflow.MlflowClient().delete_run(run_id)
-    proc = tfreeze("compare", cwd=work, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-fixed-1-0")
-    assert proc.stderr.strip().count("\n") == 0
+    monkeypatch.chdir(work)
+    code, _, err = tfreeze_here(capsys, "compare")
+    assert code == 2
+    assert err.strip().endswith("re-run: dvc repro -f train@vit_demo-freeze_none-fixed-1-0")
+    assert err.strip().count("\n") == 0
 
 
-def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path):
+def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path, capsys, monkeypatch):
     write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
     csv = REPO / "tests/data/seed_results_summary.csv"
-    tfreeze("compare", "--from-csv", str(csv), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert tfreeze_here(capsys, "compare", "--from-csv", str(csv), "--out", str(tmp_path / "out"))[0] == 0
     table = pd.read_csv(tmp_path / "out/freezing_comparison.csv").set_index("freeze_mode")
     assert table.loc["freeze_none", "test_mean"] == pytest.approx(71.6, abs=0.05)
     assert table.loc["freeze_patch_0_11", "test_mean"] == pytest.approx(63.1, abs=0.05)
@@ -269,13 +271,17 @@ def test_compare_from_the_original_csv_reproduces_its_numbers(tmp_path):
     assert (tmp_path / "out/freezing_diagnostics.png").is_file()
 
 
-def test_compare_from_the_original_csv_prints_its_val_test_disagreement_and_a_plan(tmp_path):
+def test_compare_from_the_original_csv_prints_its_val_test_disagreement_and_a_plan(tmp_path, capsys,
+                                                                                  monkeypatch):
     write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
     csv = str(REPO / "tests/data/seed_results_summary.csv")
-    said = tfreeze("compare", "--from-csv", csv, "--out", str(tmp_path / "out"), cwd=tmp_path).stdout
+    code, said, err = tfreeze_here(capsys, "compare", "--from-csv", csv, "--out", str(tmp_path / "out"))
+    assert code == 0, err
     assert "sign flips between val and test: freeze_patch" in said
     assert "freeze_patch +2.6 val / -2.5 test" in said
-    planned = tfreeze("compare", "--plan", "1.6", "--from-csv", csv, cwd=tmp_path).stdout
+    code, planned, err = tfreeze_here(capsys, "compare", "--plan", "1.6", "--from-csv", csv)
+    assert code == 0, err
     line = next(x for x in planned.splitlines() if " freeze_patch_0_5 vs freeze_none" in x)
     assert line.split(": ", 1)[1].startswith("55 runs")
 
@@ -336,13 +342,14 @@ def test_seeds_trained_side_by_side_are_recorded_with_dvc_commit(repro, tmp_path
         assert client.get_run(run["run_id"]).info.status == "FINISHED"
 
 
-def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path):
+def test_compare_shows_fixed_and_tuned_lr_studies_side_by_side(tmp_path, capsys, monkeypatch):
     write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
     fixed = pd.read_csv(REPO / "tests/data/seed_results_summary.csv")
     tuned = fixed.drop(columns="timestamp").assign(lr_source="sweep", test_acc=fixed["test_acc"] + 1.0)
     tuned.to_csv(tmp_path / "tuned_runs.csv", index=False)
-    tfreeze("compare", "--from-csv", str(REPO / "tests/data/seed_results_summary.csv"),
-            str(tmp_path / "tuned_runs.csv"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert tfreeze_here(capsys, "compare", "--from-csv", str(REPO / "tests/data/seed_results_summary.csv"),
+                        str(tmp_path / "tuned_runs.csv"), "--out", str(tmp_path / "out"))[0] == 0
     table = pd.read_csv(tmp_path / "out/freezing_comparison.csv")
     by_source = table.set_index(["recipe", "freeze_mode"])["test_mean"]
     assert set(table["recipe"]) == {"fixed", "sweep"}

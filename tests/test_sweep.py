@@ -36,6 +36,11 @@ def proj(tiny: Path, monkeypatch) -> Path:
     torch.set_num_threads(threads)
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def params(**overrides) -> dict:
     return config.load("params.yaml", [f"{k}={v}" for k, v in overrides.items()])
 
@@ -173,6 +178,7 @@ def test_bad_input_is_one_line_before_any_work(proj: Path, capsys, monkeypatch, 
                                                expected) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    store = _files(proj / "mlruns")
     argv = ["sweep", "--model", MODEL, "--freeze", FREEZE]
     for item in overrides:
         argv += ["--set", item]
@@ -180,7 +186,7 @@ def test_bad_input_is_one_line_before_any_work(proj: Path, capsys, monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err, err
     assert "s3cret" not in err and "hunter2" not in err
-    assert not (proj / "optuna.db").exists() and not (proj / "mlruns").exists()
+    assert not (proj / "optuna.db").exists() and _files(proj / "mlruns") == store  # not opened
 
 
 def test_unreachable_tracking_server_is_one_line(proj: Path, capsys, monkeypatch) -> None:
