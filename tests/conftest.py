@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import dvc  # noqa: F401 - its import sets up DVC's log handlers on sys.stdout/stderr: here, on
+import pytest  # the session's streams, not on a test's capsys stream that closes with the test
 import yaml
 
 # One torch thread per process: the suite runs a process per core (pytest-xdist), and each starts
