@@ -157,8 +157,12 @@ def test_forest_figure_draws_band_zero_line_rows_and_legend() -> None:
         "worse": [[-8.5, 3.0], [-8.5, 7.0]],
         "equivalent": [[-0.2, 1.0], [-0.2, 5.0]],
     }
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["equivalence band ±1.5 pp", "better", "worse", "equivalent"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["equivalence band ±1.5 pp", "better", "worse",
+                                                           "equivalent"]
+    fig.canvas.draw()  # the legend sits under the axes and their label, over no interval
+    axes = ax.get_tightbbox(fig.canvas.get_renderer())
+    assert legend.get_window_extent().y1 <= axes.y0 + 1
 
 
 def test_forest_labels_carry_recipe_only_when_not_all_fixed() -> None:

@@ -173,7 +173,9 @@ def forest_figure(effects: pd.DataFrame, margin: float, title: str = "") -> Figu
     ax.set_xlim(-1.15 * span, 1.15 * span)
     ax.set_xlabel(f"difference vs {_reference_label(effects)} (pp)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="best", frameon=True, fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()  # under the axes: inside, it hid an interval's end
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False,
+               fontsize="small")
     if title:  # over the figure, not the axes: the row labels push the axes right
         fig.suptitle(title, fontweight="bold")
     return fig
