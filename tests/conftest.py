@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dvc  # noqa: F401 - its import sets up DVC's log handlers on sys.stdout/stderr: here, on
-import pytest  # the session's streams, not on a test's capsys stream that closes with the test
+# `import dvc` sets up DVC's log handlers on the sys.stdout/stderr of that moment: here, the
+# session's, not the capsys stream of a test (an in-process CLI call), which closes with the test.
+import dvc  # noqa: F401
+import pytest
 import yaml
 
 # One torch thread per process: the suite runs a process per core (pytest-xdist), and each starts
