@@ -129,6 +129,12 @@ def shrink(profile: dict, corpus: Path, seeds: int = 2) -> dict:
     return tree
 
 
+def shrunk(profile: str | Path, seeds: int = 2) -> dict:
+    """A shipped profile (its name or file) shrunk, as flat keys (a placeholder GTZAN path)."""
+    path = REPO / "profiles" / f"{profile}.yaml" if isinstance(profile, str) else profile
+    return config.flat(shrink(config.load(path), Path("corpus"), seeds))
+
+
 def _repeated_design_through_ray_status_and_mlflow(root: Path, p: dict) -> None:
     """Issue 22 on a profile that repeats k-fold: one mode's fixed-lr cells (every repeat) go through
     the Ray executor (`tfreeze train --jobs 2`, recorded with `dvc commit`) before `dvc repro`
@@ -203,7 +209,7 @@ def test_a_profile_run_elsewhere_shrinks_to_the_shape_that_test_runs(name):
     # in kind (SGD, and AdamW where the profile has it), and no listed cells.
     from test_pipeline import BOTH
 
-    small = config.flat(shrink(config.load(REPO / "profiles" / f"{name}.yaml"), Path("corpus")))
+    small = shrunk(name)
     assert (small["split.scheme"], small["split.repeats"], small["grid.models"]) == ("kfold", 1, ["vit_demo"])
     assert small["grid.cells"] == [] and small["grid.freeze_modes"][0] == "freeze_none"
     tuned = small["grid.tuned_recipes"] if small["grid.tuned_models"] else []
@@ -219,8 +225,7 @@ def test_paper_shrunk_is_depth_plus_the_pipelines_tuned_grid(tmp_path):
     # there); the GPU share per run does not act on CPU runs, and the experiment name only names.
     from test_pipeline import BOTH
 
-    paper, depth = (config.flat(shrink(config.load(REPO / "profiles" / f"{name}.yaml"), Path("corpus")))
-                    for name in ("paper", "depth"))
+    paper, depth = shrunk("paper"), shrunk("depth")
     assert {k for k in paper.keys() | depth.keys() if paper.get(k) != depth.get(k)} == PAPER_NOT_DEPTH
     assert "depth" in {p.stem for p in PROFILES} and paper["grid.cells"] == []
     pipeline = config.flat(config.load(write_params(tmp_path, **BOTH)))
@@ -230,15 +235,11 @@ def test_paper_shrunk_is_depth_plus_the_pipelines_tuned_grid(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ONE_SEED))
 def test_a_profile_shrunk_to_one_seed_has_the_design_of_one_run_here_with_two(name):
-    def small(path: Path, seeds: int = 2) -> dict:
-        return config.flat(shrink(config.load(path), Path("corpus"), seeds))
-
     def design(flat: dict) -> tuple:
         return tuple(flat[k] for k in ("data.source", "split.scheme", "split.folds", "split.repeats",
                                        "grid.folds"))
 
-    path = REPO / "profiles" / f"{name}.yaml"
-    one = small(path, ONE_SEED[name])
-    assert one["grid.seeds"] == [1] and len(config.load(path)["grid"]["seeds"]) > 1
-    twins = [small(p) for p in PROFILES if p.stem not in ONE_SEED and design(small(p)) == design(one)]
+    one = shrunk(name, ONE_SEED[name])
+    assert one["grid.seeds"] == [1] and len(shrunk(name)["grid.seeds"]) == 2  # the profile has several
+    twins = [shrunk(p) for p in PROFILES if p.stem not in ONE_SEED and design(shrunk(p)) == design(one)]
     assert twins and all(len(twin["grid.seeds"]) == 2 for twin in twins)
